@@ -1,0 +1,1 @@
+"""Tables, figures and reports computed from result tables (and caches)."""

@@ -1,0 +1,9 @@
+"""The backbone registry (kept in its own module so family modules can import it without cycles)."""
+
+from probebench.registry import Registry
+
+BACKBONES = Registry(
+    "backbone",
+    group="probebench.backbones",
+    lazy_modules=("backbones.timm_backbones",),
+)

@@ -1,0 +1,229 @@
+"""The adapter contract shared by every backbone family.
+
+An adapter wraps a frozen torch module (``.model``) and turns float RGB images in [0, 1] into spatial feature
+maps keyed by ``(layer, timestep)``. One helper owns the index semantics of layers and timesteps
+(:func:`resolve_layers`, :func:`resolve_timesteps`), as timm's ``feature_take_indices`` does for models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probebench.errors import ProbebenchError
+
+FeatureKey = tuple[int, "float | int | None"]
+"""``(layer, timestep)``; the timestep is ``None`` for non-diffusion backbones."""
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class BackboneMeta:
+    """What a user needs to know about a registered backbone (MTEB-style metadata beside the loader)."""
+
+    name: str
+    family: str
+    source: str  # where default weights come from: HF id, package, ...
+    num_layers: int
+    width: int | tuple[int, ...]
+    patch_size: int | None = None
+    image_size: int = 224
+    revision: str | None = None
+    timestep_convention: str = "none"  # "none" | "ddpm" (t in [0, 999]) | "flow" (sigma in [0, 1])
+    license: str = ""
+    citation: str = ""
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_diffusion(self) -> bool:
+        return self.timestep_convention != "none"
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``"bf16"``/``"float32"``/... or a torch dtype → torch dtype (float32 when ``None``)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ProbebenchError(f"Unknown dtype {dtype!r}. Valid: {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def resolve_layers(spec: int | str | Sequence[int | str] | None, num_layers: int) -> list[int]:
+    """Turn a layer request into sorted absolute 0-based block indices.
+
+    ``None`` or ``"all"`` → every layer; an int or a list of ints → those block indices (negative counts from
+    the end); a string may hold a comma list (``"0,3,-1"``) and/or python slices (``"0:12:2"``, ``"-4:"``).
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(num_layers))
+    items: list[int | str] = [spec] if isinstance(spec, (int, str)) else list(spec)
+    out: list[int] = []
+    for item in items:
+        parts = [p.strip() for p in item.split(",") if p.strip()] if isinstance(item, str) else [item]
+        for p in parts:
+            if isinstance(p, str) and ":" in p:
+                try:
+                    bounds = [int(b) if b.strip() else None for b in p.split(":")]
+                    out.extend(range(num_layers)[slice(*bounds)])
+                except (ValueError, TypeError) as e:
+                    raise ProbebenchError(f"Invalid layer slice {p!r}: expected 'start:stop[:step]'.") from e
+                continue
+            try:
+                idx = int(p)
+            except (TypeError, ValueError) as e:
+                raise ProbebenchError(
+                    f"Invalid layer {p!r}: expected an integer block index, a slice 'a:b', or 'all'."
+                ) from e
+            if not -num_layers <= idx < num_layers:
+                raise ProbebenchError(
+                    f"Layer {idx} is out of range: this backbone has {num_layers} layers, "
+                    f"valid indices are 0..{num_layers - 1} (or -{num_layers}..-1 from the end)."
+                )
+            out.append(idx % num_layers)
+    if not out:
+        raise ProbebenchError(f"The layer request {spec!r} selects no layer (valid: 0..{num_layers - 1}).")
+    return sorted(set(out))
+
+
+def validate_images(images: torch.Tensor) -> torch.Tensor:
+    """Check that ``images`` is float RGB in [0, 1] of shape (B, 3, H, W); raise a clear error otherwise."""
+    if not isinstance(images, torch.Tensor):
+        raise ProbebenchError(f"Images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}.")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ProbebenchError(f"Images must have shape (B, 3, H, W) with 3 RGB channels, got {tuple(images.shape)}.")
+    if not images.is_floating_point():
+        raise ProbebenchError(f"Images must be floating point in [0, 1], got dtype {images.dtype}.")
+    if images.numel() and not torch.isfinite(images).all():
+        raise ProbebenchError("Images contain NaN or inf values; expected finite values in [0, 1].")
+    if images.numel():
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            raise ProbebenchError(
+                f"Images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}] (uint8 images: divide by 255)."
+            )
+    return images
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a weights file, the identity recorded in cache hashes for local weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Adapter:
+    """A frozen backbone. Subclasses implement :meth:`_extract` (and :meth:`log_snr` for diffusion models)."""
+
+    meta: BackboneMeta
+    model: torch.nn.Module
+
+    def __init__(self, meta: BackboneMeta, model: torch.nn.Module, *, weights: str, weights_id: str,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 image_size: int | None = None):
+        self.meta = meta
+        self.weights = weights
+        self.weights_id = weights_id
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = parse_dtype(dtype)
+        self.image_size = int(image_size or meta.image_size)
+        if self.image_size < 8:
+            raise ProbebenchError(f"image_size must be >= 8 pixels, got {self.image_size}.")
+        model.eval().requires_grad_(False)
+        self.model = model.to(self.device)
+
+    # -- index semantics ------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def num_layers(self) -> int:
+        return self.meta.num_layers
+
+    def resolve_layers(self, spec: Any) -> list[int]:
+        return resolve_layers(spec, self.num_layers)
+
+    def resolve_timesteps(self, spec: Any) -> list[Any]:
+        """Native timesteps to extract; ``[None]`` for non-diffusion backbones (which refuse timesteps)."""
+        if not self.meta.is_diffusion:
+            if spec is None or (isinstance(spec, (list, tuple)) and all(s is None for s in spec)):
+                return [None]
+            raise ProbebenchError(
+                f"Backbone {self.name!r} is not a diffusion model and takes no timesteps (got {spec!r}); "
+                "leave timesteps unset."
+            )
+        raise NotImplementedError
+
+    def log_snr(self, timestep: Any) -> float | None:
+        """log(α²/σ²) of the noise level; ``None`` for non-diffusion backbones (clean images)."""
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything about this adapter that changes the numbers it returns (hashed into cache names)."""
+        return {
+            "backbone": self.name,
+            "weights": self.weights_id,
+            "revision": self.meta.revision,
+            "image_size": self.image_size,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self.meta)
+        d.update(weights=self.weights, weights_id=self.weights_id, image_size=self.image_size)
+        return d
+
+    # -- extraction -----------------------------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Validate and resize to the adapter's input size (bilinear, antialiased); subclasses normalise."""
+        images = validate_images(images).to(self.device, torch.float32)
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = torch.nn.functional.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                antialias=True,
+            ).clamp_(0, 1)
+        return images
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, layers: Any = None, timesteps: Any = None, *,
+                image_ids: Sequence[str] | None = None, seed: int = 0, noise_draws: int = 1
+                ) -> dict[FeatureKey, torch.Tensor]:
+        """Features for every requested ``(layer, timestep)`` as float32 (B, C, h, w) tensors on the CPU."""
+        layer_idx = self.resolve_layers(layers)
+        ts = self.resolve_timesteps(timesteps)
+        if noise_draws < 1:
+            raise ProbebenchError(f"noise_draws must be >= 1, got {noise_draws}.")
+        if image_ids is not None and len(image_ids) != images.shape[0]:
+            raise ProbebenchError(f"Got {len(image_ids)} image ids for {images.shape[0]} images.")
+        x = self.preprocess(images)
+        feats = self._extract(x, layer_idx, ts, image_ids=image_ids, seed=seed, noise_draws=noise_draws)
+        return {k: v.float().cpu() for k, v in feats.items()}
+
+    def _extract(self, x: torch.Tensor, layers: list[int], timesteps: list[Any], *,
+                 image_ids: Sequence[str] | None, seed: int, noise_draws: int) -> dict[FeatureKey, torch.Tensor]:
+        raise NotImplementedError
+
+    def autocast(self):
+        """bf16/fp16 autocast on the adapter's device (a no-op for float32)."""
+        enabled = self.dtype != torch.float32
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=enabled)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, weights={self.weights!r}, layers={self.num_layers})"
+
+
+def is_log_snr_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

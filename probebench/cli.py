@@ -1,0 +1,207 @@
+"""The ``probebench`` command line. Errors caused by input are one line and exit code 2 (``--debug`` for a
+traceback); each subcommand has ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from probebench.errors import ProbebenchError, did_you_mean
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as ONE line naming the problem and the valid choices."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "invalid choice" in message:
+            # argparse: "argument command: invalid choice: 'x' (choose from a, b)"
+            bad = message.split("invalid choice:", 1)[1].split("(")[0].strip().strip("'\"")
+            choices = message.rsplit("(choose from", 1)[-1].rstrip(")").replace("'", "").split(",")
+            close = did_you_mean(bad, [c.strip() for c in choices])
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        elif message.startswith("unrecognized arguments"):
+            opts = [a for act in self._actions for a in act.option_strings]
+            bad = message.split(":", 1)[1].split()[0]
+            close = did_you_mean(bad, opts)
+            message += f" (valid options: {', '.join(sorted(opts))})" + (f"; did you mean {close[0]}?" if close else "")
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    p.add_argument("config", nargs="?" if not config_required else None, default=None,
+                   help="YAML config (see configs/); omitted: the embedded quickstart defaults")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. probe.lambdas=[0.1,1] data.max_train=32 backbones.0.layers=[0,2]")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="probebench", description="Feature-probing benchmarks for frozen vision backbones.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    ls = sub.add_parser("list", help="list registered backbones, tasks or probes")
+    ls.add_argument("what", choices=["backbones", "tasks", "probes"])
+
+    ex = sub.add_parser("extract", help="extract features of one backbone on one dataset split into the cache")
+    ex.add_argument("--backbone", required=True, help="registered name, e.g. timm:efficientnet_lite0")
+    ex.add_argument("--dataset", default="scenes", help="registered task/dataset name (default: scenes)")
+    ex.add_argument("--root", default=None, help="dataset root directory (datasets on disk)")
+    ex.add_argument("--split", default="train")
+    ex.add_argument("--layers", default="all", help="'all', '0,3,-1' or a slice '0:12:2' (0-based blocks)")
+    ex.add_argument("--timesteps", default=None, help="comma list of native timesteps (diffusion backbones)")
+    ex.add_argument("--noise-draws", type=int, default=1)
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--weights", default="default", help="default | random | PATH")
+    ex.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ex.add_argument("--device", default=None)
+    ex.add_argument("--image-size", type=int, default=None, help="backbone input size (default: the model's)")
+    ex.add_argument("--pool-to", type=int, default=None, help="average-pool feature maps to at most N×N")
+    ex.add_argument("--batch-size", type=int, default=16)
+    ex.add_argument("--shard-size", type=int, default=64)
+    ex.add_argument("--max-images", type=int, default=None)
+    ex.add_argument("--resolution", type=int, default=None, help="scenes: render resolution")
+    ex.add_argument("--cache", default=None, help="cache root (default: $PROBEBENCH_CACHE or ~/.cache/probebench)")
+    ex.add_argument("--no-progress", action="store_true")
+
+    fit = sub.add_parser("fit", help="fit the configured probes on existing caches (no extraction)")
+    _add_config_args(fit)
+
+    an = sub.add_parser("analyze", help="figures and REPORT.md for a results directory")
+    an.add_argument("results_dir")
+
+    rn = sub.add_parser("run", help="the whole pipeline; with no config: the embedded quickstart")
+    _add_config_args(rn)
+    rn.add_argument("--no-progress", action="store_true")
+
+    sc = sub.add_parser("scenes", help="the procedural scene dataset")
+    scs = sc.add_subparsers(dest="scenes_command", metavar="ACTION", parser_class=Parser)
+    scs.required = True
+    exp = scs.add_parser("export", help="write scenes in plain folder form (PNG images, masks, 16-bit depth)")
+    exp.add_argument("out_dir")
+    exp.add_argument("--resolution", type=int, default=64)
+    exp.add_argument("--train", type=int, default=512)
+    exp.add_argument("--val", type=int, default=128)
+    exp.add_argument("--test", type=int, default=128)
+    exp.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _print_table(rows: list[dict[str, str]]) -> None:
+    cols = list(rows[0]) if rows else ["name"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "backbones":
+        from backbones import BACKBONES as reg
+    elif args.what == "tasks":
+        from tasks import TASKS as reg
+    else:
+        from probes import PROBES as reg
+    _print_table(reg.table())
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import backbones
+    import tasks
+    from backbones.store import extract_to_cache
+    from probebench.config import default_cache_dir
+    from tasks.base import Subset
+
+    timesteps = None
+    if args.timesteps:
+        try:
+            timesteps = [float(t) if any(c in t for c in ".e") else int(t) for t in args.timesteps.split(",")]
+        except ValueError as e:
+            raise ProbebenchError(f"--timesteps must be a comma list of numbers, got {args.timesteps!r}.") from e
+    opts = {"resolution": args.resolution} if args.resolution else {}
+    ds = tasks.create(args.dataset, split=args.split, **({"root": args.root} if args.root else {}), **opts)
+    if args.max_images is not None:
+        ds = Subset(ds, args.max_images)
+    dist = _maybe_init_distributed(args.device)
+    adapter = backbones.create(args.backbone, weights=args.weights, device=args.device, dtype=args.dtype,
+                               **({"image_size": args.image_size} if args.image_size else {}))
+    cache = extract_to_cache(adapter, ds, layers=args.layers, timesteps=timesteps,
+                             cache_root=args.cache or default_cache_dir(), seed=args.seed,
+                             noise_draws=args.noise_draws, batch_size=args.batch_size, shard_size=args.shard_size,
+                             pool_to=args.pool_to, progress=not args.no_progress)
+    if dist:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
+    print(getattr(cache, "path", cache))
+    return 0
+
+
+def _maybe_init_distributed(device: str | None) -> bool:
+    """Under torchrun (WORLD_SIZE > 1) join the process group: gloo on CPU, nccl on CUDA."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed
+
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device and device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def cmd_run(args: argparse.Namespace, extract: bool = True) -> int:
+    from probebench.config import load_config
+    from probebench.pipeline import run
+
+    cfg_path, overrides = args.config, list(args.overrides)
+    if cfg_path is not None and "=" in cfg_path and not os.path.exists(cfg_path):
+        cfg_path, overrides = None, [cfg_path, *overrides]
+    cfg = load_config(cfg_path, overrides)
+    out = run(cfg, extract=extract, progress=not getattr(args, "no_progress", False))
+    print(out / "REPORT.md")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    print(write_report(args.results_dir))
+    return 0
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    from tasks.scenes import export_scenes
+
+    out = export_scenes(args.out_dir, {"train": args.train, "val": args.val, "test": args.test},
+                        resolution=args.resolution, seed=args.seed)
+    print(out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"list": cmd_list, "extract": cmd_extract, "run": cmd_run, "analyze": cmd_analyze,
+                "scenes": cmd_scenes, "fit": lambda a: cmd_run(a, extract=False)}
+    try:
+        return handlers[args.command](args)
+    except (ProbebenchError, ValueError, FileNotFoundError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"probebench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("probebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Typed, nested dataclass configs: defaults → YAML preset → ``key.path=value`` overrides → validation.
+
+Every key is checked: an unknown key is an error naming it and the closest valid key; a value of the wrong
+type is an error naming the key, the expected type and the value. The resolved config is saved next to every
+output (``config.yaml``), and its hash (without runtime-only fields) goes into every result row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from probebench.errors import ProbebenchError, did_you_mean
+from probebench.io import atomic_write_bytes, stable_hash
+
+Layers = Union[str, int, list[int]]  # noqa: UP007  (a runtime union typing can introspect on 3.10)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("PROBEBENCH_CACHE", str(Path("~/.cache/probebench/features").expanduser()))
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and splits; ``options`` go to the dataset (e.g. scenes' ``resolution``)."""
+
+    name: str = "scenes"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    max_train: int | None = 160
+    max_val: int | None = 48
+    max_test: int | None = 64
+    options: dict[str, Any] = field(default_factory=lambda: {"resolution": 64, "seed": 0})
+
+
+@dataclass
+class BackboneConfig:
+    """One backbone and the (layer, timestep) grid to extract from it."""
+
+    name: str = "timm:efficientnet_lite0"
+    weights: str = "default"
+    layers: Layers = "all"
+    timesteps: list[float] | None = None
+    noise_draws: int = 1
+    image_size: int | None = 128
+    dtype: str = "float32"
+    pool_to: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExtractConfig:
+    """How to run extraction (none of it changes the numbers, so none of it is in cache hashes)."""
+
+    batch_size: int = 16
+    shard_size: int = 64
+    device: str | None = None
+    cache_dir: str = field(default_factory=default_cache_dir)
+
+
+@dataclass
+class ProbeConfig:
+    """Which probe, on which target kinds, with which hyper-parameters."""
+
+    name: str = "ridge"
+    tasks: list[str] = field(default_factory=lambda: ["segmentation", "saliency", "depth"])
+    lambdas: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    class_balanced: bool = True
+    batch_size: int = 32
+
+
+@dataclass
+class RunConfig:
+    """A whole pipeline run: data → backbones → cache → probes → results → figures and report."""
+
+    name: str = "quickstart"
+    seed: int = 0
+    output_dir: str = "results"
+    data: DataConfig = field(default_factory=DataConfig)
+    backbones: list[BackboneConfig] = field(default_factory=lambda: [BackboneConfig()])
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+RUNTIME_ONLY = {("extract",), ("output_dir",), ("probe", "batch_size")}  # excluded from the config hash
+
+
+# -- building from dicts ---------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp``, building nested dataclasses; raise a clear error."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, path)
+            except ProbebenchError as e:
+                errors.append(e)
+        raise ProbebenchError(
+            f"Config key {path!r} expects {' or '.join(_type_name(a) for a in args)}, got {value!r}."
+        )
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ProbebenchError(f"Config key {path!r} expects a mapping, got {value!r}.")
+        return from_dict(tp, value, path)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ProbebenchError(f"Config key {path!r} expects a list, got {value!r}.")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{path}.{i}") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ProbebenchError(f"Config key {path!r} expects a mapping, got {value!r}.")
+        return dict(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ProbebenchError(f"Config key {path!r} expects {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys are errors naming the closest valid key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = did_you_mean(str(key), names, n=1)
+            hint = f" Did you mean {(f'{path}.' if path else '') + close[0]!r}?" if close else ""
+            raise ProbebenchError(f"Unknown config key {full!r}.{hint} Valid keys here: {', '.join(names)}.")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# -- overrides -------------------------------------------------------------------------------------------------
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict/list structure, in place."""
+    if "=" not in assignment:
+        raise ProbebenchError(f"Override {assignment!r} must look like key.path=value (e.g. probe.batch_size=64).")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ProbebenchError(f"Override {assignment!r}: the value is not valid YAML ({e}).") from e
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise ProbebenchError(f"Override {key!r}: {where!r} needs a list index in 0..{len(node) - 1}.")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value  # validated (and unknown keys reported) by from_dict
+            else:
+                if part not in node:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ProbebenchError(f"Override {key!r}: {'.'.join(parts[:i])!r} is not a mapping or a list.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                cls: type = RunConfig) -> Any:
+    """Defaults, then the YAML file (``yaml.safe_load``), then overrides; validated into ``cls``."""
+    data = to_dict(cls())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ProbebenchError(f"Config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ProbebenchError(f"Config file {p} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ProbebenchError(f"Config file {p} must hold a mapping at the top level.")
+        from_dict(cls, loaded)  # report unknown keys against the file's own structure first
+        data = _merge(data, loaded)
+    for o in overrides:
+        apply_override(data, o)
+    return from_dict(cls, data)
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options" else v
+    return out
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    atomic_write_bytes(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of everything in the config that changes numbers (runtime-only fields left out)."""
+    d = to_dict(cfg)
+    for path in RUNTIME_ONLY:
+        node = d
+        for p in path[:-1]:
+            node = node[p]
+        node.pop(path[-1], None)
+    d.pop("name", None)
+    return stable_hash(d, 12)

@@ -1,0 +1,118 @@
+"""The ridge screen: every (layer, timestep) of a cache × every task × every λ, from one pass over the train
+features per cell, λ chosen on the validation split, scored on the test split with the task's metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from backbones.base import FeatureKey
+from backbones.store import FeatureCache
+from probebench.errors import ProbebenchError
+from probes.ridge import RidgeAccumulator, RidgeSolution
+from probes.targets import (
+    balance_weights,
+    class_frequencies,
+    decode,
+    inverse_frequency_weights,
+    make_metric,
+    num_outputs,
+    targets_at,
+    upsample,
+)
+from tasks.base import Dataset, TargetSpec
+
+DEFAULT_LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+@dataclass
+class Split:
+    """A split's cached features and the dataset that provides its targets (checked to match)."""
+
+    cache: FeatureCache
+    dataset: Dataset
+
+    def __post_init__(self) -> None:
+        ids = [self.dataset.image_id(i) for i in range(len(self.dataset))]
+        if ids != self.cache.image_ids:
+            raise ProbebenchError(
+                f"Cache {self.cache.path} was made for other images than {self.dataset.name}/{self.dataset.split} "
+                f"({len(self.cache.image_ids)} cached vs {len(ids)} in the split, first ids "
+                f"{self.cache.image_ids[:2]} vs {ids[:2]})."
+            )
+
+    def targets(self, start: int, stop: int, kind: str) -> np.ndarray:
+        return np.stack([self.dataset.load_target(i, kind) for i in range(start, stop)])
+
+
+def _check_kinds(split: Split, kinds: Sequence[str]) -> dict[str, TargetSpec]:
+    return {k: split.dataset.target_spec(k) for k in kinds}
+
+
+def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[str], *,
+                 lambdas: Sequence[float] = DEFAULT_LAMBDAS, class_balanced: bool = True, batch_size: int = 32,
+                 keys: Sequence[FeatureKey] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Fit and score a ridge probe per (key, task); returns one record per (key, task, split, metric)."""
+    specs = _check_kinds(train, kinds)
+    if not lambdas:
+        raise ProbebenchError("The ridge screen needs at least one λ.")
+    keys = list(keys) if keys is not None else train.cache.keys
+    class_w: dict[str, np.ndarray | None] = {}
+    for kind, spec in specs.items():
+        if class_balanced and spec.kind in ("segmentation", "saliency"):
+            counts = class_frequencies([train.dataset.load_target(i, kind) for i in range(len(train.dataset))], spec)
+            class_w[kind] = inverse_frequency_weights(counts)
+        else:
+            class_w[kind] = None
+    records: list[dict[str, Any]] = []
+    for key in tqdm(keys, desc="ridge screen", unit="cell", disable=not progress):
+        info = train.cache.info(key)
+        for split in (val, test):
+            if split is not None and split.cache.info(key).shape[1:] != info.shape[1:]:
+                raise ProbebenchError(f"Feature {key} has shape {info.shape[1:]} in train but "
+                                      f"{split.cache.info(key).shape[1:]} in {split.dataset.split}.")
+        _, h, w, dim = info.shape
+        accs = {k: RidgeAccumulator(dim, num_outputs(s)) for k, s in specs.items()}
+        arr = train.cache.array(key)
+        for start in range(0, len(arr), batch_size):
+            x = arr[start: start + batch_size].astype(np.float64).reshape(-1, dim)
+            for kind, spec in specs.items():
+                y, wt = targets_at(train.targets(start, start + batch_size, kind), spec, (h, w))
+                wt = balance_weights(y, wt, class_w[kind])
+                accs[kind].add(x, y.reshape(len(x), -1), wt.reshape(-1))
+        for kind, spec in specs.items():
+            coef, icpt, lam = accs[kind].solve(lambdas)
+            sol = RidgeSolution(coef, icpt, lam, tuple(lambdas))
+            val_scores = evaluate(sol, val, key, kind, spec, batch_size)
+            main = spec.main_metric
+            order = [v[main] for v in val_scores]
+            best = int(np.nanargmax(order) if spec.higher_is_better else np.nanargmin(order))
+            base = {"layer": key[0], "timestep": key[1], "log_snr": info.log_snr, "task": kind,
+                    "lambda": float(lambdas[best]), "train_cells": accs[kind].count}
+            records += [{**base, "split": val.dataset.split, "metric": m, "value": v}
+                        for m, v in val_scores[best].items()]
+            if test is not None:
+                test_scores = evaluate(sol, test, key, kind, spec, batch_size, which=best)[0]
+                records += [{**base, "split": test.dataset.split, "metric": m, "value": v}
+                            for m, v in test_scores.items()]
+    return records
+
+
+def evaluate(sol: RidgeSolution, split: Split, key: FeatureKey, kind: str, spec: TargetSpec, batch_size: int,
+             which: int | None = None) -> list[dict[str, float]]:
+    """Score the probe(s) on a split at label resolution: one metric dict per λ (or for λ index ``which``)."""
+    n_l = len(sol.lambdas) if which is None else 1
+    metrics = [make_metric(spec) for _ in range(n_l)]
+    arr = split.cache.array(key)
+    for start in range(0, len(arr), batch_size):
+        x = arr[start: start + batch_size]
+        target = split.targets(start, start + len(x), kind)
+        pred = sol.predict(x) if which is None else sol.predict(x, which)[..., None, :]  # (b, h, w, L, K)
+        for li in range(n_l):
+            up = upsample(pred[..., li, :], target.shape[-2:])
+            metrics[li].update(decode(up, spec), target)
+    return [m.compute() for m in metrics]
