@@ -90,6 +90,59 @@ def plot_layer_curves(df: pd.DataFrame, out: Path, split: str = "test") -> list[
     return paths
 
 
+def plot_predictions(rdir: Path, num_rows: int = 4) -> list[Path]:
+    """For each model with saved heads: input, ground truth and prediction of every task's best cell."""
+    import json
+
+    import numpy as np
+
+    paths = []
+    for d in sorted((rdir / "heads").glob("*")) if (rdir / "heads").is_dir() else []:
+        kinds = [k for k in MAIN_METRIC if (d / f"{k}_pred.npy").is_file()]
+        if not kinds or not (d / "images.npy").is_file():
+            continue
+        images = np.load(d / "images.npy")[:num_rows]
+        n = len(images)
+        fig, axes = plt.subplots(n, 1 + 2 * len(kinds), figsize=(1.7 * (1 + 2 * len(kinds)), 1.75 * n + 0.6),
+                                 squeeze=False)
+        title = ""
+        for c, kind in enumerate(kinds):
+            meta = json.loads((d / f"{kind}.json").read_text())
+            title = f"{meta['backbone']} ({meta['weights']})"
+            pred, tgt = np.load(d / f"{kind}_pred.npy")[:n], np.load(d / f"{kind}_target.npy")[:n]
+            if kind == "segmentation":
+                kw = {"cmap": "tab10", "vmin": 0, "vmax": 9, "interpolation": "nearest"}
+                tgt = np.where(tgt == 255, np.nan, tgt)
+            elif kind == "saliency":
+                kw = {"cmap": "gray", "vmin": 0, "vmax": 1}
+            else:
+                valid = tgt[tgt > 0]
+                kw = {"cmap": "magma_r", "vmin": float(valid.min()) if valid.size else 0,
+                      "vmax": float(np.percentile(valid, 98)) if valid.size else 1}
+                tgt = np.where(tgt > 0, tgt, np.nan)
+            for r in range(n):
+                axes[r, 1 + 2 * c].imshow(tgt[r], **kw)
+                axes[r, 2 + 2 * c].imshow(pred[r], **kw)
+            where = f"layer {meta['layer']}" + (f", t={meta['timestep']}" if meta["timestep"] != "none" else "")
+            axes[0, 1 + 2 * c].set_title(f"{kind}\ntarget", fontsize=9)
+            axes[0, 2 + 2 * c].set_title(f"{kind}\nprobe ({where})", fontsize=9)
+        for r in range(n):
+            axes[r, 0].imshow(np.clip(images[r], 0, 1))
+        axes[0, 0].set_title("input", fontsize=9)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(f"{title}: best cell per task (test images)", fontsize=10)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            p = rdir / "figures" / f"predictions_{d.name}.{ext}"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(p, dpi=110, bbox_inches="tight")
+            paths.append(p)
+        plt.close(fig)
+    return [p for p in paths if p.suffix == ".png"]
+
+
 def _markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -107,6 +160,7 @@ def write_report(results_dir: str | Path) -> Path:
         raise ProbebenchError(f"{rdir} has a results file but no rows.")
     fig_dir = rdir / "figures"
     figs = plot_layer_curves(df, fig_dir)
+    preds = plot_predictions(rdir)
     best = best_cells(df)
     runs = ", ".join(sorted(df["run"].unique()))
     lines = [
@@ -126,6 +180,8 @@ def write_report(results_dir: str | Path) -> Path:
         "",
         f"![layer curves]({figs[0].relative_to(rdir).as_posix()})",
         "",
+        *(["## Predictions of the best cells", ""] if preds else []),
+        *[f"![predictions]({p.relative_to(rdir).as_posix()})\n" for p in preds],
         f"Full table: `{Path('results.csv')}`; resolved config: `config.yaml`.",
         "",
     ]

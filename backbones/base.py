@@ -8,7 +8,6 @@ maps keyed by ``(layer, timestep)``. One helper owns the index semantics of laye
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,7 +131,7 @@ class Adapter:
 
     def __init__(self, meta: BackboneMeta, model: torch.nn.Module, *, weights: str, weights_id: str,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 image_size: int | None = None):
+                 image_size: int | None = None, compute_batch: int = 8):
         self.meta = meta
         self.weights = weights
         self.weights_id = weights_id
@@ -141,6 +140,9 @@ class Adapter:
         self.image_size = int(image_size or meta.image_size)
         if self.image_size < 8:
             raise ProbebenchError(f"image_size must be >= 8 pixels, got {self.image_size}.")
+        if int(compute_batch) < 1:
+            raise ProbebenchError(f"compute_batch must be >= 1, got {compute_batch}.")
+        self.compute_batch = int(compute_batch)
         model.eval().requires_grad_(False)
         self.model = model.to(self.device)
 
@@ -179,6 +181,7 @@ class Adapter:
             "revision": self.meta.revision,
             "image_size": self.image_size,
             "dtype": str(self.dtype).removeprefix("torch."),
+            "compute_batch": self.compute_batch,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -201,7 +204,10 @@ class Adapter:
     def extract(self, images: torch.Tensor, layers: Any = None, timesteps: Any = None, *,
                 image_ids: Sequence[str] | None = None, seed: int = 0, noise_draws: int = 1
                 ) -> dict[FeatureKey, torch.Tensor]:
-        """Features for every requested ``(layer, timestep)`` as float32 (B, C, h, w) tensors on the CPU."""
+        """Features for every requested ``(layer, timestep)`` as float32 (B, C, h, w) tensors on the CPU.
+
+        Without ``image_ids``, an image's id (which seeds its noise) is its position in this batch.
+        """
         layer_idx = self.resolve_layers(layers)
         ts = self.resolve_timesteps(timesteps)
         if noise_draws < 1:
@@ -209,8 +215,22 @@ class Adapter:
         if image_ids is not None and len(image_ids) != images.shape[0]:
             raise ProbebenchError(f"Got {len(image_ids)} image ids for {images.shape[0]} images.")
         x = self.preprocess(images)
-        feats = self._extract(x, layer_idx, ts, image_ids=image_ids, seed=seed, noise_draws=noise_draws)
-        return {k: v.float().cpu() for k, v in feats.items()}
+        ids = list(image_ids) if image_ids is not None else [str(i) for i in range(len(x))]
+        # The model always sees batches of exactly ``compute_batch`` images (the last one zero-padded): kernels
+        # choose algorithms by batch shape, so this makes an image's features independent of how the caller
+        # batches, shards or distributes the dataset — bit for bit.
+        parts: dict[FeatureKey, list[torch.Tensor]] = {}
+        cb = self.compute_batch
+        for s in range(0, len(x), cb):
+            xs, n = x[s: s + cb], min(cb, len(x) - s)
+            chunk_ids = ids[s: s + cb]
+            if n < cb:
+                xs = torch.cat([xs, xs.new_zeros((cb - n, *xs.shape[1:]))])
+                chunk_ids = chunk_ids + [f"__pad{j}__" for j in range(cb - n)]
+            feats = self._extract(xs, layer_idx, ts, image_ids=chunk_ids, seed=seed, noise_draws=noise_draws)
+            for k, v in feats.items():
+                parts.setdefault(k, []).append(v[:n].float().cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
 
     def _extract(self, x: torch.Tensor, layers: list[int], timesteps: list[Any], *,
                  image_ids: Sequence[str] | None, seed: int, noise_draws: int) -> dict[FeatureKey, torch.Tensor]:
@@ -224,6 +244,3 @@ class Adapter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, weights={self.weights!r}, layers={self.num_layers})"
 
-
-def is_log_snr_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

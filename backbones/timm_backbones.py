@@ -97,7 +97,7 @@ def _timm_meta(name: str, model: torch.nn.Module, image_size: int, family: str =
 
 def build_timm_adapter(name: str, model_name: str, weights: str = "default", device: Any = None, dtype: Any = None,
                        image_size: int | None = None, family: str = "timm", random_seed: int = 0,
-                       model_kwargs: dict[str, Any] | None = None) -> TimmAdapter:
+                       model_kwargs: dict[str, Any] | None = None, compute_batch: int = 8) -> TimmAdapter:
     """Create a timm model, load weights (packaged, HF cache, local path, or random) and wrap it."""
     import timm
 
@@ -138,7 +138,7 @@ def build_timm_adapter(name: str, model_name: str, weights: str = "default", dev
     size = int(image_size or (model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-1])
     meta = _timm_meta(name, model, size, family=family)
     return TimmAdapter(meta, model, weights=weights, weights_id=weights_id, device=device, dtype=dtype,
-                       image_size=size)
+                       image_size=size, compute_batch=compute_batch)
 
 
 def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], model_name: str) -> None:

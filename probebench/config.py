@@ -24,7 +24,7 @@ Layers = Union[str, int, list[int]]  # noqa: UP007  (a runtime union typing can 
 
 
 def default_cache_dir() -> str:
-    return os.environ.get("PROBEBENCH_CACHE", str(Path("~/.cache/probebench/features").expanduser()))
+    return os.environ.get("PROBEBENCH_CACHE", "~/.cache/probebench/features")
 
 
 @dataclass
@@ -86,7 +86,9 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "results"
     data: DataConfig = field(default_factory=DataConfig)
-    backbones: list[BackboneConfig] = field(default_factory=lambda: [BackboneConfig()])
+    backbones: list[BackboneConfig] = field(
+        default_factory=lambda: [BackboneConfig(), BackboneConfig(weights="random")]  # ImageNet vs its random twin
+    )
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 

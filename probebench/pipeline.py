@@ -7,14 +7,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import backbones
 import tasks
 from backbones.store import FeatureCache, extract_to_cache
 from probebench.config import BackboneConfig, RunConfig, config_hash, save_config
 from probebench.errors import ProbebenchError
+from probebench.io import atomic_save_npy, atomic_write_json
 from probes import PROBES
 from probes.results import RESULTS_FILE, append_results, done_cells, fmt_layers, fmt_timestep, provenance
-from probes.screen import Split
+from probes.screen import Head, Split, predict_maps
 from tasks.base import HIGHER_IS_BETTER, Dataset, Subset
 
 log = logging.getLogger("probebench")
@@ -79,19 +82,20 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     results = out / RESULTS_FILE
     prov = provenance()
     for b in cfg.backbones:
-        todo = [k for k in cfg.probe.tasks if (b.name, k) not in done_cells(results, chash)]
+        todo = [k for k in cfg.probe.tasks if (b.name, b.weights, k) not in done_cells(results, chash)]
         if not todo:
-            say(f"[probebench] {b.name}: all results present for config {chash}; skipping (only-missing).")
+            say(f"[probebench] {b.name} ({b.weights}): all results present for config {chash}; skipping (only-missing).")
             continue
         if extract:
             caches = extract_backbone(b, cfg, splits, progress)
         else:
             caches = {w: find_cache(b, cfg, ds) for w, ds in splits.items()}
         data = {w: Split(caches[w], splits[w]) for w in splits}
-        records = probe(data["train"], data["val"], data["test"], todo, lambdas=cfg.probe.lambdas,
-                        class_balanced=cfg.probe.class_balanced, batch_size=cfg.probe.batch_size,
-                        progress=progress)
-        n = append_results(results, result_rows(records, cfg, b, caches["train"], chash, prov))
+        output = probe(data["train"], data["val"], data["test"], todo, lambdas=cfg.probe.lambdas,
+                       class_balanced=cfg.probe.class_balanced, batch_size=cfg.probe.batch_size,
+                       progress=progress)
+        save_heads(out, b, output.best, data["test"])
+        n = append_results(results, result_rows(output.records, cfg, b, caches["train"], chash, prov))
         say(f"[probebench] {b.name} ({b.weights}): {n} result rows → {results}")
     if analyze:
         from analysis.report import write_report
@@ -99,6 +103,30 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
         report = write_report(out)
         say(f"[probebench] report: {report}")
     return out
+
+
+def model_slug(b: BackboneConfig) -> str:
+    return f"{b.name}-{b.weights}".replace("/", "_").replace(":", "_")
+
+
+def save_heads(out: Path, b: BackboneConfig, heads: dict[str, Head], test: Split, num_examples: int = 6) -> None:
+    """Save each task's best head (safetensors) and its predictions on a few test images (for figures)."""
+    from safetensors.numpy import save_file
+
+    d = out / "heads" / model_slug(b)
+    d.mkdir(parents=True, exist_ok=True)
+    idx = list(range(min(num_examples, len(test.dataset))))
+    for kind, head in heads.items():
+        meta = {"backbone": b.name, "weights": b.weights, "task": kind, "layer": str(head.key[0]),
+                "timestep": fmt_timestep(head.key[1]), "lambda": str(head.lam), "val_score": str(head.val_score)}
+        save_file({"coef": head.coef.astype(np.float32), "intercept": head.intercept.astype(np.float32)},
+                  str(d / f"{kind}.safetensors"), metadata=meta)
+        spec = test.dataset.target_spec(kind)
+        atomic_save_npy(d / f"{kind}_pred.npy", predict_maps(head, test, spec, idx).astype(np.float32))
+        atomic_save_npy(d / f"{kind}_target.npy",
+                        np.stack([test.dataset.load_target(i, kind) for i in idx]).astype(np.float32))
+        atomic_write_json(d / f"{kind}.json", meta)
+    atomic_save_npy(d / "images.npy", np.stack([test.dataset.load_image(i) for i in idx]).astype(np.float32))
 
 
 def find_cache(b: BackboneConfig, cfg: RunConfig, ds: Dataset) -> FeatureCache:

@@ -136,11 +136,11 @@ def append_results(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return len(new)
 
 
-def done_cells(path: str | Path, config_hash: str) -> set[tuple[str, str]]:
-    """(backbone, task) pairs that already have rows for this config hash (the only-missing rule)."""
+def done_cells(path: str | Path, config_hash: str) -> set[tuple[str, str, str]]:
+    """(backbone, weights, task) triples that already have rows for this config hash (the only-missing rule)."""
     p = Path(path)
     if not p.is_file():
         return set()
     df = read_results(p)
     df = df[df["config_hash"] == config_hash]
-    return set(zip(df["backbone"], df["task"]))
+    return set(zip(df["backbone"], df["weights"], df["task"]))

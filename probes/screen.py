@@ -53,10 +53,34 @@ def _check_kinds(split: Split, kinds: Sequence[str]) -> dict[str, TargetSpec]:
     return {k: split.dataset.target_spec(k) for k in kinds}
 
 
+@dataclass
+class Head:
+    """A fitted linear read-out on one (layer, timestep): ``x @ coef + intercept`` at feature resolution."""
+
+    key: FeatureKey
+    kind: str
+    coef: np.ndarray  # (D, K)
+    intercept: np.ndarray  # (K,)
+    lam: float
+    val_score: float
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64) @ self.coef + self.intercept
+
+
+@dataclass
+class ProbeOutput:
+    """What a probe returns: tidy records (one per key, task, split, metric) and the best head per task."""
+
+    records: list[dict[str, Any]]
+    best: dict[str, Head]
+
+
 def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[str], *,
                  lambdas: Sequence[float] = DEFAULT_LAMBDAS, class_balanced: bool = True, batch_size: int = 32,
-                 keys: Sequence[FeatureKey] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Fit and score a ridge probe per (key, task); returns one record per (key, task, split, metric)."""
+                 keys: Sequence[FeatureKey] | None = None, progress: bool = True) -> ProbeOutput:
+    """Fit and score a ridge probe per (key, task), λ chosen on ``val``; the best cell per task (by its
+    validation score) is returned as a :class:`Head`."""
     specs = _check_kinds(train, kinds)
     if not lambdas:
         raise ProbebenchError("The ridge screen needs at least one λ.")
@@ -69,6 +93,7 @@ def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[s
         else:
             class_w[kind] = None
     records: list[dict[str, Any]] = []
+    best_heads: dict[str, Head] = {}
     for key in tqdm(keys, desc="ridge screen", unit="cell", disable=not progress):
         info = train.cache.info(key)
         for split in (val, test):
@@ -95,18 +120,34 @@ def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[s
                     "lambda": float(lambdas[best]), "train_cells": accs[kind].count}
             records += [{**base, "split": val.dataset.split, "metric": m, "value": v}
                         for m, v in val_scores[best].items()]
+            score = float(order[best])
+            prev = best_heads.get(kind)
+            if prev is None or (score > prev.val_score if spec.higher_is_better else score < prev.val_score):
+                best_heads[kind] = Head(key, kind, coef[best], icpt[best], float(lambdas[best]), score)
             if test is not None:
                 test_scores = evaluate(sol, test, key, kind, spec, batch_size, which=best)[0]
                 records += [{**base, "split": test.dataset.split, "metric": m, "value": v}
                             for m, v in test_scores.items()]
-    return records
+    return ProbeOutput(records, best_heads)
+
+
+def predict_maps(head: Head, split: Split, spec: TargetSpec, indices: Sequence[int]) -> np.ndarray:
+    """Decoded predictions of ``head`` at label resolution for some images of ``split`` (for figures)."""
+    arr = split.cache.array(head.key)
+    out = []
+    for i in indices:
+        target = split.dataset.load_target(i, head.kind)
+        pred = head.predict(arr[i][None])
+        out.append(decode(upsample(pred, target.shape[-2:]), spec)[0].numpy())
+    return np.stack(out)
 
 
 def evaluate(sol: RidgeSolution, split: Split, key: FeatureKey, kind: str, spec: TargetSpec, batch_size: int,
              which: int | None = None) -> list[dict[str, float]]:
     """Score the probe(s) on a split at label resolution: one metric dict per λ (or for λ index ``which``)."""
     n_l = len(sol.lambdas) if which is None else 1
-    metrics = [make_metric(spec) for _ in range(n_l)]
+    options = getattr(split.dataset, "eval_options", {}).get(kind, {})
+    metrics = [make_metric(spec, **options) for _ in range(n_l)]
     arr = split.cache.array(key)
     for start in range(0, len(arr), batch_size):
         x = arr[start: start + batch_size]

@@ -2,4 +2,4 @@
 
 from probebench.registry import Registry
 
-TASKS = Registry("task", group="probebench.tasks", lazy_modules=("tasks.scenes",))
+TASKS = Registry("task", group="probebench.tasks", lazy_modules=("tasks.scenes", "tasks.loaders"))

@@ -63,6 +63,7 @@ class Dataset(ABC):
 
     name: str = ""
     version: str = "1"
+    eval_options: dict[str, dict[str, Any]] = {}  # noqa: RUF012  per kind, passed to the metric (e.g. eigen_crop)
 
     def __init__(self, split: str):
         self.split = split
@@ -110,7 +111,7 @@ class Subset(Dataset):
     def __init__(self, base: Dataset, n: int):
         super().__init__(base.split)
         self.base, self.n = base, min(int(n), len(base))
-        self.name, self.version = base.name, base.version
+        self.name, self.version, self.eval_options = base.name, base.version, base.eval_options
 
     @property
     def targets(self) -> dict[str, TargetSpec]:
