@@ -23,7 +23,7 @@ METRIC_LABELS = {"mIoU": "mIoU (fraction)", "maxF": "max F-measure (fraction)", 
 
 
 def model_label(df: pd.DataFrame) -> pd.Series:
-    """"backbone (weights)" — the legend names both."""
+    """ "backbone (weights)" — the legend names both."""
     return df["backbone"] + " (" + df["weights"] + ")"
 
 
@@ -52,12 +52,25 @@ def best_cells(df: pd.DataFrame, split: str = "test", select_split: str = "val")
     for (model, task), g in sel.groupby(["model", "task"], sort=True):
         higher = MAIN_METRIC[task][1]
         best = g.loc[g["value"].idxmax() if higher else g["value"].idxmin()]
-        hit = rep[(rep["model"] == model) & (rep["task"] == task) & (rep["layer"] == best["layer"])
-                  & (rep["timestep"] == best["timestep"]) & (rep["probe"] == best["probe"])]
-        rows.append({"model": model, "task": task, "probe": best["probe"], "layer": best["layer"],
-                     "timestep": best["timestep"], "metric": best["metric"],
-                     f"{select_split}_value": float(best["value"]),
-                     f"{split}_value": float(hit["value"].iloc[0]) if len(hit) else float("nan")})
+        hit = rep[
+            (rep["model"] == model)
+            & (rep["task"] == task)
+            & (rep["layer"] == best["layer"])
+            & (rep["timestep"] == best["timestep"])
+            & (rep["probe"] == best["probe"])
+        ]
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "probe": best["probe"],
+                "layer": best["layer"],
+                "timestep": best["timestep"],
+                "metric": best["metric"],
+                f"{select_split}_value": float(best["value"]),
+                f"{split}_value": float(hit["value"].iloc[0]) if len(hit) else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -71,8 +84,18 @@ def plot_layer_curves(df: pd.DataFrame, out: Path, split: str = "test") -> list[
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         g = d[d["task"] == task]
-        sns.lineplot(data=g, x="layer_index", y="value", hue="model", style="model", markers=True, dashes=False,
-                     palette=PALETTE, ax=ax, errorbar=None)
+        sns.lineplot(
+            data=g,
+            x="layer_index",
+            y="value",
+            hue="model",
+            style="model",
+            markers=True,
+            dashes=False,
+            palette=PALETTE,
+            ax=ax,
+            errorbar=None,
+        )
         metric, higher = MAIN_METRIC[task]
         ax.set_title(f"{task} — {metric} ({'higher' if higher else 'lower'} is better)")
         ax.set_xlabel("layer (block index)")
@@ -103,8 +126,9 @@ def plot_predictions(rdir: Path, num_rows: int = 4) -> list[Path]:
             continue
         images = np.load(d / "images.npy")[:num_rows]
         n = len(images)
-        fig, axes = plt.subplots(n, 1 + 2 * len(kinds), figsize=(1.7 * (1 + 2 * len(kinds)), 1.75 * n + 0.6),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            n, 1 + 2 * len(kinds), figsize=(1.7 * (1 + 2 * len(kinds)), 1.75 * n + 0.6), squeeze=False
+        )
         title = ""
         for c, kind in enumerate(kinds):
             meta = json.loads((d / f"{kind}.json").read_text())
@@ -117,13 +141,18 @@ def plot_predictions(rdir: Path, num_rows: int = 4) -> list[Path]:
                 kw = {"cmap": "gray", "vmin": 0, "vmax": 1}
             else:
                 valid = tgt[tgt > 0]
-                kw = {"cmap": "magma_r", "vmin": float(valid.min()) if valid.size else 0,
-                      "vmax": float(np.percentile(valid, 98)) if valid.size else 1}
+                kw = {
+                    "cmap": "magma_r",
+                    "vmin": float(valid.min()) if valid.size else 0,
+                    "vmax": float(np.percentile(valid, 98)) if valid.size else 1,
+                }
                 tgt = np.where(tgt > 0, tgt, np.nan)
             for r in range(n):
                 axes[r, 1 + 2 * c].imshow(tgt[r], **kw)
                 axes[r, 2 + 2 * c].imshow(pred[r], **kw)
-            where = f"layer {meta['layer']}" + (f", t={meta['timestep']}" if meta["timestep"] != "none" else "")
+            where = f"layer {meta['layer']}" + (
+                f", t={meta['timestep']}" if meta["timestep"] != "none" else ""
+            )
             axes[0, 1 + 2 * c].set_title(f"{kind}\ntarget", fontsize=9)
             axes[0, 2 + 2 * c].set_title(f"{kind}\nprobe ({where})", fontsize=9)
         for r in range(n):

@@ -10,7 +10,9 @@ from backbones.base import Adapter, BackboneMeta, FeatureKey, resolve_layers
 __all__ = ["BACKBONES", "Adapter", "BackboneMeta", "FeatureKey", "create", "list_backbones", "resolve_layers"]
 
 
-def create(name: str, weights: str = "default", device: Any = None, dtype: Any = None, **kwargs: Any) -> Adapter:
+def create(
+    name: str, weights: str = "default", device: Any = None, dtype: Any = None, **kwargs: Any
+) -> Adapter:
     """Build the frozen adapter registered as ``name``.
 
     ``weights``: ``"default"`` (the registered pretrained weights, from disk/cache; offline-safe), ``"random"``

@@ -20,8 +20,14 @@ from probebench.errors import ProbebenchError
 FeatureKey = tuple[int, "float | int | None"]
 """``(layer, timestep)``; the timestep is ``None`` for non-diffusion backbones."""
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,13 @@ def resolve_layers(spec: int | str | Sequence[int | str] | None, num_layers: int
 def validate_images(images: torch.Tensor) -> torch.Tensor:
     """Check that ``images`` is float RGB in [0, 1] of shape (B, 3, H, W); raise a clear error otherwise."""
     if not isinstance(images, torch.Tensor):
-        raise ProbebenchError(f"Images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}.")
+        raise ProbebenchError(
+            f"Images must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}."
+        )
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ProbebenchError(f"Images must have shape (B, 3, H, W) with 3 RGB channels, got {tuple(images.shape)}.")
+        raise ProbebenchError(
+            f"Images must have shape (B, 3, H, W) with 3 RGB channels, got {tuple(images.shape)}."
+        )
     if not images.is_floating_point():
         raise ProbebenchError(f"Images must be floating point in [0, 1], got dtype {images.dtype}.")
     if images.numel() and not torch.isfinite(images).all():
@@ -129,9 +139,18 @@ class Adapter:
     meta: BackboneMeta
     model: torch.nn.Module
 
-    def __init__(self, meta: BackboneMeta, model: torch.nn.Module, *, weights: str, weights_id: str,
-                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 image_size: int | None = None, compute_batch: int = 8):
+    def __init__(
+        self,
+        meta: BackboneMeta,
+        model: torch.nn.Module,
+        *,
+        weights: str,
+        weights_id: str,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        image_size: int | None = None,
+        compute_batch: int = 8,
+    ):
         self.meta = meta
         self.weights = weights
         self.weights_id = weights_id
@@ -195,15 +214,25 @@ class Adapter:
         images = validate_images(images).to(self.device, torch.float32)
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = torch.nn.functional.interpolate(
-                images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                images,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
                 antialias=True,
             ).clamp_(0, 1)
         return images
 
     @torch.inference_mode()
-    def extract(self, images: torch.Tensor, layers: Any = None, timesteps: Any = None, *,
-                image_ids: Sequence[str] | None = None, seed: int = 0, noise_draws: int = 1
-                ) -> dict[FeatureKey, torch.Tensor]:
+    def extract(
+        self,
+        images: torch.Tensor,
+        layers: Any = None,
+        timesteps: Any = None,
+        *,
+        image_ids: Sequence[str] | None = None,
+        seed: int = 0,
+        noise_draws: int = 1,
+    ) -> dict[FeatureKey, torch.Tensor]:
         """Features for every requested ``(layer, timestep)`` as float32 (B, C, h, w) tensors on the CPU.
 
         Without ``image_ids``, an image's id (which seeds its noise) is its position in this batch.
@@ -222,8 +251,8 @@ class Adapter:
         parts: dict[FeatureKey, list[torch.Tensor]] = {}
         cb = self.compute_batch
         for s in range(0, len(x), cb):
-            xs, n = x[s: s + cb], min(cb, len(x) - s)
-            chunk_ids = ids[s: s + cb]
+            xs, n = x[s : s + cb], min(cb, len(x) - s)
+            chunk_ids = ids[s : s + cb]
             if n < cb:
                 xs = torch.cat([xs, xs.new_zeros((cb - n, *xs.shape[1:]))])
                 chunk_ids = chunk_ids + [f"__pad{j}__" for j in range(cb - n)]
@@ -232,8 +261,16 @@ class Adapter:
                 parts.setdefault(k, []).append(v[:n].float().cpu())
         return {k: torch.cat(v) for k, v in parts.items()}
 
-    def _extract(self, x: torch.Tensor, layers: list[int], timesteps: list[Any], *,
-                 image_ids: Sequence[str] | None, seed: int, noise_draws: int) -> dict[FeatureKey, torch.Tensor]:
+    def _extract(
+        self,
+        x: torch.Tensor,
+        layers: list[int],
+        timesteps: list[Any],
+        *,
+        image_ids: Sequence[str] | None,
+        seed: int,
+        noise_draws: int,
+    ) -> dict[FeatureKey, torch.Tensor]:
         raise NotImplementedError
 
     def autocast(self):
@@ -243,4 +280,3 @@ class Adapter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, weights={self.weights!r}, layers={self.num_layers})"
-

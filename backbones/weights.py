@@ -73,4 +73,6 @@ def find_hf_file(repo_id: str, filenames: tuple[str, ...], revision: str | None 
             return Path(hf_hub_download(repo_id, fn, revision=revision))
         except Exception as e:  # try the next file name
             errors.append(f"{fn}: {type(e).__name__}")
-    raise WeightsNotFoundError(f"Could not find or download weights for {repo_id!r} ({'; '.join(errors)}); looked in {where}.")
+    raise WeightsNotFoundError(
+        f"Could not find or download weights for {repo_id!r} ({'; '.join(errors)}); looked in {where}."
+    )

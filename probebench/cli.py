@@ -26,19 +26,29 @@ class Parser(argparse.ArgumentParser):
             if close:
                 message += f"; did you mean {close[0]!r}?"
         elif message.startswith("unrecognized arguments"):
-            opts = [a for act in self._actions for a in act.option_strings]
+            opts = [a for act in self._actions for a in act.option_strings if a.startswith("--")]
             bad = message.split(":", 1)[1].split()[0]
             close = did_you_mean(bad, opts)
-            message += f" (valid options: {', '.join(sorted(opts))})" + (f"; did you mean {close[0]}?" if close else "")
+            message += f" (valid options: {', '.join(sorted(opts))})" + (
+                f"; did you mean {close[0]}?" if close else ""
+            )
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
 def _add_config_args(p: argparse.ArgumentParser, config_required: bool = False) -> None:
-    p.add_argument("config", nargs="?" if not config_required else None, default=None,
-                   help="YAML config (see configs/); omitted: the embedded quickstart defaults")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. probe.lambdas=[0.1,1] data.max_train=32 backbones.0.layers=[0,2]")
+    p.add_argument(
+        "config",
+        nargs="?" if not config_required else None,
+        default=None,
+        help="YAML config (see configs/); omitted: the embedded quickstart defaults",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. probe.lambdas=[0.1,1] data.max_train=32 backbones.0.layers=[0,2]",
+    )
 
 
 def build_parser() -> Parser:
@@ -50,7 +60,9 @@ def build_parser() -> Parser:
     ls = sub.add_parser("list", help="list registered backbones, tasks or probes")
     ls.add_argument("what", choices=["backbones", "tasks", "probes"])
 
-    ex = sub.add_parser("extract", help="extract features of one backbone on one dataset split into the cache")
+    ex = sub.add_parser(
+        "extract", help="extract features of one backbone on one dataset split into the cache"
+    )
     ex.add_argument("--backbone", required=True, help="registered name, e.g. timm:efficientnet_lite0")
     ex.add_argument("--dataset", default="scenes", help="registered task/dataset name (default: scenes)")
     ex.add_argument("--root", default=None, help="dataset root directory (datasets on disk)")
@@ -68,7 +80,9 @@ def build_parser() -> Parser:
     ex.add_argument("--shard-size", type=int, default=64)
     ex.add_argument("--max-images", type=int, default=None)
     ex.add_argument("--resolution", type=int, default=None, help="scenes: render resolution")
-    ex.add_argument("--cache", default=None, help="cache root (default: $PROBEBENCH_CACHE or ~/.cache/probebench)")
+    ex.add_argument(
+        "--cache", default=None, help="cache root (default: $PROBEBENCH_CACHE or ~/.cache/probebench)"
+    )
     ex.add_argument("--no-progress", action="store_true")
 
     fit = sub.add_parser("fit", help="fit the configured probes on existing caches (no extraction)")
@@ -125,18 +139,34 @@ def cmd_extract(args: argparse.Namespace) -> int:
         try:
             timesteps = [float(t) if any(c in t for c in ".e") else int(t) for t in args.timesteps.split(",")]
         except ValueError as e:
-            raise ProbebenchError(f"--timesteps must be a comma list of numbers, got {args.timesteps!r}.") from e
+            raise ProbebenchError(
+                f"--timesteps must be a comma list of numbers, got {args.timesteps!r}."
+            ) from e
     opts = {"resolution": args.resolution} if args.resolution else {}
     ds = tasks.create(args.dataset, split=args.split, **({"root": args.root} if args.root else {}), **opts)
     if args.max_images is not None:
         ds = Subset(ds, args.max_images)
     dist = _maybe_init_distributed(args.device)
-    adapter = backbones.create(args.backbone, weights=args.weights, device=args.device, dtype=args.dtype,
-                               **({"image_size": args.image_size} if args.image_size else {}))
-    cache = extract_to_cache(adapter, ds, layers=args.layers, timesteps=timesteps,
-                             cache_root=args.cache or default_cache_dir(), seed=args.seed,
-                             noise_draws=args.noise_draws, batch_size=args.batch_size, shard_size=args.shard_size,
-                             pool_to=args.pool_to, progress=not args.no_progress)
+    adapter = backbones.create(
+        args.backbone,
+        weights=args.weights,
+        device=args.device,
+        dtype=args.dtype,
+        **({"image_size": args.image_size} if args.image_size else {}),
+    )
+    cache = extract_to_cache(
+        adapter,
+        ds,
+        layers=args.layers,
+        timesteps=timesteps,
+        cache_root=args.cache or default_cache_dir(),
+        seed=args.seed,
+        noise_draws=args.noise_draws,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        pool_to=args.pool_to,
+        progress=not args.no_progress,
+    )
     if dist:
         import torch.distributed
 
@@ -180,17 +210,35 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_scenes(args: argparse.Namespace) -> int:
     from tasks.scenes import export_scenes
 
-    out = export_scenes(args.out_dir, {"train": args.train, "val": args.val, "test": args.test},
-                        resolution=args.resolution, seed=args.seed)
+    out = export_scenes(
+        args.out_dir,
+        {"train": args.train, "val": args.val, "test": args.test},
+        resolution=args.resolution,
+        seed=args.seed,
+    )
     print(out)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    handlers = {"list": cmd_list, "extract": cmd_extract, "run": cmd_run, "analyze": cmd_analyze,
-                "scenes": cmd_scenes, "fit": lambda a: cmd_run(a, extract=False)}
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # report against the subcommand's own options, which is where the user meant them
+        sub = parser
+        for dest in ("command", "scenes_command"):
+            action = next((a for a in sub._actions if getattr(a, "dest", None) == dest), None)
+            name = getattr(args, dest, None)
+            if action is not None and name in (action.choices or {}):
+                sub = action.choices[name]
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    handlers = {
+        "list": cmd_list,
+        "extract": cmd_extract,
+        "run": cmd_run,
+        "analyze": cmd_analyze,
+        "scenes": cmd_scenes,
+        "fit": lambda a: cmd_run(a, extract=False),
+    }
     try:
         return handlers[args.command](args)
     except (ProbebenchError, ValueError, FileNotFoundError) as e:

@@ -87,7 +87,10 @@ class RunConfig:
     output_dir: str = "results"
     data: DataConfig = field(default_factory=DataConfig)
     backbones: list[BackboneConfig] = field(
-        default_factory=lambda: [BackboneConfig(), BackboneConfig(weights="random")]  # ImageNet vs its random twin
+        default_factory=lambda: [
+            BackboneConfig(),
+            BackboneConfig(weights="random"),
+        ]  # ImageNet vs its random twin
     )
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -138,7 +141,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return float(value)
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
-    raise ProbebenchError(f"Config key {path!r} expects {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
+    raise ProbebenchError(
+        f"Config key {path!r} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})."
+    )
 
 
 def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
@@ -164,7 +169,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict/list structure, in place."""
     if "=" not in assignment:
-        raise ProbebenchError(f"Override {assignment!r} must look like key.path=value (e.g. probe.batch_size=64).")
+        raise ProbebenchError(
+            f"Override {assignment!r} must look like key.path=value (e.g. probe.batch_size=64)."
+        )
     key, raw = assignment.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -177,7 +184,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         where = ".".join(parts[: i + 1])
         if isinstance(node, list):
             if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-                raise ProbebenchError(f"Override {key!r}: {where!r} needs a list index in 0..{len(node) - 1}.")
+                raise ProbebenchError(
+                    f"Override {key!r}: {where!r} needs a list index in 0..{len(node) - 1}."
+                )
             if last:
                 node[int(part)] = value
             else:
@@ -193,8 +202,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ProbebenchError(f"Override {key!r}: {'.'.join(parts[:i])!r} is not a mapping or a list.")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                cls: type = RunConfig) -> Any:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = RunConfig
+) -> Any:
     """Defaults, then the YAML file (``yaml.safe_load``), then overrides; validated into ``cls``."""
     data = to_dict(cls())
     if path is not None:
@@ -217,7 +227,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in new.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options" else v
+        out[k] = (
+            _merge(out[k], v)
+            if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options"
+            else v
+        )
     return out
 
 

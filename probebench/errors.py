@@ -34,14 +34,18 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return [lowered[c] for c in close]
 
 
-def unknown_message(kind: str, name: str, choices: Iterable[str], extra: str = "", max_listed: int = 40) -> str:
-    """"Unknown backbone 'x'. Did you mean: a, b? Available: ..." in the manner of lm-eval."""
+def unknown_message(
+    kind: str, name: str, choices: Iterable[str], extra: str = "", max_listed: int = 40
+) -> str:
+    """ "Unknown backbone 'x'. Did you mean: a, b? Available: ..." in the manner of lm-eval."""
     choices = sorted(set(choices))
     msg = f"Unknown {kind} {name!r}."
     close = did_you_mean(name, choices)
     if close:
         msg += f" Did you mean: {', '.join(close)}?"
-    listed = ", ".join(choices[:max_listed]) + (f", ... ({len(choices)} in all)" if len(choices) > max_listed else "")
+    listed = ", ".join(choices[:max_listed]) + (
+        f", ... ({len(choices)} in all)" if len(choices) > max_listed else ""
+    )
     msg += f" Available: {listed}." if choices else " None are available."
     if extra:
         msg += " " + extra

@@ -46,16 +46,32 @@ COLUMNS: dict[str, str] = {  # name -> pandas dtype
     "git_commit": "string",
     "created": "string",
 }
-IDENTITY = ("config_hash", "backbone", "weights", "task", "dataset", "split", "probe", "layer", "timestep",
-            "seed", "metric")
+IDENTITY = (
+    "config_hash",
+    "backbone",
+    "weights",
+    "task",
+    "dataset",
+    "split",
+    "probe",
+    "layer",
+    "timestep",
+    "seed",
+    "metric",
+)
 RESULTS_FILE = "results.csv"
 
 
 def git_commit() -> str:
     """The probebench source checkout's commit (``unknown`` outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -65,8 +81,14 @@ def provenance() -> dict[str, Any]:
     from probebench.io import package_versions
 
     v = package_versions()
-    return {"schema_version": SCHEMA_VERSION, "probebench_version": v["probebench"], "torch_version": v["torch"],
-            "timm_version": v["timm"], "git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "probebench_version": v["probebench"],
+        "torch_version": v["torch"],
+        "timm_version": v["timm"],
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def fmt_timestep(t: Any) -> str:
@@ -93,13 +115,19 @@ def read_results(path: str | Path) -> pd.DataFrame:
     p = p / RESULTS_FILE if p.is_dir() else p
     if not p.is_file():
         raise ProbebenchError(f"No results file at {p}.")
-    df = pd.read_csv(p, dtype={c: "string" for c, t in COLUMNS.items() if t == "string"}, keep_default_na=False,
-                     na_values={"log_snr": [""], "lambda": [""], "value": ["", "nan", "NaN"]})
+    df = pd.read_csv(
+        p,
+        dtype={c: "string" for c, t in COLUMNS.items() if t == "string"},
+        keep_default_na=False,
+        na_values={"log_snr": [""], "lambda": [""], "value": ["", "nan", "NaN"]},
+    )
     unknown = set(df.columns) - set(COLUMNS)
     missing_cols = [c for c in COLUMNS if c not in df.columns]
     if missing_cols or unknown:
-        raise ProbebenchError(f"{p} does not have the probebench results schema v{SCHEMA_VERSION}: "
-                              f"missing columns {missing_cols}, unexpected {sorted(unknown)}.")
+        raise ProbebenchError(
+            f"{p} does not have the probebench results schema v{SCHEMA_VERSION}: "
+            f"missing columns {missing_cols}, unexpected {sorted(unknown)}."
+        )
     return df.astype(COLUMNS)
 
 

@@ -54,7 +54,9 @@ class RidgeAccumulator:
         self.count += other.count
         return self
 
-    def solve(self, lambdas: Sequence[float], relative: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def solve(
+        self, lambdas: Sequence[float], relative: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Coefficients (L, D, K), intercepts (L, K) and the absolute λ used, for every λ of the grid.
 
         With ``relative=True`` each λ is multiplied by trace(C)/D (the mean feature variance × Σw), so one grid
@@ -91,8 +93,13 @@ class RidgeSolution:
         return np.einsum("...d,ldk->...lk", x, self.coef) + self.intercept
 
 
-def fit_ridge(batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]], dim: int, outputs: int,
-              lambdas: Sequence[float], relative: bool = True) -> RidgeSolution:
+def fit_ridge(
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    dim: int,
+    outputs: int,
+    lambdas: Sequence[float],
+    relative: bool = True,
+) -> RidgeSolution:
     """Accumulate ``(x, y, w)`` batches once and solve for every λ."""
     acc = RidgeAccumulator(dim, outputs)
     for x, y, w in batches:

@@ -46,7 +46,9 @@ class Split:
             )
 
     def targets(self, start: int, stop: int, kind: str) -> np.ndarray:
-        return np.stack([self.dataset.load_target(i, kind) for i in range(start, stop)])
+        return np.stack(
+            [self.dataset.load_target(i, kind) for i in range(start, min(stop, len(self.dataset)))]
+        )
 
 
 def _check_kinds(split: Split, kinds: Sequence[str]) -> dict[str, TargetSpec]:
@@ -76,9 +78,18 @@ class ProbeOutput:
     best: dict[str, Head]
 
 
-def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[str], *,
-                 lambdas: Sequence[float] = DEFAULT_LAMBDAS, class_balanced: bool = True, batch_size: int = 32,
-                 keys: Sequence[FeatureKey] | None = None, progress: bool = True) -> ProbeOutput:
+def ridge_screen(
+    train: Split,
+    val: Split,
+    test: Split | None,
+    kinds: Sequence[str],
+    *,
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    class_balanced: bool = True,
+    batch_size: int = 32,
+    keys: Sequence[FeatureKey] | None = None,
+    progress: bool = True,
+) -> ProbeOutput:
     """Fit and score a ridge probe per (key, task), λ chosen on ``val``; the best cell per task (by its
     validation score) is returned as a :class:`Head`."""
     specs = _check_kinds(train, kinds)
@@ -88,7 +99,9 @@ def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[s
     class_w: dict[str, np.ndarray | None] = {}
     for kind, spec in specs.items():
         if class_balanced and spec.kind in ("segmentation", "saliency"):
-            counts = class_frequencies([train.dataset.load_target(i, kind) for i in range(len(train.dataset))], spec)
+            counts = class_frequencies(
+                [train.dataset.load_target(i, kind) for i in range(len(train.dataset))], spec
+            )
             class_w[kind] = inverse_frequency_weights(counts)
         else:
             class_w[kind] = None
@@ -98,15 +111,17 @@ def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[s
         info = train.cache.info(key)
         for split in (val, test):
             if split is not None and split.cache.info(key).shape[1:] != info.shape[1:]:
-                raise ProbebenchError(f"Feature {key} has shape {info.shape[1:]} in train but "
-                                      f"{split.cache.info(key).shape[1:]} in {split.dataset.split}.")
+                raise ProbebenchError(
+                    f"Feature {key} has shape {info.shape[1:]} in train but "
+                    f"{split.cache.info(key).shape[1:]} in {split.dataset.split}."
+                )
         _, h, w, dim = info.shape
         accs = {k: RidgeAccumulator(dim, num_outputs(s)) for k, s in specs.items()}
         arr = train.cache.array(key)
         for start in range(0, len(arr), batch_size):
-            x = arr[start: start + batch_size].astype(np.float64).reshape(-1, dim)
+            x = arr[start : start + batch_size].astype(np.float64).reshape(-1, dim)
             for kind, spec in specs.items():
-                y, wt = targets_at(train.targets(start, start + batch_size, kind), spec, (h, w))
+                y, wt = targets_at(train.targets(start, start + len(x) // (h * w), kind), spec, (h, w))
                 wt = balance_weights(y, wt, class_w[kind])
                 accs[kind].add(x, y.reshape(len(x), -1), wt.reshape(-1))
         for kind, spec in specs.items():
@@ -116,18 +131,28 @@ def ridge_screen(train: Split, val: Split, test: Split | None, kinds: Sequence[s
             main = spec.main_metric
             order = [v[main] for v in val_scores]
             best = int(np.nanargmax(order) if spec.higher_is_better else np.nanargmin(order))
-            base = {"layer": key[0], "timestep": key[1], "log_snr": info.log_snr, "task": kind,
-                    "lambda": float(lambdas[best]), "train_cells": accs[kind].count}
-            records += [{**base, "split": val.dataset.split, "metric": m, "value": v}
-                        for m, v in val_scores[best].items()]
+            base = {
+                "layer": key[0],
+                "timestep": key[1],
+                "log_snr": info.log_snr,
+                "task": kind,
+                "lambda": float(lambdas[best]),
+                "train_cells": accs[kind].count,
+            }
+            records += [
+                {**base, "split": val.dataset.split, "metric": m, "value": v}
+                for m, v in val_scores[best].items()
+            ]
             score = float(order[best])
             prev = best_heads.get(kind)
             if prev is None or (score > prev.val_score if spec.higher_is_better else score < prev.val_score):
                 best_heads[kind] = Head(key, kind, coef[best], icpt[best], float(lambdas[best]), score)
             if test is not None:
                 test_scores = evaluate(sol, test, key, kind, spec, batch_size, which=best)[0]
-                records += [{**base, "split": test.dataset.split, "metric": m, "value": v}
-                            for m, v in test_scores.items()]
+                records += [
+                    {**base, "split": test.dataset.split, "metric": m, "value": v}
+                    for m, v in test_scores.items()
+                ]
     return ProbeOutput(records, best_heads)
 
 
@@ -142,15 +167,22 @@ def predict_maps(head: Head, split: Split, spec: TargetSpec, indices: Sequence[i
     return np.stack(out)
 
 
-def evaluate(sol: RidgeSolution, split: Split, key: FeatureKey, kind: str, spec: TargetSpec, batch_size: int,
-             which: int | None = None) -> list[dict[str, float]]:
+def evaluate(
+    sol: RidgeSolution,
+    split: Split,
+    key: FeatureKey,
+    kind: str,
+    spec: TargetSpec,
+    batch_size: int,
+    which: int | None = None,
+) -> list[dict[str, float]]:
     """Score the probe(s) on a split at label resolution: one metric dict per λ (or for λ index ``which``)."""
     n_l = len(sol.lambdas) if which is None else 1
     options = getattr(split.dataset, "eval_options", {}).get(kind, {})
     metrics = [make_metric(spec, **options) for _ in range(n_l)]
     arr = split.cache.array(key)
     for start in range(0, len(arr), batch_size):
-        x = arr[start: start + batch_size]
+        x = arr[start : start + batch_size]
         target = split.targets(start, start + len(x), kind)
         pred = sol.predict(x) if which is None else sol.predict(x, which)[..., None, :]  # (b, h, w, L, K)
         for li in range(n_l):

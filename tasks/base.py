@@ -22,9 +22,25 @@ MAIN_METRIC: dict[str, tuple[str, bool]] = {  # kind -> (metric, higher is bette
     "depth": ("rmse", False),
 }
 HIGHER_IS_BETTER = {
-    "mIoU": True, "pixel_acc": True, "MAE": False, "maxF": True, "meanF": True, "adpF": True, "S": True,
-    "maxE": True, "meanE": True, "adpE": True, "abs_rel": False, "sq_rel": False, "rmse": False,
-    "rmse_log": False, "log10": False, "silog": False, "delta1": True, "delta2": True, "delta3": True,
+    "mIoU": True,
+    "pixel_acc": True,
+    "MAE": False,
+    "maxF": True,
+    "meanF": True,
+    "adpF": True,
+    "S": True,
+    "maxE": True,
+    "meanE": True,
+    "adpE": True,
+    "abs_rel": False,
+    "sq_rel": False,
+    "rmse": False,
+    "rmse_log": False,
+    "log10": False,
+    "silog": False,
+    "delta1": True,
+    "delta2": True,
+    "delta3": True,
 }
 
 

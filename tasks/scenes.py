@@ -30,32 +30,48 @@ def _render(seed: int, index: int, resolution: int) -> Scene:
     return render_scene(seed, index, resolution)
 
 
-@TASKS.register("scenes", kind="segmentation, saliency, depth", source="rendered on the fly (no download)",
-                notes=f"procedural 3D scenes, {len(CLASS_NAMES)} classes, exact labels")
+@TASKS.register(
+    "scenes",
+    kind="segmentation, saliency, depth",
+    source="rendered on the fly (no download)",
+    notes=f"procedural 3D scenes, {len(CLASS_NAMES)} classes, exact labels",
+)
 class Scenes(Dataset):
     """Procedural scenes: RGB, class map, metric depth and saliency mask for every image."""
 
     name = "scenes"
     version = "1"
 
-    def __init__(self, split: str = "train", resolution: int = 64, num_images: int | None = None, seed: int = 0,
-                 root: str | None = None):
+    def __init__(
+        self,
+        split: str = "train",
+        resolution: int = 64,
+        num_images: int | None = None,
+        seed: int = 0,
+        root: str | None = None,
+    ):
         if split not in SPLIT_OFFSETS:
             raise ProbebenchError(f"Unknown split {split!r} for scenes. Valid: {', '.join(SPLIT_OFFSETS)}.")
         if root is not None:
-            raise ProbebenchError("scenes is rendered on the fly and takes no root (use the 'folder' task for an export).")
+            raise ProbebenchError(
+                "scenes is rendered on the fly and takes no root (use the 'folder' task for an export)."
+            )
         if int(resolution) < 8:
             raise ProbebenchError(f"scenes resolution must be >= 8, got {resolution}.")
         super().__init__(split)
         self.resolution, self.seed = int(resolution), int(seed)
         self.num_images = int(DEFAULT_SIZES[split] if num_images is None else num_images)
         if self.num_images < 1:
-            raise ProbebenchError(f"scenes split {split!r} must have at least 1 image, got num_images={num_images}.")
+            raise ProbebenchError(
+                f"scenes split {split!r} must have at least 1 image, got num_images={num_images}."
+            )
 
     @property
     def targets(self) -> dict[str, TargetSpec]:
         return {
-            "segmentation": TargetSpec("segmentation", len(CLASS_NAMES), tuple(CLASS_NAMES), ignore_index=255),
+            "segmentation": TargetSpec(
+                "segmentation", len(CLASS_NAMES), tuple(CLASS_NAMES), ignore_index=255
+            ),
             "saliency": TargetSpec("saliency"),
             "depth": TargetSpec("depth", min_depth=1e-3, max_depth=MAX_DEPTH, depth_scale=1000.0),
         }
@@ -85,8 +101,13 @@ class Scenes(Dataset):
         return {**super().fingerprint(), "resolution": self.resolution, "seed": self.seed}
 
 
-def export_scenes(out_dir: str | Path, splits: dict[str, int] | None = None, resolution: int = 64, seed: int = 0,
-                  progress: bool = True) -> Path:
+def export_scenes(
+    out_dir: str | Path,
+    splits: dict[str, int] | None = None,
+    resolution: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write scenes in plain folder form, readable by the ``folder`` task.
 
     Layout: ``dataset.yaml`` and ``<split>/{images,masks,depth,saliency}/<id>.png`` — RGB PNG, class-id PNG (uint8),
@@ -116,7 +137,9 @@ def export_scenes(out_dir: str | Path, splits: dict[str, int] | None = None, res
             Image.fromarray(s.classes.astype(np.uint8)).save(dirs["masks"] / f"{iid}.png")
             mm = np.round(s.depth * 1000.0)
             if mm.max() > 65535:
-                raise ProbebenchError(f"{iid}: depth {s.depth.max():.1f} m does not fit a 16-bit millimetre PNG.")
+                raise ProbebenchError(
+                    f"{iid}: depth {s.depth.max():.1f} m does not fit a 16-bit millimetre PNG."
+                )
             Image.fromarray(mm.astype(np.uint16)).save(dirs["depth"] / f"{iid}.png")
             Image.fromarray(s.saliency.astype(np.uint8) * 255).save(dirs["saliency"] / f"{iid}.png")
     (out / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))

@@ -452,3 +452,11 @@ def test_depth_bad_configuration_and_nonpositive_median():
     metric = DepthMetric(median_scaling=True)
     with pytest.raises(ValueError, match="cannot median-scale"):
         metric.update(np.array([[-1.0, -2.0, 3.0]]), np.array([[1.0, 2.0, 3.0]]))
+
+
+def test_depth_range_is_closed():
+    """Targets exactly on min_depth / max_depth are valid (the issue defines the closed range)."""
+    m = DepthMetric(min_depth=1.0, max_depth=10.0)
+    m.update(np.array([[2.0, 20.0]]), np.array([[1.0, 10.0]]))
+    assert m.num_images == 1
+    assert m.compute()["abs_rel"] == pytest.approx(0.5)  # pred clamped: |2-1|/1 = 1 and |10-10|/10 = 0

@@ -1,0 +1,107 @@
+"""The quickstart end to end at a small size: cache → ridge screen → tidy results → figures → report."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from analysis.report import best_cells
+from probebench.config import load_config
+from probebench.pipeline import run
+from probes.results import COLUMNS, read_results
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("qs")
+    cfg = load_config(
+        None,
+        [
+            "data.max_train=24",
+            "data.max_val=12",
+            "data.max_test=12",
+            "data.options.resolution=32",
+            "backbones.0.image_size=64",
+            "backbones.1.image_size=64",
+            f"extract.cache_dir={tmp / 'cache'}",
+            f"output_dir={tmp / 'results'}",
+            "name=small",
+        ],
+    )
+    out = run(cfg, progress=False)
+    return cfg, out
+
+
+def test_results_table_is_tidy_and_complete(quickstart):
+    _, out = quickstart
+    df = read_results(out)
+    assert list(df.columns) == list(COLUMNS)
+    assert set(df["backbone"]) == {"timm:efficientnet_lite0"} and set(df["weights"]) == {"default", "random"}
+    assert set(df["task"]) == {"segmentation", "saliency", "depth"}
+    assert set(df["split"]) == {"val", "test"}
+    assert set(df["layer"]) == {str(i) for i in range(5)} and set(df["timestep"]) == {"none"}
+    # 2 models × 5 layers × 2 splits × (2 seg + 8 sal + 9 depth metrics)
+    assert len(df) == 2 * 5 * 2 * 19
+    assert not df.duplicated(["weights", "task", "split", "layer", "metric"]).any()
+    assert df["value"].notna().all() and df["config_hash"].nunique() == 1
+    seg = df[(df.metric == "mIoU")]
+    assert seg["value"].between(0, 1).all()
+    assert (out / "config.yaml").is_file()
+
+
+def test_probes_learn_something(quickstart):
+    _, out = quickstart
+    df = read_results(out)
+    miou = df[(df.metric == "mIoU") & (df.split == "test") & (df.weights == "default")]["value"].max()
+    assert miou > 0.2  # all-background-and-floor guessing scores ~0.1 on 8 classes
+    d1 = df[(df.metric == "delta1") & (df.split == "test") & (df.weights == "default")]["value"].max()
+    assert d1 > 0.3
+
+
+def test_report_embeds_existing_figures_and_the_table_numbers(quickstart):
+    _, out = quickstart
+    report = (out / "REPORT.md").read_text()
+    figs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert "figures/layer_curves.png" in figs and any("predictions_" in f for f in figs)
+    for f in figs:
+        assert (out / f).is_file() and (out / f).stat().st_size > 10_000
+        assert (out / f).with_suffix(".pdf").is_file()
+    best = best_cells(read_results(out))
+    for _, row in best.iterrows():
+        assert f"| {row['model']} | {row['task']} | ridge | {row['layer']} |" in report
+        assert f"{row['test_value']:.3f}" in report
+    assert pd.read_csv(out / "best_cells.csv").shape[0] == 6
+
+
+def test_rerun_only_fills_missing_rows(quickstart, capsys):
+    cfg, out = quickstart
+    before = read_results(out)
+    run(cfg, progress=False, analyze=False)
+    assert "skipping (only-missing)" in capsys.readouterr().err
+    after = read_results(out)
+    assert len(after) == len(before)
+
+
+def test_cli_run_with_overrides(tmp_path, capsys):
+    from probebench.cli import main
+
+    code = main(
+        [
+            "run",
+            "--no-progress",
+            "data.max_train=8",
+            "data.max_val=4",
+            "data.max_test=4",
+            "data.options.resolution=16",
+            "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [3]}]",
+            "probe.tasks=[depth]",
+            f"extract.cache_dir={tmp_path / 'c'}",
+            f"output_dir={tmp_path / 'r'}",
+        ]
+    )
+    assert code == 0
+    df = read_results(tmp_path / "r" / "quickstart")
+    assert set(df["task"]) == {"depth"} and set(df["layer"]) == {"3"}
+    assert capsys.readouterr().out.strip().endswith("REPORT.md")
