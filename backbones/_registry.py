@@ -5,5 +5,12 @@ from probebench.registry import Registry
 BACKBONES = Registry(
     "backbone",
     group="probebench.backbones",
-    lazy_modules=("backbones.timm_backbones",),
+    lazy_modules=(
+        "backbones.timm_backbones",
+        "backbones.dit",
+        "backbones.mmdit",
+        "backbones.pixart",
+        "backbones.sana",
+        "backbones.dinov3",
+    ),
 )

@@ -333,6 +333,8 @@ def extract_to_cache(
         "image_ids": [dataset.image_id(i) for i in range(n)],
         "num_shards": num_shards,
         "shard_size": shard_size,
+        "world_size": world_size,
+        "cpu_threads": torch.get_num_threads(),  # CPU kernels round differently with other thread counts
         "features": features,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),

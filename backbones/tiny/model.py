@@ -1,0 +1,217 @@
+"""The tiny MM-DiT that probebench trains itself: architecture, caption conditioning and weight files.
+
+The denoiser is diffusers' real ``SD3Transformer2DModel`` (joint text/image attention blocks, each returning
+``(text, image)``, the last ``(None, image)``), run in pixel space: an RGB image in [0, 1] is mapped to
+x0 = 2·rgb − 1 and patchified by the model itself. It is a rectified-flow model like SD3: x_σ = (1−σ)·x0 + σ·ε,
+the transformer predicts v = ε − x0 and takes ``timestep = σ·1000``.
+
+Text conditioning is a caption listing the classes visible in a scene, as tokens of a tiny vocabulary (the
+8 scene class names plus ``<pad>``) embedded by a learned :class:`CaptionEncoder`. The empty caption (all
+``<pad>``) is the unconditional model (trained with caption dropout); use :func:`empty_conditioning` to build
+its ``encoder_hidden_states`` and ``pooled_projections``.
+
+One safetensors file holds everything (fp16): ``transformer.*`` (the SD3 module's state dict),
+``caption.embedding.weight`` (the token embedding), and in its metadata the model config, vocabulary and
+preprocessing, so :func:`load_weights` needs nothing else. This module imports no training code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tasks.scenes_render import CLASS_NAMES
+
+PAD = "<pad>"
+VOCAB: tuple[str, ...] = (PAD, *CLASS_NAMES)  # token id = index; class id c has token id c + 1
+PAD_ID = 0
+MAX_TOKENS = 8  # every scene class fits: a caption never needs truncation
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "tiny_mmdit.safetensors"
+FORMAT_VERSION = "1"
+
+# Preprocessing stored with the weights: what an adapter must do to an RGB image in [0, 1].
+PREPROCESSING: dict[str, Any] = {
+    "space": "pixel",
+    "scale": 2.0,  # x0 = rgb * scale + shift, so [0, 1] -> [-1, 1]
+    "shift": -1.0,
+    "objective": "rectified flow: x_sigma = (1 - sigma) * x0 + sigma * eps, target v = eps - x0",
+    "timestep": "sigma * 1000",
+}
+
+
+def model_config(
+    resolution: int = 32,
+    patch_size: int = 2,
+    num_layers: int = 8,
+    num_heads: int = 2,
+    head_dim: int = 64,
+    text_dim: int = 128,
+) -> dict[str, Any]:
+    """Keyword arguments of ``SD3Transformer2DModel`` for a pixel-space RGB model of this size."""
+    if resolution % patch_size:
+        raise ValueError(f"resolution {resolution} is not a multiple of patch_size {patch_size}")
+    inner = num_heads * head_dim
+    return {
+        "sample_size": resolution,
+        "patch_size": patch_size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "num_layers": num_layers,
+        "attention_head_dim": head_dim,
+        "num_attention_heads": num_heads,
+        "joint_attention_dim": text_dim,
+        "caption_projection_dim": inner,
+        "pooled_projection_dim": text_dim,
+        "pos_embed_max_size": resolution // patch_size,
+    }
+
+
+class CaptionEncoder(nn.Module):
+    """Token ids (B, L) → (``encoder_hidden_states`` (B, L, D), ``pooled_projections`` (B, D)).
+
+    The hidden states are the token embeddings (no positions: a caption is a set of classes); the pooled vector
+    is their mean over all L slots, so the empty caption pools to the ``<pad>`` embedding.
+    """
+
+    def __init__(self, dim: int, vocab_size: int = len(VOCAB)):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.embedding.weight, std=1.0)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.embedding(ids)
+        return hidden, hidden.mean(dim=1)
+
+
+def caption_ids(class_ids: Iterable[int], max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """Token ids (max_tokens,) for a caption listing scene class ids (sorted, unique, padded with ``<pad>``)."""
+    toks = [int(c) + 1 for c in sorted({int(c) for c in class_ids})]
+    if any(not 1 <= t < len(VOCAB) for t in toks):
+        raise ValueError(f"class ids must lie in [0, {len(CLASS_NAMES)}), got {sorted(class_ids)}")
+    if len(toks) > max_tokens:
+        raise ValueError(f"caption of {len(toks)} classes exceeds max_tokens={max_tokens}")
+    return torch.tensor(toks + [PAD_ID] * (max_tokens - len(toks)), dtype=torch.long)
+
+
+def caption_from_names(names: Sequence[str], max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """Token ids for a caption given as class names, e.g. ``["floor", "sphere"]``."""
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f"unknown class names {unknown}; vocabulary: {list(CLASS_NAMES)}")
+    return caption_ids([CLASS_NAMES.index(n) for n in names], max_tokens)
+
+
+def caption_text(ids: torch.Tensor) -> str:
+    """Readable caption for token ids (empty string for the empty caption)."""
+    return " ".join(VOCAB[int(t)] for t in ids.tolist() if int(t) != PAD_ID)
+
+
+def empty_ids(batch: int = 1, max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """Token ids of the empty caption (all ``<pad>``), shape (batch, max_tokens)."""
+    return torch.full((batch, max_tokens), PAD_ID, dtype=torch.long)
+
+
+@torch.no_grad()
+def empty_conditioning(caption: CaptionEncoder, max_tokens: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoder_hidden_states`` (1, L, D) and ``pooled_projections`` (1, D) of the empty caption."""
+    return caption(empty_ids(1, max_tokens).to(caption.embedding.weight.device))
+
+
+def init_weights(transformer: nn.Module) -> None:
+    """DiT-style init: Xavier linears, and zero adaLN modulations and output projection (adaLN-Zero).
+
+    Every block starts as the identity and the output as zero, which DiT found to converge markedly faster.
+    """
+    for mod in transformer.modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.xavier_uniform_(mod.weight)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+    for name, mod in transformer.named_modules():
+        if isinstance(mod, nn.Linear) and (name.endswith(("norm1.linear", "norm1_context.linear"))
+                                           or name in ("norm_out.linear", "proj_out")):
+            nn.init.zeros_(mod.weight)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+
+
+def build(config: dict[str, Any], seed: int | None = 0) -> tuple[nn.Module, CaptionEncoder]:
+    """A freshly initialised (transformer, caption encoder) pair; seeded so random weights are reproducible."""
+    from diffusers import SD3Transformer2DModel
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(**config)
+    init_weights(transformer)
+    caption = CaptionEncoder(int(config["joint_attention_dim"]))
+    return transformer, caption
+
+
+def num_parameters(*modules: nn.Module) -> int:
+    """Total parameter count of the given modules."""
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def save_weights(path: str | Path, transformer: nn.Module, caption: CaptionEncoder, config: dict[str, Any],
+                 extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16) -> Path:
+    """Write transformer + token embedding as one safetensors file (atomically: temp file + os.replace)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"transformer.{k}": v.detach().to(dtype).contiguous().cpu()
+               for k, v in transformer.state_dict().items()}
+    tensors.update({f"caption.{k}": v.detach().to(dtype).contiguous().cpu()
+                    for k, v in caption.state_dict().items()})
+    meta = {
+        "format": "pt",
+        "probebench_tiny_format": FORMAT_VERSION,
+        "model_class": "diffusers.SD3Transformer2DModel",
+        "model_config": json.dumps(config, sort_keys=True),
+        "vocab": json.dumps(list(VOCAB)),
+        "max_tokens": str(MAX_TOKENS),
+        "preprocessing": json.dumps(PREPROCESSING, sort_keys=True),
+        "extra": json.dumps(extra or {}, sort_keys=True),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Decoded metadata of a tiny-MM-DiT weight file (model_config, vocab, max_tokens, preprocessing, extra)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if "model_config" not in raw:
+        raise ValueError(f"{path} is not a tiny MM-DiT weight file (no model_config in its metadata)")
+    out: dict[str, Any] = {k: json.loads(raw[k]) for k in ("model_config", "vocab", "preprocessing", "extra")
+                           if k in raw}
+    out["max_tokens"] = int(raw.get("max_tokens", MAX_TOKENS))
+    return out
+
+
+def load_weights(path: str | Path = DEFAULT_WEIGHTS, dtype: torch.dtype = torch.float32
+                 ) -> tuple[nn.Module, CaptionEncoder, dict[str, Any]]:
+    """(transformer, caption encoder, metadata) from a weight file, in ``dtype``, in eval mode, frozen."""
+    meta = read_metadata(path)
+    if tuple(meta.get("vocab", VOCAB)) != VOCAB:
+        raise ValueError(f"{path}: vocabulary {meta.get('vocab')} differs from this code's {list(VOCAB)}")
+    state = load_file(str(path))
+    transformer, caption = build(meta["model_config"], seed=None)
+    transformer.load_state_dict({k[len("transformer."):]: v for k, v in state.items()
+                                 if k.startswith("transformer.")}, strict=True)
+    caption.load_state_dict({k[len("caption."):]: v for k, v in state.items() if k.startswith("caption.")},
+                            strict=True)
+    for m in (transformer, caption):
+        m.to(dtype).eval().requires_grad_(False)
+    return transformer, caption, meta
