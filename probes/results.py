@@ -92,6 +92,9 @@ def provenance() -> dict[str, Any]:
 
 
 def fmt_timestep(t: Any) -> str:
+    """``none``, ``500``, ``0.25``, or ``0+0.25+0.5`` for several timesteps (fusion probes)."""
+    if isinstance(t, (list, tuple)):
+        return "+".join(fmt_timestep(x) for x in t)
     return "none" if t is None else format(t, "g")
 
 

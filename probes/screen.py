@@ -4,7 +4,7 @@ features per cell, λ chosen on the validation split, scored on the test split w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -72,10 +72,22 @@ class Head:
 
 @dataclass
 class ProbeOutput:
-    """What a probe returns: tidy records (one per key, task, split, metric) and the best head per task."""
+    """What a probe returns (every registered probe returns one).
+
+    ``records``: one dict per (cell, task, split, metric) with keys ``layer`` (int or list of ints),
+    ``timestep`` (native value, None, or a list), ``log_snr`` (float, None or a list), ``task``, ``split``,
+    ``metric``, ``value`` and optionally ``lambda``, ``probe`` (a variant name such as ``fusion-spatial``),
+    ``seed``. ``best``: the best closed-form head per task (ridge). ``state_dicts``: trained heads to save as
+    safetensors, by name. ``artifacts``: arrays to save as ``.npy`` for the analysis figures, by name
+    (e.g. ``fusion_weights/segmentation`` of shape (N, T, h, w) for validation images, or
+    ``global_weights/segmentation`` of shape (L, T)); ``artifact_meta``: JSON-able descriptions of them.
+    """
 
     records: list[dict[str, Any]]
-    best: dict[str, Head]
+    best: dict[str, Head] = field(default_factory=dict)
+    state_dicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifacts: dict[str, np.ndarray] = field(default_factory=dict)
+    artifact_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def ridge_screen(
