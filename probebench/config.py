@@ -69,13 +69,24 @@ class ExtractConfig:
 
 @dataclass
 class ProbeConfig:
-    """Which probe, on which target kinds, with which hyper-parameters."""
+    """One probe stage. ``params`` go to the registered probe function (unknown ones are errors there).
+
+    ``cells``: ``all`` (every cached (layer, timestep)), ``best`` (the best ridge cell per task, read from the
+    results table), ``best-layer`` (every timestep of the best ridge layer per task), or explicit
+    ``[[layer, timestep], ...]``. ``backbones``: ``null`` runs the probe on each backbone alone; a list of
+    indices into ``backbones`` runs ONE joint probe over them (features resampled to the first one's grid).
+    """
 
     name: str = "ridge"
-    tasks: list[str] = field(default_factory=lambda: ["segmentation", "saliency", "depth"])
-    lambdas: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0])
-    class_balanced: bool = True
-    batch_size: int = 32
+    cells: Union[str, list[list[Any]]] = "all"  # noqa: UP007
+    backbones: list[int] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_probes() -> list[ProbeConfig]:
+    return [
+        ProbeConfig("ridge", params={"lambdas": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0], "class_balanced": True})
+    ]
 
 
 @dataclass
@@ -92,11 +103,12 @@ class RunConfig:
             BackboneConfig(weights="random"),
         ]  # ImageNet vs its random twin
     )
+    tasks: list[str] = field(default_factory=lambda: ["segmentation", "saliency", "depth"])
     extract: ExtractConfig = field(default_factory=ExtractConfig)
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    probes: list[ProbeConfig] = field(default_factory=_default_probes)
 
 
-RUNTIME_ONLY = {("extract",), ("output_dir",), ("probe", "batch_size")}  # excluded from the config hash
+RUNTIME_ONLY = {("extract",), ("output_dir",)}  # excluded from the config hash
 
 
 # -- building from dicts ---------------------------------------------------------------------------------------

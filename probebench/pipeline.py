@@ -11,14 +11,23 @@ import numpy as np
 
 import backbones
 import tasks
+from backbones.base import FeatureKey
 from backbones.store import FeatureCache, extract_to_cache
-from probebench.config import BackboneConfig, RunConfig, config_hash, save_config
-from probebench.errors import ProbebenchError
-from probebench.io import atomic_save_npy, atomic_write_json
+from probebench.config import BackboneConfig, ProbeConfig, RunConfig, save_config, to_dict
+from probebench.errors import ProbebenchError, did_you_mean
+from probebench.io import atomic_save_npy, atomic_write_json, stable_hash
 from probes import PROBES
-from probes.results import RESULTS_FILE, append_results, done_cells, fmt_layers, fmt_timestep, provenance
-from probes.screen import Head, Split, predict_maps
-from tasks.base import HIGHER_IS_BETTER, Dataset, Subset
+from probes.results import (
+    RESULTS_FILE,
+    append_results,
+    done_cells,
+    fmt_layers,
+    fmt_timestep,
+    provenance,
+    read_results,
+)
+from probes.screen import ProbeOutput, Split, predict_maps
+from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC, Dataset, Subset
 
 log = logging.getLogger("probebench")
 
@@ -69,37 +78,124 @@ def extract_backbone(
     return caches
 
 
+def stage_hash(cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig]) -> str:
+    """Hash of everything that changes a probe stage's numbers: data, seed, the backbone(s) and the stage."""
+    return stable_hash(
+        {
+            "data": to_dict(cfg.data),
+            "seed": cfg.seed,
+            "backbones": [to_dict(b) for b in models],
+            "probe": to_dict(stage),
+        },
+        12,
+    )
+
+
+def model_label(models: list[BackboneConfig]) -> tuple[str, str]:
+    """(backbone, weights) labels of result rows; joint probes join them with ``+``."""
+    return "+".join(b.name for b in models), "+".join(b.weights for b in models)
+
+
 def result_rows(
     records: list[dict[str, Any]],
     cfg: RunConfig,
-    b: BackboneConfig,
+    stage: ProbeConfig,
+    models: list[BackboneConfig],
     cache: FeatureCache,
     chash: str,
     prov: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    return [
-        {
-            "run": cfg.name,
-            "backbone": b.name,
-            "weights": b.weights,
-            "task": r["task"],
-            "dataset": cfg.data.name,
-            "split": r["split"],
-            "probe": cfg.probe.name,
-            "layer": fmt_layers(r["layer"]),
-            "timestep": fmt_timestep(r["timestep"]),
-            "log_snr": r["log_snr"],
-            "seed": cfg.seed,
-            "metric": r["metric"],
-            "value": r["value"],
-            "higher_is_better": HIGHER_IS_BETTER.get(r["metric"]),
-            "lambda": r.get("lambda"),
-            "config_hash": chash,
-            "cache_hash": cache.hash,
-            **prov,
-        }
-        for r in records
-    ]
+    backbone, weights = model_label(models)
+    rows = []
+    for r in records:
+        snr = r.get("log_snr")
+        rows.append(
+            {
+                "run": cfg.name,
+                "backbone": backbone,
+                "weights": weights,
+                "task": r["task"],
+                "dataset": cfg.data.name,
+                "split": r["split"],
+                "probe": r.get("probe", stage.name),
+                "layer": fmt_layers(r["layer"]),
+                "timestep": fmt_timestep(r["timestep"]),
+                "log_snr": snr if isinstance(snr, (int, float)) else None,
+                "seed": r.get("seed", cfg.seed),
+                "metric": r["metric"],
+                "value": r["value"],
+                "higher_is_better": HIGHER_IS_BETTER.get(r["metric"]),
+                "lambda": r.get("lambda"),
+                "config_hash": chash,
+                "cache_hash": cache.hash,
+                **prov,
+            }
+        )
+    return rows
+
+
+def resolve_cells(
+    stage: ProbeConfig, results: Path, models: list[BackboneConfig], task: str, cache: FeatureCache
+) -> list[FeatureKey] | None:
+    """The (layer, timestep) keys a stage runs on for one task (``None``: the probe's own default, all keys)."""
+    if stage.cells == "all":
+        return None
+    if isinstance(stage.cells, list):
+        keys = [(int(c[0]), c[1] if len(c) > 1 else None) for c in stage.cells]
+        for k in keys:
+            cache.info(k)  # a clear error for a cell that is not cached
+        return keys
+    if stage.cells not in ("best", "best-layer"):
+        raise ProbebenchError(
+            f"Unknown cells {stage.cells!r} for probe {stage.name!r}. "
+            "Valid: all, best, best-layer, or [[layer, timestep], ...]."
+        )
+    backbone, weights = model_label(models[:1])
+    df = read_results(results) if results.is_file() else None
+    metric, higher = MAIN_METRIC[task]
+    if df is not None:
+        df = df[
+            (df.backbone == backbone)
+            & (df.weights == weights)
+            & (df.task == task)
+            & (df.probe == "ridge")
+            & (df.metric == metric)
+            & (df.split == "val")
+        ]
+    if df is None or df.empty:
+        raise ProbebenchError(
+            f"Probe {stage.name!r} with cells={stage.cells!r} needs ridge results for {backbone} "
+            f"({weights}) on {task}; put a ridge stage before it."
+        )
+    best = df.loc[df["value"].idxmax() if higher else df["value"].idxmin()]
+    by_name = {(str(k[0]), fmt_timestep(k[1])): k for k in cache.keys}
+    key = by_name[(best["layer"], best["timestep"])]
+    if stage.cells == "best":
+        return [key]
+    return [k for k in cache.keys if k[0] == key[0]]
+
+
+def checked_probe(stage: ProbeConfig):
+    """The registered probe function, after checking the stage's params against its signature."""
+    import inspect
+
+    fn = PROBES.get(stage.name)
+    sig = inspect.signature(fn)
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        valid = [
+            n
+            for n, p in sig.parameters.items()
+            if p.kind is p.KEYWORD_ONLY and n not in ("keys", "seed", "progress", "extra")
+        ]
+        for name in stage.params:
+            if name not in valid:
+                close = did_you_mean(name, valid, n=1)
+                raise ProbebenchError(
+                    f"Unknown parameter {name!r} for probe {stage.name!r}."
+                    + (f" Did you mean {close[0]!r}?" if close else "")
+                    + f" Valid: {', '.join(valid)}."
+                )
+    return fn
 
 
 def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress: bool = True) -> Path:
@@ -107,39 +203,63 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     out = Path(cfg.output_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    chash = config_hash(cfg)
-    probe = PROBES.get(cfg.probe.name)
+    stages = [(st, checked_probe(st)) for st in cfg.probes]
     splits = {w: build_split(cfg, w) for w in ("train", "val", "test")}
     for ds in splits.values():
-        for kind in cfg.probe.tasks:
+        for kind in cfg.tasks:
             ds.target_spec(kind)
+    for st in cfg.probes:
+        for i in st.backbones or []:
+            if not 0 <= i < len(cfg.backbones):
+                raise ProbebenchError(
+                    f"Probe {st.name!r}: backbones index {i} out of range 0..{len(cfg.backbones) - 1}."
+                )
     results = out / RESULTS_FILE
     prov = provenance()
-    for b in cfg.backbones:
-        todo = [k for k in cfg.probe.tasks if (b.name, b.weights, k) not in done_cells(results, chash)]
-        if not todo:
-            say(
-                f"[probebench] {b.name} ({b.weights}): all results present for config {chash}; skipping (only-missing)."
+    caches: dict[int, dict[str, FeatureCache]] = {}
+
+    def caches_of(i: int) -> dict[str, FeatureCache]:
+        if i not in caches:
+            b = cfg.backbones[i]
+            caches[i] = (
+                extract_backbone(b, cfg, splits, progress)
+                if extract
+                else {w: find_cache(b, cfg, ds) for w, ds in splits.items()}
             )
-            continue
-        if extract:
-            caches = extract_backbone(b, cfg, splits, progress)
-        else:
-            caches = {w: find_cache(b, cfg, ds) for w, ds in splits.items()}
-        data = {w: Split(caches[w], splits[w]) for w in splits}
-        output = probe(
-            data["train"],
-            data["val"],
-            data["test"],
-            todo,
-            lambdas=cfg.probe.lambdas,
-            class_balanced=cfg.probe.class_balanced,
-            batch_size=cfg.probe.batch_size,
-            progress=progress,
-        )
-        save_heads(out, b, output.best, data["test"])
-        n = append_results(results, result_rows(output.records, cfg, b, caches["train"], chash, prov))
-        say(f"[probebench] {b.name} ({b.weights}): {n} result rows → {results}")
+        return caches[i]
+
+    for st, probe in stages:
+        groups = [[i] for i in range(len(cfg.backbones))] if st.backbones is None else [list(st.backbones)]
+        for group in groups:
+            models = [cfg.backbones[i] for i in group]
+            chash = stage_hash(cfg, st, models)
+            label = "{} ({})".format(*model_label(models))
+            done = done_cells(results, chash)
+            todo = [k for k in cfg.tasks if (*model_label(models), k) not in done]
+            if not todo:
+                say(f"[probebench] {st.name} on {label}: all results present; skipping (only-missing).")
+                continue
+            data = [{w: Split(caches_of(i)[w], splits[w]) for w in splits} for i in group]
+            extra = {w: [d[w] for d in data[1:]] for w in splits}
+            for task in todo:
+                keys = resolve_cells(st, results, models, task, data[0]["train"].cache)
+                kwargs = {"extra": extra} if len(group) > 1 else {}
+                output = probe(
+                    data[0]["train"],
+                    data[0]["val"],
+                    data[0]["test"],
+                    [task],
+                    keys=keys,
+                    seed=cfg.seed,
+                    progress=progress,
+                    **kwargs,
+                    **st.params,
+                )
+                save_outputs(out, models, output, data[0]["test"], st.name)
+                n = append_results(
+                    results, result_rows(output.records, cfg, st, models, data[0]["train"].cache, chash, prov)
+                )
+                say(f"[probebench] {st.name} on {label}, {task}: {n} result rows → {results}")
     if analyze:
         from analysis.report import write_report
 
@@ -148,23 +268,32 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     return out
 
 
-def model_slug(b: BackboneConfig) -> str:
-    return f"{b.name}-{b.weights}".replace("/", "_").replace(":", "_")
+def model_slug(models: list[BackboneConfig]) -> str:
+    backbone, weights = model_label(models)
+    return f"{backbone}-{weights}".replace("/", "_").replace(":", "_")
 
 
-def save_heads(
-    out: Path, b: BackboneConfig, heads: dict[str, Head], test: Split, num_examples: int = 6
+def save_outputs(
+    out: Path,
+    models: list[BackboneConfig],
+    output: ProbeOutput,
+    test: Split,
+    stage: str,
+    num_examples: int = 6,
 ) -> None:
-    """Save each task's best head (safetensors) and its predictions on a few test images (for figures)."""
+    """Save a probe's best closed-form heads with predictions on a few test images, its trained state dicts
+    (safetensors) and its artifacts (``.npy`` + JSON meta), under ``heads/<model>/``."""
     from safetensors.numpy import save_file
+    from safetensors.torch import save_file as save_torch
 
-    d = out / "heads" / model_slug(b)
+    d = out / "heads" / model_slug(models)
     d.mkdir(parents=True, exist_ok=True)
+    backbone, weights = model_label(models)
     idx = list(range(min(num_examples, len(test.dataset))))
-    for kind, head in heads.items():
+    for kind, head in output.best.items():
         meta = {
-            "backbone": b.name,
-            "weights": b.weights,
+            "backbone": backbone,
+            "weights": weights,
             "task": kind,
             "layer": str(head.key[0]),
             "timestep": fmt_timestep(head.key[1]),
@@ -183,13 +312,29 @@ def save_heads(
             np.stack([test.dataset.load_target(i, kind) for i in idx]).astype(np.float32),
         )
         atomic_write_json(d / f"{kind}.json", meta)
-    atomic_save_npy(d / "images.npy", np.stack([test.dataset.load_image(i) for i in idx]).astype(np.float32))
+    if output.best and not (d / "images.npy").is_file():
+        atomic_save_npy(
+            d / "images.npy", np.stack([test.dataset.load_image(i) for i in idx]).astype(np.float32)
+        )
+    for name, sd in output.state_dicts.items():
+        path = d / f"{stage}_{name.replace('/', '_')}.safetensors"
+        save_torch(
+            {k: v.detach().cpu().contiguous() for k, v in sd.items()},
+            str(path),
+            metadata={"backbone": backbone, "weights": weights, "probe": stage, "name": name},
+        )
+    for name, arr in output.artifacts.items():
+        stem = name.replace("/", "_")
+        atomic_save_npy(d / f"{stem}.npy", np.asarray(arr))
+        atomic_write_json(
+            d / f"{stem}.json",
+            {"backbone": backbone, "weights": weights, "probe": stage, **output.artifact_meta.get(name, {})},
+        )
 
 
 def find_cache(b: BackboneConfig, cfg: RunConfig, ds: Dataset) -> FeatureCache:
     """The complete cache for a backbone config and split, without extracting (``probebench fit``)."""
     from backbones.store import cache_dir_for, extraction_fingerprint
-    from probebench.io import stable_hash
 
     adapter = build_adapter(b, cfg)
     fp = extraction_fingerprint(

@@ -100,10 +100,12 @@ def ridge_screen(
     class_balanced: bool = True,
     batch_size: int = 32,
     keys: Sequence[FeatureKey] | None = None,
+    seed: int = 0,
     progress: bool = True,
 ) -> ProbeOutput:
     """Fit and score a ridge probe per (key, task), λ chosen on ``val``; the best cell per task (by its
-    validation score) is returned as a :class:`Head`."""
+    validation score) is returned as a :class:`Head`. Closed form: ``seed`` changes nothing (kept for the
+    common probe signature)."""
     specs = _check_kinds(train, kinds)
     if not lambdas:
         raise ProbebenchError("The ridge screen needs at least one λ.")

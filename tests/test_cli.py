@@ -67,13 +67,21 @@ def test_unknown_backbone_task_and_config_key_are_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Did you mean: scenes" in err[0]
-    assert main(["run", "probe.lambda=[1]"]) == 2
+    assert main(["run", "dataa.max_train=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "'probe.lambda'" in err[0] and "probe.lambdas" in err[0]
+    assert len(err) == 1 and "'dataa'" in err[0] and "'data'" in err[0]
+    assert (
+        main(["run", "probes.0.params.lambda=[1]", f"extract.cache_dir={tmp_path}", f"output_dir={tmp_path}"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and "Unknown parameter 'lambda' for probe 'ridge'" in err[0] and "'lambdas'" in err[0]
+    )
 
 
 def test_debug_shows_the_traceback(capsys):
-    assert main(["--debug", "run", "probe.lambda=[1]"]) == 2
+    assert main(["--debug", "run", "dataa.max_train=1"]) == 2
     assert "Traceback" in capsys.readouterr().err
 
 

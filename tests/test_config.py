@@ -18,52 +18,54 @@ def test_quickstart_yaml_equals_the_embedded_defaults():
 
 def test_unknown_key_names_it_and_the_closest_valid_key():
     with pytest.raises(
-        ProbebenchError, match=r"Unknown config key 'probe.lamdas'. Did you mean 'probe.lambdas'"
+        ProbebenchError, match=r"Unknown config key 'probes.0.nme'. Did you mean 'probes.0.name'"
     ):
-        load_config(None, ["probe.lamdas=[1]"])
+        load_config(None, ["probes.0.nme=linear"])
     with pytest.raises(ProbebenchError, match=r"Unknown config key 'dat'. Did you mean 'data'"):
         load_config(None, ["dat.max_train=3"])
 
 
 def test_unknown_key_in_a_yaml_file(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"probe": {"clas_balanced": False}}))
-    with pytest.raises(ProbebenchError, match=r"'probe\.clas_balanced'\. Did you mean 'probe\.class_balanced'"):
+    p.write_text(yaml.safe_dump({"data": {"max_trian": 3}}))
+    with pytest.raises(ProbebenchError, match=r"'data\.max_trian'\. Did you mean 'data\.max_train'"):
         load_config(p)
 
 
 def test_wrong_type_names_key_expected_type_and_value():
     with pytest.raises(ProbebenchError, match=r"'extract.batch_size' expects int, got 'many'"):
         load_config(None, ["extract.batch_size=many"])
-    with pytest.raises(ProbebenchError, match=r"'probe.class_balanced' expects bool"):
-        load_config(None, ["probe.class_balanced=3"])
+    with pytest.raises(ProbebenchError, match=r"'data.options' expects a mapping"):
+        load_config(None, ["data.options=3"])
 
 
 def test_overrides_parse_yaml_values_and_list_indices():
     cfg = load_config(
         None,
         [
-            "probe.lambdas=[0.5, 2]",
+            "probes.0.params.lambdas=[0.5, 2]",
             "backbones.1.layers=[0,2]",
             "data.max_train=null",
             "backbones.0.weights=random",
+            "probes.0.cells=[[1, null]]",
         ],
     )
-    assert cfg.probe.lambdas == [0.5, 2.0]
+    assert cfg.probes[0].params["lambdas"] == [0.5, 2]
+    assert cfg.probes[0].cells == [[1, None]]
     assert cfg.backbones[1].layers == [0, 2]
     assert cfg.data.max_train is None
     assert cfg.backbones[0].weights == "random"
     with pytest.raises(ProbebenchError, match=r"list index in 0\.\.1"):
         load_config(None, ["backbones.5.layers=all"])
     with pytest.raises(ProbebenchError, match=r"key\.path=value"):
-        load_config(None, ["probe.lambdas"])
+        load_config(None, ["probes.0.params"])
 
 
 def test_yaml_file_then_overrides(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"name": "mine", "probe": {"batch_size": 7}}))
-    cfg = load_config(p, ["probe.batch_size=9"])
-    assert (cfg.name, cfg.probe.batch_size, cfg.data.name) == ("mine", 9, "scenes")
+    p.write_text(yaml.safe_dump({"name": "mine", "extract": {"batch_size": 7}}))
+    cfg = load_config(p, ["extract.batch_size=9"])
+    assert (cfg.name, cfg.extract.batch_size, cfg.data.name) == ("mine", 9, "scenes")
     with pytest.raises(ProbebenchError, match="not found"):
         load_config(tmp_path / "missing.yaml")
 
@@ -72,4 +74,4 @@ def test_config_hash_ignores_runtime_only_fields_only():
     base = config_hash(load_config(None))
     assert config_hash(load_config(None, ["extract.batch_size=3", "output_dir=/elsewhere", "name=x"])) == base
     assert config_hash(load_config(None, ["seed=1"])) != base
-    assert config_hash(load_config(None, ["probe.lambdas=[1.0]"])) != base
+    assert config_hash(load_config(None, ["probes.0.params.lambdas=[1.0]"])) != base

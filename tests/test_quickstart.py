@@ -45,7 +45,8 @@ def test_results_table_is_tidy_and_complete(quickstart):
     # 2 models × 5 layers × 2 splits × (2 seg + 8 sal + 9 depth metrics)
     assert len(df) == 2 * 5 * 2 * 19
     assert not df.duplicated(["weights", "task", "split", "layer", "metric"]).any()
-    assert df["value"].notna().all() and df["config_hash"].nunique() == 1
+    assert df["value"].notna().all()
+    assert df.groupby("weights")["config_hash"].nunique().eq(1).all() and df["config_hash"].nunique() == 2
     seg = df[(df.metric == "mIoU")]
     assert seg["value"].between(0, 1).all()
     assert (out / "config.yaml").is_file()
@@ -96,7 +97,7 @@ def test_cli_run_with_overrides(tmp_path, capsys):
             "data.max_test=4",
             "data.options.resolution=16",
             "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [3]}]",
-            "probe.tasks=[depth]",
+            "tasks=[depth]",
             f"extract.cache_dir={tmp_path / 'c'}",
             f"output_dir={tmp_path / 'r'}",
         ]
