@@ -883,6 +883,18 @@ class DiffusionAdapter(Adapter):
         )
         return {layer: tokens_to_map(tok.float(), h, w) for layer, tok in taps.items()}
 
+    @torch.inference_mode()
+    def bare_forward(self, images: torch.Tensor, timesteps: Any = None) -> Any:
+        """The model's own work on a batch, without hooks or stored features: VAE encoding, then ONE full
+        transformer forward over every (image, timestep) at plain Gaussian noise — the reference of the
+        extraction-overhead benchmark."""
+        x = self.preprocess(images)
+        ts = self.resolve_timesteps(timesteps)
+        z0 = self.encode(x)
+        zt = z0.repeat_interleave(len(ts), dim=0)
+        zt = zt + torch.randn_like(zt)
+        return self.run_transformer(zt.to(self.transformer.dtype), self.model_timesteps(ts, len(x)))
+
     def _extract(
         self,
         x: torch.Tensor,

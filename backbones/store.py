@@ -76,9 +76,28 @@ class ShardedArray:
         return np.concatenate(parts) if parts else np.empty((0, *self.shape[1:]), self.dtype)
 
     def iter_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Consecutive (b, h, w, C) batches, read from disk one at a time (never the whole array)."""
+        """Consecutive (b, h, w, C) batches, never the whole array at once.
+
+        Sequential reads go through plain buffered ``readinto`` calls rather than page faults on the memory map
+        (about the speed of ``cat``); each yielded batch is a fresh array the caller may keep.
+        """
+        if batch_size < 1:
+            raise ProbebenchError(f"batch_size must be >= 1, got {batch_size}.")
+        row = int(np.prod(self.shape[1:]))
         for start in range(0, len(self), batch_size):
-            yield self[start : start + batch_size]
+            stop = min(start + batch_size, len(self))
+            out = np.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+            flat = out.reshape(stop - start, row)
+            filled = 0
+            for s, m in enumerate(self._maps):
+                lo, hi = max(start, self._starts[s]), min(stop, self._starts[s + 1])
+                if lo >= hi:
+                    continue
+                with open(m.filename, "rb") as f:
+                    f.seek(m.offset + (lo - self._starts[s]) * row * self.dtype.itemsize)
+                    f.readinto(memoryview(flat[filled : filled + hi - lo]).cast("B"))
+                filled += hi - lo
+            yield out
 
 
 @dataclass(frozen=True)

@@ -31,27 +31,27 @@ from tasks.base import Dataset, TargetSpec  # noqa: E402
 
 
 class RandomImages(Dataset):
-    """Pre-generated images in memory, so that loading costs nothing in either arm of a comparison."""
+    """Random images made on demand from (seed, index): cheap to load, and nothing held in memory (so the
+    peak-RSS comparison measures the extraction, not the dataset)."""
 
     name = "random-images"
 
     def __init__(self, n: int, size: int, seed: int = 0):
         super().__init__("bench")
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(n, size, size, 3, generator=g).numpy()
+        self.n, self.size, self.seed = n, size, seed
 
     @property
     def targets(self) -> dict[str, TargetSpec]:
         return {}
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.n
 
     def image_id(self, index: int) -> str:
         return f"img{index:06d}"
 
     def load_image(self, index: int) -> np.ndarray:
-        return self.images[index]
+        return np.random.default_rng([self.seed, index]).random((self.size, self.size, 3), dtype=np.float32)
 
     def load_target(self, index: int, kind: str) -> np.ndarray:
         raise KeyError(kind)
@@ -67,13 +67,13 @@ def timed(fn, repeat: int = 3) -> float:
     return best
 
 
-def bare_forward(adapter, x: torch.Tensor) -> None:
+def bare_forward(adapter, x: torch.Tensor, timesteps=None) -> None:
     """The model's own forward on the same batches (for diffusion adapters: ``adapter.bare_forward``)."""
     with torch.inference_mode():
         for s in range(0, len(x), adapter.compute_batch):
-            xs = x[s: s + adapter.compute_batch]
+            xs = x[s : s + adapter.compute_batch]
             if hasattr(adapter, "bare_forward"):
-                adapter.bare_forward(xs)
+                adapter.bare_forward(xs, timesteps)
             else:
                 xs = adapter.preprocess(xs)
                 with adapter.autocast():
@@ -83,7 +83,7 @@ def bare_forward(adapter, x: torch.Tensor) -> None:
 def rss_child(args: argparse.Namespace, n: int) -> float:
     code = f"""
 import resource, sys, tempfile
-sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
+sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / "benchmarks")!r})
 import backbones
 from bench_extraction import RandomImages
 from backbones.store import extract_to_cache
@@ -113,18 +113,35 @@ def main() -> None:
     adapter = backbones.create(args.backbone, weights=args.weights, image_size=args.image_size)
     k = adapter.num_layers
     ds = RandomImages(args.images, args.image_size)
-    x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).contiguous()
-    results = {"backbone": args.backbone, "images": args.images, "image_size": args.image_size,
-               "threads": torch.get_num_threads()}
+    x = (
+        torch.from_numpy(np.stack([ds.load_image(i) for i in range(len(ds))]))
+        .permute(0, 3, 1, 2)
+        .contiguous()
+    )
+    results = {
+        "backbone": args.backbone,
+        "images": args.images,
+        "image_size": args.image_size,
+        "threads": torch.get_num_threads(),
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
+
         def extract_all():
             d = tempfile.mkdtemp(dir=tmp)
-            extract_to_cache(adapter, ds, layers=args.layers, timesteps=args.timesteps, cache_root=d,
-                             progress=False, batch_size=16, shard_size=64)
+            extract_to_cache(
+                adapter,
+                ds,
+                layers=args.layers,
+                timesteps=args.timesteps,
+                cache_root=d,
+                progress=False,
+                batch_size=16,
+                shard_size=64,
+            )
 
         t_extract = timed(extract_all)
-        t_bare = timed(lambda: bare_forward(adapter, x))
+        t_bare = timed(lambda: bare_forward(adapter, x, args.timesteps))
         results["extract_s"], results["bare_forward_s"] = t_extract, t_bare
         results["extract_over_bare"] = t_extract / t_bare
 
@@ -135,16 +152,22 @@ def main() -> None:
         results["early_exit_target"] = (args.shallow + 1) / k + 0.10
 
         cache_dir = Path(tempfile.mkdtemp(dir=tmp))
-        cache = extract_to_cache(adapter, RandomImages(max(args.images, 64), args.image_size), layers=args.layers,
-                                 timesteps=ts, cache_root=cache_dir, progress=False)
+        cache = extract_to_cache(
+            adapter,
+            RandomImages(max(args.images, 64), args.image_size),
+            layers=args.layers,
+            timesteps=ts,
+            cache_root=cache_dir,
+            progress=False,
+        )
         assert isinstance(cache, FeatureCache)
         files = [str(f) for f in cache.path.rglob("*.npy")]
         nbytes = sum(Path(f).stat().st_size for f in files)
 
         def read_all():
             for key in cache.keys:
-                for batch in cache.array(key).iter_batches(64):
-                    batch.sum(dtype=np.float32)  # touch every value
+                for _batch in cache.array(key).iter_batches(64):
+                    pass  # every byte is read into a fresh array
 
         def cat_all():
             subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
@@ -160,8 +183,10 @@ def main() -> None:
     results["self_peak_rss_MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(results, indent=1))
     print(f"extraction / bare forward      : {results['extract_over_bare']:.3f}  (target <= 1.10)")
-    print(f"block {args.shallow} of {k} / full forward    : {results['early_exit_ratio']:.3f}  "
-          f"(target <= {results['early_exit_target']:.3f})")
+    print(
+        f"block {args.shallow} of {k} / full forward    : {results['early_exit_ratio']:.3f}  "
+        f"(target <= {results['early_exit_target']:.3f})"
+    )
     if "rss_512_over_64" in results:
         print(f"peak RSS 512 / 64 images        : {results['rss_512_over_64']:.3f}  (target <= 1.10)")
     print(f"streaming read / cat (MB/s)     : {results['read_over_cat']:.3f}  (target >= 0.5)")

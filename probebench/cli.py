@@ -76,6 +76,13 @@ def build_parser() -> Parser:
     ex.add_argument("--device", default=None)
     ex.add_argument("--image-size", type=int, default=None, help="backbone input size (default: the model's)")
     ex.add_argument("--pool-to", type=int, default=None, help="average-pool feature maps to at most N×N")
+    ex.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backbone option, repeatable (e.g. config=tiny, prompt='a photo', class_id=207)",
+    )
     ex.add_argument("--batch-size", type=int, default=16)
     ex.add_argument("--shard-size", type=int, default=64)
     ex.add_argument("--max-images", type=int, default=None)
@@ -128,6 +135,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    import yaml
+
     import backbones
     import tasks
     from backbones.store import extract_to_cache
@@ -147,12 +156,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.max_images is not None:
         ds = Subset(ds, args.max_images)
     dist = _maybe_init_distributed(args.device)
+    options = {}
+    for item in args.option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ProbebenchError(f"--option {item!r} must look like KEY=VALUE (e.g. config=tiny).")
+        options[key] = yaml.safe_load(raw)
     adapter = backbones.create(
         args.backbone,
         weights=args.weights,
         device=args.device,
         dtype=args.dtype,
         **({"image_size": args.image_size} if args.image_size else {}),
+        **options,
     )
     cache = extract_to_cache(
         adapter,

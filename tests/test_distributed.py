@@ -10,9 +10,28 @@ import numpy as np
 
 from backbones.store import FeatureCache
 
-ARGS = ["extract", "--backbone", "timm:efficientnet_lite0", "--dataset", "scenes", "--split", "val",
-        "--resolution", "16", "--image-size", "32", "--max-images", "10", "--layers", "0,3", "--shard-size", "3",
-        "--batch-size", "2", "--no-progress"]
+ARGS = [
+    "extract",
+    "--backbone",
+    "timm:efficientnet_lite0",
+    "--dataset",
+    "scenes",
+    "--split",
+    "val",
+    "--resolution",
+    "16",
+    "--image-size",
+    "32",
+    "--max-images",
+    "10",
+    "--layers",
+    "0,3",
+    "--shard-size",
+    "3",
+    "--batch-size",
+    "2",
+    "--no-progress",
+]
 
 
 def test_torchrun_two_ranks_equal_one_process(tmp_path):
@@ -20,12 +39,31 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path):
     other thread counts, which the manifest records."""
     env_py = [sys.executable, "-m"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    multi = subprocess.run([*env_py, "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                            "-m", "probebench.cli", *ARGS, "--cache", str(tmp_path / "multi")],
-                           capture_output=True, text=True, timeout=300, env=env)
+    multi = subprocess.run(
+        [
+            *env_py,
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "probebench.cli",
+            *ARGS,
+            "--cache",
+            str(tmp_path / "multi"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
-    single = subprocess.run([*env_py, "probebench.cli", *ARGS, "--cache", str(tmp_path / "single")],
-                            capture_output=True, text=True, timeout=300, env=env)
+    single = subprocess.run(
+        [*env_py, "probebench.cli", *ARGS, "--cache", str(tmp_path / "single")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     (a,) = (tmp_path / "multi").iterdir()
     (b,) = (tmp_path / "single").iterdir()

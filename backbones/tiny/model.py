@@ -2,17 +2,17 @@
 
 The denoiser is diffusers' real ``SD3Transformer2DModel`` (joint text/image attention blocks, each returning
 ``(text, image)``, the last ``(None, image)``), run in pixel space: an RGB image in [0, 1] is mapped to
-x0 = 2·rgb − 1 and patchified by the model itself. It is a rectified-flow model like SD3: x_σ = (1−σ)·x0 + σ·ε,
-the transformer predicts v = ε − x0 and takes ``timestep = σ·1000``.
+x0 = 2·rgb − 1 and patchified by the model itself. It is a rectified-flow model like SD3:
+x_σ = (1−σ)·x0 + σ·ε, the transformer predicts v = ε − x0 and takes ``timestep = σ·1000``.
 
 Text conditioning is a caption listing the classes visible in a scene, as tokens of a tiny vocabulary (the
 8 scene class names plus ``<pad>``) embedded by a learned :class:`CaptionEncoder`. The empty caption (all
 ``<pad>``) is the unconditional model (trained with caption dropout); use :func:`empty_conditioning` to build
 its ``encoder_hidden_states`` and ``pooled_projections``.
 
-One safetensors file holds everything (fp16): ``transformer.*`` (the SD3 module's state dict),
-``caption.embedding.weight`` (the token embedding), and in its metadata the model config, vocabulary and
-preprocessing, so :func:`load_weights` needs nothing else. This module imports no training code.
+One safetensors file holds everything (parameters fp16, buffers fp32): ``transformer.*`` (the SD3 module's
+state dict), ``caption.embedding.weight`` (the token embedding), and in its metadata the model config,
+vocabulary and preprocessing, so :func:`load_weights` needs nothing else. No training code here.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def model_config(
 class CaptionEncoder(nn.Module):
     """Token ids (B, L) → (``encoder_hidden_states`` (B, L, D), ``pooled_projections`` (B, D)).
 
-    The hidden states are the token embeddings (no positions: a caption is a set of classes); the pooled vector
+    The hidden states are the token embeddings (no positions: a caption is a set of classes); the pooled
+    vector
     is their mean over all L slots, so the empty caption pools to the ``<pad>`` embedding.
     """
 
@@ -91,7 +92,7 @@ class CaptionEncoder(nn.Module):
 
 
 def caption_ids(class_ids: Iterable[int], max_tokens: int = MAX_TOKENS) -> torch.Tensor:
-    """Token ids (max_tokens,) for a caption listing scene class ids (sorted, unique, padded with ``<pad>``)."""
+    """Token ids (max_tokens,) listing scene class ids (sorted, unique, padded with ``<pad>``)."""
     toks = [int(c) + 1 for c in sorted({int(c) for c in class_ids})]
     if any(not 1 <= t < len(VOCAB) for t in toks):
         raise ValueError(f"class ids must lie in [0, {len(CLASS_NAMES)}), got {sorted(class_ids)}")
@@ -119,7 +120,9 @@ def empty_ids(batch: int = 1, max_tokens: int = MAX_TOKENS) -> torch.Tensor:
 
 
 @torch.no_grad()
-def empty_conditioning(caption: CaptionEncoder, max_tokens: int = MAX_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+def empty_conditioning(
+    caption: CaptionEncoder, max_tokens: int = MAX_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``encoder_hidden_states`` (1, L, D) and ``pooled_projections`` (1, D) of the empty caption."""
     return caption(empty_ids(1, max_tokens).to(caption.embedding.weight.device))
 
@@ -135,15 +138,16 @@ def init_weights(transformer: nn.Module) -> None:
             if mod.bias is not None:
                 nn.init.zeros_(mod.bias)
     for name, mod in transformer.named_modules():
-        if isinstance(mod, nn.Linear) and (name.endswith(("norm1.linear", "norm1_context.linear"))
-                                           or name in ("norm_out.linear", "proj_out")):
+        if isinstance(mod, nn.Linear) and (
+            name.endswith(("norm1.linear", "norm1_context.linear")) or name in ("norm_out.linear", "proj_out")
+        ):
             nn.init.zeros_(mod.weight)
             if mod.bias is not None:
                 nn.init.zeros_(mod.bias)
 
 
 def build(config: dict[str, Any], seed: int | None = 0) -> tuple[nn.Module, CaptionEncoder]:
-    """A freshly initialised (transformer, caption encoder) pair; seeded so random weights are reproducible."""
+    """A freshly initialised (transformer, caption encoder) pair, seeded: random weights are reproducible."""
     from diffusers import SD3Transformer2DModel
 
     if seed is not None:
@@ -159,17 +163,29 @@ def num_parameters(*modules: nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def save_weights(path: str | Path, transformer: nn.Module, caption: CaptionEncoder, config: dict[str, Any],
-                 extra: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16) -> Path:
-    """Write transformer + token embedding as one safetensors file (atomically: temp file + os.replace)."""
+def save_weights(
+    path: str | Path,
+    transformer: nn.Module,
+    caption: CaptionEncoder,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write transformer + token embedding as one safetensors file (atomically: temp file + os.replace).
+
+    Parameters are stored in ``dtype`` (fp16: the file stays small), buffers in float32.
+    """
     import os
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"transformer.{k}": v.detach().to(dtype).contiguous().cpu()
-               for k, v in transformer.state_dict().items()}
-    tensors.update({f"caption.{k}": v.detach().to(dtype).contiguous().cpu()
-                    for k, v in caption.state_dict().items()})
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in (("transformer", transformer), ("caption", caption)):
+        params = {k for k, _ in module.named_parameters()}
+        for k, v in module.state_dict().items():  # buffers (the sin-cos position table) stay float32
+            tensors[f"{prefix}.{k}"] = (
+                v.detach().to(dtype if k in params else torch.float32).contiguous().cpu()
+            )
     meta = {
         "format": "pt",
         "probebench_tiny_format": FORMAT_VERSION,
@@ -187,31 +203,50 @@ def save_weights(path: str | Path, transformer: nn.Module, caption: CaptionEncod
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Decoded metadata of a tiny-MM-DiT weight file (model_config, vocab, max_tokens, preprocessing, extra)."""
+    """Decoded metadata of a tiny-MM-DiT weight file (model_config, vocab, preprocessing, ...)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         raw = f.metadata() or {}
     if "model_config" not in raw:
         raise ValueError(f"{path} is not a tiny MM-DiT weight file (no model_config in its metadata)")
-    out: dict[str, Any] = {k: json.loads(raw[k]) for k in ("model_config", "vocab", "preprocessing", "extra")
-                           if k in raw}
+    out: dict[str, Any] = {
+        k: json.loads(raw[k]) for k in ("model_config", "vocab", "preprocessing", "extra") if k in raw
+    }
     out["max_tokens"] = int(raw.get("max_tokens", MAX_TOKENS))
     return out
 
 
-def load_weights(path: str | Path = DEFAULT_WEIGHTS, dtype: torch.dtype = torch.float32
-                 ) -> tuple[nn.Module, CaptionEncoder, dict[str, Any]]:
+def load_weights(
+    path: str | Path = DEFAULT_WEIGHTS, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, CaptionEncoder, dict[str, Any]]:
     """(transformer, caption encoder, metadata) from a weight file, in ``dtype``, in eval mode, frozen."""
     meta = read_metadata(path)
     if tuple(meta.get("vocab", VOCAB)) != VOCAB:
         raise ValueError(f"{path}: vocabulary {meta.get('vocab')} differs from this code's {list(VOCAB)}")
     state = load_file(str(path))
     transformer, caption = build(meta["model_config"], seed=None)
-    transformer.load_state_dict({k[len("transformer."):]: v for k, v in state.items()
-                                 if k.startswith("transformer.")}, strict=True)
-    caption.load_state_dict({k[len("caption."):]: v for k, v in state.items() if k.startswith("caption.")},
-                            strict=True)
-    for m in (transformer, caption):
-        m.to(dtype).eval().requires_grad_(False)
+    params = {k for k, _ in transformer.named_parameters()}
+    missing = sorted(k for k in params if f"transformer.{k}" not in state)
+    if missing:
+        raise ValueError(
+            f"{path}: missing transformer parameters {missing[:5]}{'...' if len(missing) > 5 else ''}"
+        )
+    tstate = transformer.state_dict()  # buffers (sin-cos position table) are rebuilt exactly from the config;
+    tstate.update(
+        {
+            k[len("transformer.") :]: v
+            for k, v in state.items()  # only float32 copies overwrite them
+            if k.startswith("transformer.")
+            and (k[len("transformer.") :] in params or v.dtype == torch.float32)
+        }
+    )
+    transformer.load_state_dict(tstate, strict=True)
+    caption.load_state_dict(
+        {k[len("caption.") :]: v for k, v in state.items() if k.startswith("caption.")}, strict=True
+    )
+    for m in (transformer, caption):  # load_state_dict copied into float32 parameters
+        if dtype != torch.float32:
+            m.to(dtype)
+        m.eval().requires_grad_(False)
     return transformer, caption, meta

@@ -1,0 +1,717 @@
+"""Train the tiny MM-DiT (``backbones.tiny.model``) on ``scenes`` with rectified flow, on a CPU, reproducibly.
+
+    python -m backbones.tiny.train --max-minutes 95            # train, write backbones/tiny/weights/
+    python -m backbones.tiny.train --resume                    # continue from the last checkpoint
+    python -m backbones.tiny.train --sample-only --samples-path /tmp/s.png   # render samples of the weights
+
+What: a fixed pool of ``scenes`` train renders (uint8, in memory, random horizontal flips), captions listing
+the classes visible in each image (20 % dropped to the empty caption), σ from a logit-normal (SD3), loss
+‖v̂ − (ε − x0)‖², AdamW with warmup + cosine decay, an EMA of the weights (saved as the model), bf16 autocast.
+Why this way: see ``backbones/tiny/README.md``. All randomness comes from one seeded ``torch.Generator`` whose
+state is checkpointed, so a resumed run continues exactly as an uninterrupted one (on the same thread count).
+
+Outputs in ``--out``: ``tiny_mmdit.safetensors`` (EMA weights fp16 + token embedding; written at every
+checkpoint, atomically), ``config.json``, ``loss.csv``, ``loss.png``, ``samples.png``, ``checkpoint.json`` and
+``train_state.safetensors`` (fp32 weights, EMA, optimiser and RNG state for ``--resume``; not for shipping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from backbones.tiny.model import (
+    DEFAULT_WEIGHTS,
+    MAX_TOKENS,
+    PAD_ID,
+    PREPROCESSING,
+    VOCAB,
+    WEIGHTS_DIR,
+    CaptionEncoder,
+    build,
+    caption_ids,
+    caption_text,
+    load_weights,
+    model_config,
+    num_parameters,
+    save_weights,
+)
+
+WEIGHTS_NAME = DEFAULT_WEIGHTS.name
+STATE_NAME = "train_state.safetensors"
+CSV_FIELDS = ("step", "wall_s", "lr", "loss", "val_loss")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting that changes the trained weights (saved in config.json)."""
+
+    seed: int = 0
+    # model
+    resolution: int = 32
+    patch_size: int = 2
+    num_layers: int = 6
+    num_heads: int = 2
+    head_dim: int = 64
+    text_dim: int = 128
+    # data
+    pool_size: int = 20000
+    data_seed: int = 0
+    hflip: bool = True
+    caption_dropout: float = 0.2
+    val_images: int = 32
+    # optimisation
+    batch_size: int = 32
+    steps: int = 4800
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup: int = 250
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    bf16: bool = True
+    # sampling (for the sample grid)
+    sample_steps: int = 40
+    cfg_scale: float = 3.0
+
+    def model_config(self) -> dict[str, Any]:
+        return model_config(
+            self.resolution, self.patch_size, self.num_layers, self.num_heads, self.head_dim, self.text_dim
+        )
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def visible_class_ids(classes: np.ndarray) -> list[int]:
+    """Sorted class ids present in a class map (including background = sky where visible)."""
+    return sorted(int(c) for c in np.unique(classes))
+
+
+def render_pool(
+    split: str, n: int, resolution: int, data_seed: int = 0, offset: int = 0, log: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render ``n`` scenes once: images (n, 3, R, R) uint8 and caption token ids (n, MAX_TOKENS)."""
+    import tasks
+
+    ds = tasks.create("scenes", split=split, resolution=resolution, num_images=offset + n, seed=data_seed)
+    images = torch.empty(n, 3, resolution, resolution, dtype=torch.uint8)
+    ids = torch.empty(n, MAX_TOKENS, dtype=torch.long)
+    t0 = time.perf_counter()
+    for j in range(n):
+        s = ds.scene(offset + j)
+        images[j] = torch.from_numpy(np.round(s.rgb * 255.0).astype(np.uint8)).permute(2, 0, 1)
+        ids[j] = caption_ids(visible_class_ids(s.classes))
+        if log and (j + 1) % 2000 == 0:
+            print(
+                f"rendered {j + 1}/{n} {split} images ({(j + 1) / (time.perf_counter() - t0):.0f}/s)",
+                flush=True,
+            )
+    return images, ids
+
+
+def to_model_space(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (B, 3, H, W) → x0 in [-1, 1] (float32)."""
+    return images_u8.float() / 255.0 * PREPROCESSING["scale"] + PREPROCESSING["shift"]
+
+
+def to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Model space → RGB in [0, 1]."""
+    return ((x.float() - PREPROCESSING["shift"]) / PREPROCESSING["scale"]).clamp(0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class Denoiser(nn.Module):
+    """Transformer + caption encoder as one module: ``v̂ = f(x_σ, σ, caption ids)``."""
+
+    def __init__(self, transformer: nn.Module, caption: CaptionEncoder):
+        super().__init__()
+        self.transformer = transformer
+        self.caption = caption
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        hidden, pooled = self.caption(ids)
+        return self.transformer(x, hidden, pooled, sigma * 1000.0, return_dict=False)[0]
+
+
+def flow_loss(
+    net: Denoiser,
+    x0: torch.Tensor,
+    ids: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    bf16: bool = True,
+) -> torch.Tensor:
+    """Rectified-flow loss: mean ‖net(x_σ) − (ε − x0)‖² with x_σ = (1−σ)·x0 + σ·ε."""
+    s = sigma.view(-1, 1, 1, 1)
+    xt = (1.0 - s) * x0 + s * noise
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        pred = net(xt, sigma, ids)
+    return (pred.float() - (noise - x0)).pow(2).mean()
+
+
+@torch.no_grad()
+def sample(
+    net: Denoiser,
+    ids: torch.Tensor,
+    steps: int = 40,
+    cfg_scale: float = 1.0,
+    seed: int = 0,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Euler sampler of the flow ODE from σ = 1 (noise) to σ = 0; returns RGB in [0, 1], (B, 3, R, R).
+
+    ``cfg_scale`` ≠ 1 applies classifier-free guidance v = v_empty + s·(v_caption − v_empty).
+    """
+    cfg = net.transformer.config
+    b, r = ids.shape[0], int(cfg.sample_size)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, int(cfg.in_channels), r, r, generator=gen)
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    guided = cfg_scale != 1.0
+    both = torch.cat([ids, torch.full_like(ids, PAD_ID)]) if guided else ids
+    for i in range(steps):
+        s = sigmas[i].expand(both.shape[0])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            v = net(torch.cat([x, x]) if guided else x, s, both).float()
+        if guided:
+            vc, vu = v.chunk(2)
+            v = vu + cfg_scale * (vc - vu)
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+    return to_rgb(x)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+class Trainer:
+    """Model, EMA, optimiser and RNG for one run; ``step()`` does one optimisation step on the pool."""
+
+    def __init__(self, cfg: TrainConfig, images: torch.Tensor, ids: torch.Tensor):
+        self.cfg, self.images, self.ids = cfg, images, ids
+        transformer, caption = build(cfg.model_config(), seed=cfg.seed)
+        self.net = Denoiser(transformer, caption)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            (no_decay if p.ndim < 2 or "embedding" in name or "pos_embed" in name else decay).append(p)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=1e-8,
+        )
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step_count = 0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup, then cosine decay to ``min_lr_ratio``·lr at ``steps``."""
+        c = self.cfg
+        if step < c.warmup:
+            return c.lr * (step + 1) / c.warmup
+        frac = min(1.0, (step - c.warmup) / max(1, c.steps - c.warmup))
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, caption ids, σ, ε) for one step, all drawn from the run's generator."""
+        c, g = self.cfg, self.gen
+        idx = torch.randint(self.images.shape[0], (c.batch_size,), generator=g)
+        x0 = to_model_space(self.images[idx])
+        if c.hflip:
+            flip = torch.rand(c.batch_size, generator=g) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        ids = self.ids[idx].clone()
+        ids[torch.rand(c.batch_size, generator=g) < c.caption_dropout] = PAD_ID
+        sigma = torch.sigmoid(torch.randn(c.batch_size, generator=g) * c.logit_std + c.logit_mean)
+        noise = torch.randn(x0.shape, generator=g)
+        return x0, ids, sigma, noise
+
+    def step(self) -> tuple[float, float]:
+        """One AdamW step + EMA update; returns (loss, lr)."""
+        lr = self.lr_at(self.step_count)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x0, ids, sigma, noise = self.batch()
+        self.net.train()
+        loss = flow_loss(self.net, x0, ids, sigma, noise, self.cfg.bf16)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.step_count += 1
+        decay = min(self.cfg.ema_decay, (1 + self.step_count) / (10 + self.step_count))
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                pe.lerp_(p, 1.0 - decay)
+        return float(loss.detach()), lr
+
+    # -- checkpoint state (safetensors only) ---------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"net.{k}": v.detach().clone() for k, v in self.net.state_dict().items()}
+        out.update({f"ema.{k}": v.detach().clone() for k, v in self.ema.state_dict().items()})
+        for i, st in self.opt.state_dict()["state"].items():
+            for k, v in st.items():
+                out[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().clone().reshape(-1)
+        out["rng.gen"] = self.gen.get_state()
+        out["step"] = torch.tensor([self.step_count], dtype=torch.int64)
+        return out
+
+    def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("net.")}, strict=True)
+        self.ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")}, strict=True)
+        sd = self.opt.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in t.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                state.setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for i, st in state.items():
+            for name in ("exp_avg", "exp_avg_sq"):
+                st[name] = st[name].reshape(params[i].shape)
+        sd["state"] = state
+        self.opt.load_state_dict(sd)
+        self.gen.set_state(t["rng.gen"])
+        self.step_count = int(t["step"][0])
+
+
+@torch.no_grad()
+def validation_loss(
+    net: Denoiser,
+    images: torch.Tensor,
+    ids: torch.Tensor,
+    bf16: bool = True,
+    levels: int = 8,
+    seed: int = 1234,
+) -> float:
+    """Loss on fixed val images at a fixed σ grid and fixed noise (captioned): a low-variance signal."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = to_model_space(images)
+    total = 0.0
+    net.eval()
+    for k in range(levels):
+        sigma = torch.full((x0.shape[0],), (k + 0.5) / levels)
+        noise = torch.randn(x0.shape, generator=gen)
+        total += float(flow_loss(net, x0, ids, sigma, noise, bf16))
+    return total / levels
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1, fill: int = 255) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] → uint8 grid (rows·(H·scale+pad)+pad, nrow·(W·scale+pad)+pad, 3)."""
+    n, _, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    hs, ws = h * scale, w * scale
+    grid = np.full((rows * (hs + pad) + pad, nrow * (ws + pad) + pad, 3), fill, dtype=np.uint8)
+    arr = (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    if scale > 1:
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        y, x = pad + r * (hs + pad), pad + c * (ws + pad)
+        grid[y : y + hs, x : x + ws] = arr[i]
+    return grid
+
+
+def sample_figure(
+    net: Denoiser,
+    real: torch.Tensor,
+    ids: torch.Tensor,
+    steps: int,
+    cfg_scale: float,
+    seed: int = 0,
+    scale: int = 3,
+) -> tuple[np.ndarray, list[str]]:
+    """Labelled sample grid: real val images, samples with their captions (guidance 1 and ``cfg_scale``),
+    and two rows with the empty caption. Returns (uint8 image, row labels)."""
+    from PIL import Image, ImageDraw
+
+    n = real.shape[0]
+    rows = [
+        ("real (val)", real.float() / 255.0 if real.dtype == torch.uint8 else real),
+        ("caption, cfg 1", sample(net, ids, steps, 1.0, seed)),
+        (f"caption, cfg {cfg_scale:g}", sample(net, ids, steps, cfg_scale, seed)),
+        ("empty caption", sample(net, torch.full((2 * n, ids.shape[1]), PAD_ID), steps, 1.0, seed + 1)),
+    ]
+    labels = [rows[0][0], rows[1][0], rows[2][0], rows[3][0], rows[3][0]]
+    grid = image_grid(torch.cat([r[1] for r in rows]), nrow=n, pad=2, scale=scale)
+    margin = 110
+    canvas = Image.new("RGB", (grid.shape[1] + margin, grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    cell = real.shape[-1] * scale + 2
+    for r, label in enumerate(labels):
+        draw.text((4, 2 + r * cell + cell // 2 - 6), label, fill=(0, 0, 0))
+    return np.asarray(canvas), labels
+
+
+def plot_loss(csv_path: Path, png_path: Path) -> None:
+    """Training loss (per log interval) and fixed-batch validation loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, loss, vsteps, vloss = [], [], [], []
+    with open(csv_path) as f:
+        for row in csv.DictReader(f):
+            if row["loss"]:
+                steps.append(int(row["step"]))
+                loss.append(float(row["loss"]))
+            if row["val_loss"]:
+                vsteps.append(int(row["step"]))
+                vloss.append(float(row["val_loss"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, lw=0.8, alpha=0.7, label="train (mean over log interval)")
+    if vloss:
+        ax.plot(vsteps, vloss, "o-", ms=3, label="val (fixed images, σ grid, noise; EMA weights)")
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("rectified-flow loss ‖v̂ − (ε − x₀)‖²")
+    ax.set_yscale("log")
+    ax.set_title("tiny MM-DiT on scenes")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path.with_name(png_path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(image).save(tmp)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
+    """CLI → (TrainConfig, run options). ``--config`` (JSON or YAML) sets defaults; flags override them."""
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", type=Path, help="JSON/YAML file of TrainConfig fields (flags override it)")
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output directory (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=100.0,
+        help="wall budget of this invocation; stops cleanly and writes the final outputs",
+    )
+    p.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval (minutes)")
+    p.add_argument(
+        "--stop-at-step", type=int, help="stop (and checkpoint) at this step; for tests of --resume"
+    )
+    p.add_argument("--log-every", type=int, default=25, help="steps per loss.csv row")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 leaves the other core free)")
+    p.add_argument(
+        "--sample-only", action="store_true", help="only render samples (+ loss plot) from --weights"
+    )
+    p.add_argument(
+        "--weights", type=Path, help="weights for --sample-only (default: OUT/tiny_mmdit.safetensors)"
+    )
+    p.add_argument("--samples-path", type=Path, help="PNG for the sample grid (default: OUT/samples.png)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(
+                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, metavar="{true,false}"
+            )
+        else:
+            typ = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, type=typ, default=None)
+    args = p.parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config:
+        import yaml
+
+        loaded = yaml.safe_load(args.config.read_text())
+        values.update(loaded.get("training", loaded))
+    for f in dataclasses.fields(TrainConfig):
+        if getattr(args, f.name) is not None:
+            values[f.name] = getattr(args, f.name)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        p.error(f"unknown config fields: {sorted(unknown)}")
+    return TrainConfig(**values), args
+
+
+def run_config(
+    cfg: TrainConfig,
+    trainer: Trainer | None,
+    steps_done: int,
+    wall_s: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything config.json records: model, vocab, data, preprocessing, training, progress, versions."""
+    import diffusers
+
+    params = num_parameters(trainer.net) if trainer else None
+    return {
+        "model_class": "diffusers.SD3Transformer2DModel",
+        "model_config": cfg.model_config(),
+        "parameters": params,
+        "weights_file": WEIGHTS_NAME,
+        "weights_dtype": "float16",
+        "vocab": list(VOCAB),
+        "max_tokens": MAX_TOKENS,
+        "pad_id": PAD_ID,
+        "caption": "token ids of the class names visible in the image (class map at training resolution, "
+        "background included where sky shows), sorted by class id, padded with <pad>",
+        "empty_caption": "all <pad>: encoder_hidden_states = embedding(<pad>) repeated max_tokens times, "
+        "pooled_projections = embedding(<pad>) (mean over the max_tokens slots)",
+        "preprocessing": PREPROCESSING,
+        "data": {
+            "dataset": "scenes",
+            "split": "train",
+            "resolution": cfg.resolution,
+            "pool_size": cfg.pool_size,
+            "data_seed": cfg.data_seed,
+            "hflip": cfg.hflip,
+            "caption_dropout": cfg.caption_dropout,
+            "val": {"split": "val", "images": cfg.val_images},
+        },
+        "noise_sampling": {"kind": "logit_normal", "mean": cfg.logit_mean, "std": cfg.logit_std},
+        "training": dataclasses.asdict(cfg),
+        "seed": cfg.seed,
+        "steps_done": steps_done,
+        "wall_time_s": round(wall_s, 1),
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": sys.version.split()[0],
+        },
+        **(extra or {}),
+    }
+
+
+def read_log(path: Path, upto: int) -> list[dict[str, str]]:
+    """Rows of loss.csv with step ≤ upto (a resumed run drops rows written after its checkpoint)."""
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def write_log(path: Path, rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def render_samples(cfg: TrainConfig, net: Denoiser, out_png: Path) -> None:
+    """Sample grid for the first 8 val images (real row + captioned + empty-caption samples)."""
+    real, ids = render_pool("val", 8, cfg.resolution, cfg.data_seed)
+    image, _ = sample_figure(net, real, ids, cfg.sample_steps, cfg.cfg_scale, seed=cfg.seed)
+    save_png(out_png, image)
+    print("captions of the sampled row:", " | ".join(caption_text(i) for i in ids), flush=True)
+
+
+def sample_only(cfg: TrainConfig, args: argparse.Namespace) -> None:
+    weights = args.weights or args.out / WEIGHTS_NAME
+    transformer, caption, meta = load_weights(weights)
+    saved = meta.get("extra", {}).get("training")
+    if saved:
+        cfg = TrainConfig(**{**saved, "sample_steps": cfg.sample_steps, "cfg_scale": cfg.cfg_scale})
+    out_png = args.samples_path or args.out / "samples.png"
+    render_samples(cfg, Denoiser(transformer, caption), out_png)
+    print(f"wrote {out_png} from {weights} (step {meta.get('extra', {}).get('step')})", flush=True)
+    csv_path = weights.parent / "loss.csv"
+    if csv_path.exists() and args.samples_path is None:
+        plot_loss(csv_path, args.out / "loss.png")
+
+
+def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
+    """The training loop with time budget, periodic checkpoints, and final outputs."""
+    t_start = time.perf_counter()
+    deadline = t_start + args.max_minutes * 60.0 - 60.0  # keep a minute for the final samples and files
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    images, ids = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
+    val_images, val_ids = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
+    print(f"pool ready in {time.perf_counter() - t_start:.0f}s", flush=True)
+    trainer = Trainer(cfg, images, ids)
+    print(
+        f"model: {num_parameters(trainer.net.transformer) / 1e6:.3f}M transformer + "
+        f"{num_parameters(trainer.net.caption)} embedding parameters",
+        flush=True,
+    )
+    prev_wall = 0.0
+    csv_path = out / "loss.csv"
+    if args.resume:
+        from safetensors.torch import load_file
+
+        ck = json.loads((out / "checkpoint.json").read_text())
+        if ck["training"] != dataclasses.asdict(cfg):
+            raise SystemExit(
+                f"--resume: the config differs from the checkpoint's ({out / 'checkpoint.json'})"
+            )
+        trainer.load_state_tensors(load_file(str(out / STATE_NAME)))
+        prev_wall = float(ck["wall_time_s"])
+        rows = read_log(csv_path, trainer.step_count)
+        print(f"resumed at step {trainer.step_count}", flush=True)
+    else:
+        rows = []
+    write_log(csv_path, rows)
+    logf = open(csv_path, "a", newline="")  # noqa: SIM115 - kept open for the whole run
+    writer = csv.DictWriter(logf, fieldnames=CSV_FIELDS)
+    first_step = trainer.step_count
+    t_train = time.perf_counter()
+    last_ckpt = t_train
+    window: list[float] = []
+    last_val: float | None = None
+
+    def wall() -> float:
+        return prev_wall + time.perf_counter() - t_train
+
+    def checkpoint(final: bool = False) -> None:
+        nonlocal last_val
+        from safetensors.torch import save_file
+
+        last_val = validation_loss(trainer.ema, val_images, val_ids, cfg.bf16)
+        extra = {"step": trainer.step_count, "training": dataclasses.asdict(cfg)}
+        save_weights(
+            out / WEIGHTS_NAME, trainer.ema.transformer, trainer.ema.caption, cfg.model_config(), extra
+        )
+        tmp = out / (STATE_NAME + ".tmp")
+        save_file(trainer.state_tensors(), str(tmp))
+        os.replace(tmp, out / STATE_NAME)
+        write_json(
+            out / "checkpoint.json",
+            {
+                "step": trainer.step_count,
+                "loss": mean_loss,
+                "val_loss": last_val,
+                "wall_time_s": round(wall(), 1),
+                "final": final,
+                "training": dataclasses.asdict(cfg),
+            },
+        )
+        write_json(
+            out / "config.json",
+            run_config(cfg, trainer, trainer.step_count, wall(), {"final": final, "val_loss": last_val}),
+        )
+
+    mean_loss = float("nan")
+    stop_reason = "steps"
+    while trainer.step_count < cfg.steps:
+        if time.perf_counter() > deadline:
+            stop_reason = "max-minutes"
+            break
+        if args.stop_at_step is not None and trainer.step_count >= args.stop_at_step:
+            stop_reason = "stop-at-step"
+            break
+        loss, lr = trainer.step()
+        if not math.isfinite(loss):
+            raise SystemExit(f"non-finite loss {loss} at step {trainer.step_count}")
+        window.append(loss)
+        if trainer.step_count % args.log_every == 0 or trainer.step_count == cfg.steps:
+            mean_loss = sum(window) / len(window)
+            window.clear()
+            row = {
+                "step": trainer.step_count,
+                "wall_s": f"{wall():.1f}",
+                "lr": f"{lr:.3e}",
+                "loss": f"{mean_loss:.5f}",
+                "val_loss": "",
+            }
+            if time.perf_counter() - last_ckpt > args.ckpt_minutes * 60.0:
+                checkpoint()
+                last_ckpt = time.perf_counter()
+                row["val_loss"] = f"{last_val:.5f}"
+            writer.writerow(row)
+            logf.flush()
+            rate = (trainer.step_count - first_step) / max(1e-9, time.perf_counter() - t_train)
+            print(
+                f"step {trainer.step_count} loss {mean_loss:.4f} lr {lr:.2e} "
+                f"{'val ' + row['val_loss'] + ' ' if row['val_loss'] else ''}"
+                f"wall {wall() / 60:.1f}min ({rate:.2f} steps/s)",
+                flush=True,
+            )
+    checkpoint(final=True)
+    writer.writerow(
+        {
+            "step": trainer.step_count,
+            "wall_s": f"{wall():.1f}",
+            "lr": "",
+            "loss": "",
+            "val_loss": f"{last_val:.5f}",
+        }
+    )
+    logf.close()
+    print(
+        f"stopped ({stop_reason}) at step {trainer.step_count}, val loss {last_val:.4f}, "
+        f"training wall {wall() / 60:.1f} min",
+        flush=True,
+    )
+    render_samples(cfg, trainer.ema, args.samples_path or out / "samples.png")
+    plot_loss(csv_path, out / "loss.png")
+    write_json(
+        out / "config.json",
+        run_config(
+            cfg,
+            trainer,
+            trainer.step_count,
+            wall(),
+            {"final": True, "stop_reason": stop_reason, "val_loss": last_val},
+        ),
+    )
+    print(
+        f"done in {(time.perf_counter() - t_start) / 60:.1f} min (this invocation); outputs in {out}",
+        flush=True,
+    )
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg, args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with contextlib.suppress(RuntimeError):  # only settable before any parallel work
+        torch.set_num_interop_threads(1)
+    if args.sample_only:
+        sample_only(cfg, args)
+    else:
+        train(cfg, args)
+
+
+if __name__ == "__main__":
+    main()
