@@ -12,5 +12,6 @@ BACKBONES = Registry(
         "backbones.pixart",
         "backbones.sana",
         "backbones.dinov3",
+        "backbones.tiny_mmdit",
     ),
 )

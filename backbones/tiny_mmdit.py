@@ -1,0 +1,106 @@
+"""``tiny-mmdit``: the project's own small MM-DiT (diffusers ``SD3Transformer2DModel``), trained with rectified
+flow on the scene dataset (``backbones/tiny/``), so a real generative model can be probed offline.
+
+It goes through the SD3 adapter unchanged: the only difference is that it diffuses *pixels* (32×32, in
+[-1, 1]) instead of VAE latents, which :class:`PixelSpace` expresses as an identity "VAE" with scaling 1 and
+shift 0. Conditioning is the empty caption by default (as real backbones use the empty prompt: a caption that
+lists the classes present would leak the labels into the features); ``caption=[class names]`` gives
+caption-conditioned features, and the caption is part of the adapter fingerprint and of every cache hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from backbones._registry import BACKBONES
+from backbones.base import BackboneMeta, file_sha256
+from backbones.diffusion import DiffusionModules, FlowSchedule, TextConditioning
+from backbones.mmdit import SD3Adapter
+from probebench.errors import ProbebenchError, WeightsNotFoundError
+
+
+class PixelSpace(nn.Module):
+    """The identity autoencoder of a pixel-space diffusion model, with a diffusers-like interface.
+
+    ``encode(x)`` returns ``x`` as the posterior mean; ``config`` says: scaling 1, shift 0, no downsampling.
+    """
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # carries the dtype/device
+        self.config = SimpleNamespace(scaling_factor=1.0, shift_factor=0.0, block_out_channels=[channels],
+                                      latent_channels=channels)
+
+    def encode(self, x: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+
+ARCHITECTURE = {"num_layers": 6, "num_heads": 2, "head_dim": 64, "text_dim": 128, "resolution": 32, "patch_size": 2}
+"""The shipped model's size (``backbones.tiny.model.model_config`` arguments); loading checks the file agrees."""
+
+
+def _weights_path(weights: str) -> Path:
+    from backbones.tiny.model import DEFAULT_WEIGHTS
+
+    path = DEFAULT_WEIGHTS if weights == "default" else Path(weights).expanduser()
+    if path.is_dir():
+        path = path / "tiny_mmdit.safetensors"
+    if not path.is_file():
+        raise WeightsNotFoundError(f"tiny-mmdit weights not found at {path} (they ship in backbones/tiny/weights/).")
+    return path
+
+
+@BACKBONES.register("tiny-mmdit", kind="diffusion (MM-DiT, flow)", source="shipped: backbones/tiny/weights",
+                    notes="SD3-class MM-DiT trained here on scenes (32 px, pixel space); caption=[...] optional",
+                    test_name="tiny-mmdit", test_kwargs={})
+def create_tiny_mmdit(name: str, weights: str = "default", device: Any = None, dtype: Any = None,
+                      caption: list[str] | None = None, image_size: int | None = None,
+                      compute_batch: int = 8) -> SD3Adapter:
+    """The trained model (``weights="default"`` or a path) or its untrained twin (``weights="random"``)."""
+    from backbones.tiny.model import (
+        VOCAB,
+        build,
+        caption_from_names,
+        empty_conditioning,
+        load_weights,
+        model_config,
+    )
+
+    if weights == "random":  # the shipped architecture with seeded random weights; needs no file
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            transformer, caption_enc = build(model_config(**ARCHITECTURE), seed=0)
+        weights_id, meta_file, path = "random:seed0", {}, Path("random")
+    else:
+        path = _weights_path(weights)
+        transformer, caption_enc, meta_file = load_weights(path)
+        weights_id = f"file:sha256:{file_sha256(path)[:16]}"
+    transformer.eval().requires_grad_(False)
+    caption_enc.eval().requires_grad_(False)
+    if caption:
+        unknown = [c for c in caption if c not in VOCAB[1:]]
+        if unknown:
+            raise ProbebenchError(f"tiny-mmdit caption words {unknown} are not in its vocabulary {list(VOCAB[1:])}.")
+        with torch.no_grad():
+            hidden, pooled = caption_enc(caption_from_names(list(caption))[None])
+        text = TextConditioning(hidden.float(), pooled.float(), None, source=f"caption:{' '.join(caption)}")
+    else:
+        hidden, pooled = empty_conditioning(caption_enc)
+        text = TextConditioning(hidden.float(), pooled.float(), None, source="empty-caption")
+    cfg = transformer.config
+    size = int(cfg.sample_size)
+    meta = BackboneMeta(
+        name=name, family="sd3", source=str(path.name), num_layers=int(cfg.num_layers),
+        width=int(cfg.num_attention_heads * cfg.attention_head_dim), patch_size=int(cfg.patch_size),
+        image_size=size, timestep_convention="flow", license="Apache-2.0 (trained by this project)",
+        notes="pixel-space rectified-flow MM-DiT trained on the scene dataset",
+        extra={"training": meta_file.get("extra", {}), "pixel_space": True},
+    )
+    return SD3Adapter(meta, DiffusionModules(transformer, PixelSpace()), schedule=FlowSchedule(1000.0), text=text,
+                      prompt=" ".join(caption or []), weights=weights, weights_id=weights_id, device=device,
+                      dtype=dtype, image_size=image_size or size, compute_batch=compute_batch)
