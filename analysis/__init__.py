@@ -1,1 +1,12 @@
-"""Tables, figures and reports computed from result tables (and caches)."""
+"""Tables, figures and reports computed from result tables (and caches).
+
+- :mod:`analysis.report`: ``write_report(results_dir)`` — every applicable figure, the tables and ``REPORT.md``.
+- :mod:`analysis.compare`: best cells, fusion and combination gains, comparison tables across runs
+  (``compare_runs(paths, out_dir)`` for a sweep or several results directories).
+- :mod:`analysis.curves`: metric vs log-SNR / native timestep per layer; backbones on one log-SNR axis.
+- :mod:`analysis.heatmaps`: layer × timestep maps, shared colour scale when backbones are compared.
+- :mod:`analysis.fusion_plots`: learned per-pixel and global fusion weights.
+- :mod:`analysis.complementarity`: single vs combined bars, per-class IoU gain, streaming linear CKA, error
+  overlap.
+- :mod:`analysis.common`: row selection with helpful errors, seed means, the log-SNR axis, figure saving.
+"""

@@ -255,7 +255,7 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     **kwargs,
                     **st.params,
                 )
-                save_outputs(out, models, output, data[0]["test"], st.name)
+                save_outputs(out, models, output, data[0]["test"], st.name, val=data[0]["val"])
                 n = append_results(
                     results, result_rows(output.records, cfg, st, models, data[0]["train"].cache, chash, prov)
                 )
@@ -280,6 +280,7 @@ def save_outputs(
     test: Split,
     stage: str,
     num_examples: int = 6,
+    val: Split | None = None,
 ) -> None:
     """Save a probe's best closed-form heads with predictions on a few test images, its trained state dicts
     (safetensors) and its artifacts (``.npy`` + JSON meta), under ``heads/<model>/``."""
@@ -323,6 +324,10 @@ def save_outputs(
             str(path),
             metadata={"backbone": backbone, "weights": weights, "probe": stage, "name": name},
         )
+    if output.artifacts and val is not None and not (d / "images_val.npy").is_file():
+        n_val = min(max(len(np.asarray(a)) for a in output.artifacts.values()), len(val.dataset))
+        images = np.stack([val.dataset.load_image(i) for i in range(n_val)]).astype(np.float32)
+        atomic_save_npy(d / "images_val.npy", images)
     for name, arr in output.artifacts.items():
         stem = name.replace("/", "_")
         atomic_save_npy(d / f"{stem}.npy", np.asarray(arr))

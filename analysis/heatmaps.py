@@ -1,0 +1,133 @@
+"""Layer × timestep maps of each task's main metric: the whole screen of a diffusion backbone at a glance.
+
+Columns run from noisy (left) to clean (right) by log-SNR, rows are block indices. The colour map is
+reversed for lower-is-better metrics so that brighter is always better; comparison figures share one
+colour scale across backbones so equal colours mean equal scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from analysis.common import (
+    SEQUENTIAL,
+    cell_probe,
+    metric_label,
+    pick_split,
+    resolve_models,
+    save_figure,
+    slug,
+    t_label,
+)
+from analysis.curves import curve_table
+from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
+
+
+def heatmap_matrix(table: pd.DataFrame, model: str, task: str) -> pd.DataFrame:
+    """(layers × timesteps) of the seed-mean metric for one model and task; columns ordered noisy → clean,
+    labelled ``t=<native>\\n(<log-SNR>)``."""
+    g = table[(table["model"] == model) & (table["task"] == task)]
+    order = (
+        g.drop_duplicates("timestep")
+        .assign(_s=lambda x: x["log_snr"].fillna(np.inf))
+        .sort_values(["_s", "t_native"], ascending=[True, False])
+    )
+    m = g.pivot_table(index="layer_index", columns="timestep", values="value", aggfunc="mean")
+    m = m[list(order["timestep"])]
+    m.columns = [t_label(t, s) for t, s in zip(order["timestep"], order["log_snr"])]
+    m.index = [int(i) for i in m.index]
+    m.index.name = "layer"
+    return m
+
+
+def _draw(ax: plt.Axes, m: pd.DataFrame, metric: str, vmin: float, vmax: float, cbar: bool) -> None:
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    sns.heatmap(
+        m,
+        ax=ax,
+        cmap=SEQUENTIAL if higher else f"{SEQUENTIAL}_r",
+        vmin=vmin,
+        vmax=vmax,
+        annot=m.size <= 160,
+        fmt=".2f",
+        annot_kws={"fontsize": 7},
+        linewidths=0.4,
+        linecolor="white",
+        cbar=cbar,
+        cbar_kws={"label": f"{metric} ({'higher' if higher else 'lower'} is better)"},
+    )
+    best = np.nanargmax(m.to_numpy()) if higher else np.nanargmin(m.to_numpy())
+    r, c = np.unravel_index(best, m.shape)
+    ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", lw=2.2))
+    ax.set_xlabel("timestep (native) and log-SNR; noisy → clean")
+    ax.set_ylabel("layer (block index)")
+    ax.tick_params(axis="x", labelsize=7, rotation=0)
+    ax.tick_params(axis="y", rotation=0)
+
+
+def plot_heatmaps(
+    df: pd.DataFrame,
+    out_dir: Path,
+    *,
+    split: str | None = None,
+    probe: str | None = None,
+    metric: str | None = None,
+    models: list[str] | None = None,
+) -> list[Path]:
+    """Per diffusion model: one annotated heatmap per task (red box = best cell). Per task, when several
+    models have maps: all of them side by side on one shared colour scale. ``models``: labels or backbone
+    names (default all)."""
+    split = split or pick_split(df)
+    probe = cell_probe(df, probe)
+    models = resolve_models(df, models)
+    table = curve_table(df, split=split, probe=probe, metric=metric)
+    if models is not None:
+        table = table[table["model"].isin(models)]
+    ok = table.groupby("model")["timestep"].nunique()
+    table = table[table["model"].isin(ok[ok >= 2].index)]
+    paths: list[Path] = []
+    sns.set_theme(style="white", context="notebook")
+    tasks_all = [t for t in MAIN_METRIC if t in set(table["task"])] + sorted(
+        set(table["task"]) - set(MAIN_METRIC)
+    )
+    for model, dm in table.groupby("model", sort=True):
+        tasks = [t for t in tasks_all if t in set(dm["task"])]
+        mats = [heatmap_matrix(dm, model, t) for t in tasks]
+        w = max(4.5, 0.75 * max(m.shape[1] for m in mats) + 2.2)
+        h = max(3.8, 0.42 * max(m.shape[0] for m in mats) + 2.0)
+        fig, axes = plt.subplots(
+            1, len(tasks), figsize=(w * len(tasks), h), squeeze=False, layout="constrained"
+        )
+        for ax, task, m in zip(axes[0], tasks, mats):
+            metric_name = dm[dm["task"] == task]["metric"].iloc[0]
+            _draw(ax, m, metric_name, float(np.nanmin(m.to_numpy())), float(np.nanmax(m.to_numpy())), True)
+            ax.set_title(f"{task} — {metric_label(metric_name)}", fontsize=10)
+        fig.suptitle(f"{model}: {probe} probe, layer × timestep ({split} split, mean over seeds)")
+        paths += save_figure(fig, out_dir, f"heatmap_{slug(model)}")
+    for task in tasks_all:
+        dt = table[table["task"] == task]
+        names = sorted(dt["model"].unique())
+        if len(names) < 2:
+            continue
+        mats = [heatmap_matrix(dt, m, task) for m in names]
+        vmin = min(float(np.nanmin(m.to_numpy())) for m in mats)
+        vmax = max(float(np.nanmax(m.to_numpy())) for m in mats)
+        metric_name = dt["metric"].iloc[0]
+        w = max(4.0, 0.75 * max(m.shape[1] for m in mats) + 1.6)
+        h = max(3.2, 0.38 * max(m.shape[0] for m in mats) + 1.6)
+        fig, axes = plt.subplots(
+            1, len(names), figsize=(w * len(names) + 1.2, h), squeeze=False, layout="constrained"
+        )
+        for i, (ax, model, m) in enumerate(zip(axes[0], names, mats)):
+            _draw(ax, m, metric_name, vmin, vmax, cbar=i == len(names) - 1)
+            ax.set_title(f"{model} · {probe}", fontsize=10)
+        fig.suptitle(
+            f"{task} — {metric_label(metric_name)}: layer × timestep, shared colour scale ({split} split)"
+        )
+        paths += save_figure(fig, out_dir, f"heatmap_compare_{task}")
+    return paths
