@@ -1,0 +1,345 @@
+"""Fusion probes over timesteps (MMDiff) and their baselines, in one code path.
+
+Inputs: K cached maps — the timesteps of one layer, optionally several layers, plus keys of extra caches of the
+same images (another backbone, or the same one extracted with other noise seeds: the noise control, where the
+K inputs are K noise draws of one timestep). All are resampled (bilinear) to the first key's grid.
+
+Each input gets a 1×1 projection to a common ``width`` and a per-pixel channel normalisation without learned
+scale (so an input cannot be silenced by shrinking its projection: the fusion weights alone say how much each
+input contributes). Then, per group of inputs (all together, or one group per layer with ``group_by="layer"``):
+
+- ``spatial`` (MMDiff): a small conv net on the projections predicts per-pixel logits over the group's inputs →
+  softmax → weighted sum;
+- ``global`` (Diffusion Hyperfeatures): one learned logit per input → softmax → weighted sum;
+- ``mean``: uniform weights;  ``concat``: the projections concatenated;
+- ``single``: one model per input, the best on the validation split is reported (best single timestep).
+
+The fused map(s) go to a head: ``linear`` (BN + 1×1 conv; default), or a light head (``deeplab``, ``dpt``,
+``auto``), which takes one level per group — so ``group_by="layer"`` with ``head="dpt"`` is MMDiff's depth model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from backbones.base import FeatureKey
+from probebench.errors import ProbebenchError
+from probes.heads import DEFAULT_WIDTH, check_heads, make_head, resample
+from probes.screen import ProbeOutput, Split
+from probes.training import Fitted, Input, ProbeRun, cpu_state, is_better, parse_keys, resolve_params
+
+MODES = ("spatial", "global", "mean", "concat", "single")
+GROUP_BY = ("none", "layer")
+FUSION_PARAMS: dict[str, Any] = {
+    "mode": "spatial",
+    "width": 64,
+    "gate_width": None,
+    "weight_lr_mult": 10.0,
+    "group_by": "none",
+    "head": "linear",
+    "head_width": DEFAULT_WIDTH,
+    "rates": (6, 12, 18),
+    "dropout": 0.0,
+    "extra_keys": None,
+}
+
+
+FUSION_TRAIN_DEFAULTS = {"lr": 1e-2}
+
+
+class ChannelNorm(nn.Module):
+    """Per-pixel normalisation over channels, without learned scale or shift."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = x.var(1, keepdim=True, unbiased=False)
+        return (x - mu) * torch.rsqrt(var + 1e-6)
+
+
+class TimestepFusion(nn.Module):
+    """Projections of K inputs to ``width`` channels, fused per group by ``mode`` into one map per group."""
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        mode: str = "spatial",
+        width: int = 64,
+        groups: Sequence[Sequence[int]] | None = None,
+        gate_width: int | None = None,
+        weight_lr_mult: float = 10.0,
+    ):
+        super().__init__()
+        if mode not in MODES or mode == "single":
+            raise ProbebenchError(
+                f"Unknown fusion mode {mode!r}. Valid: {', '.join(m for m in MODES if m != 'single')}."
+            )
+        self.mode, self.width = mode, width
+        self.groups = [list(g) for g in (groups or [list(range(len(in_dims)))])]
+        self.proj = nn.ModuleList([nn.Conv2d(int(c), width, 1) for c in in_dims])
+        self.norm = ChannelNorm()
+        if mode == "spatial":
+            gw = gate_width or max(4, width // 4)
+            self.gates = nn.ModuleList()
+            for g in self.groups:
+                last = nn.Conv2d(gw, len(g), 3, padding=1)
+                nn.init.zeros_(last.weight)  # uniform weights at init: the spatial fusion starts as the mean
+                nn.init.zeros_(last.bias)
+                self.gates.append(nn.Sequential(nn.Conv2d(len(g) * width, gw, 3, padding=1), nn.GELU(), last))
+        if mode == "global":
+            self.logits = nn.Parameter(torch.zeros(len(in_dims)))
+            # Adam moves every parameter by ~lr per step: a logit alone would move far slower than a unit fed
+            # by many weights, so the global weights learn with a larger lr (``weight_lr_mult``).
+            self.logits.lr_mult = weight_lr_mult
+
+    @property
+    def out_dims(self) -> list[int]:
+        return [self.width * (len(g) if self.mode == "concat" else 1) for g in self.groups]
+
+    def project(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        size = xs[0].shape[-2:]
+        return [self.norm(p(resample(x, size))) for p, x in zip(self.proj, xs)]
+
+    def group_weights(self, gi: int, ps: torch.Tensor) -> torch.Tensor:
+        """Weights over group ``gi``'s inputs: (B, Kg, h, w); ``ps`` = its projections (B, Kg, W, h, w)."""
+        b, k, _, h, w = ps.shape
+        if self.mode == "spatial":
+            return torch.softmax(self.gates[gi](ps.flatten(1, 2)), dim=1)
+        if self.mode == "global":
+            return torch.softmax(self.logits[self.groups[gi]], 0).view(1, k, 1, 1).expand(b, k, h, w)
+        return ps.new_full((b, k, h, w), 1.0 / k)
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        p = self.project(xs)
+        out = []
+        for gi, g in enumerate(self.groups):
+            if self.mode == "concat":
+                out.append(torch.cat([p[k] for k in g], 1))
+                continue
+            ps = torch.stack([p[k] for k in g], 1)
+            out.append((self.group_weights(gi, ps).unsqueeze(2) * ps).sum(1))
+        return out
+
+    def weight_maps(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-pixel weight of every input, (B, K, h, w): each group's softmax in its inputs' slots."""
+        if self.mode == "concat":
+            raise ProbebenchError("The concat fusion has no weights.")
+        p = self.project(xs)
+        b, _, h, w = p[0].shape
+        out = p[0].new_zeros(b, len(p), h, w)
+        for gi, g in enumerate(self.groups):
+            out[:, g] = self.group_weights(gi, torch.stack([p[k] for k in g], 1))
+        return out
+
+    def global_weights(self) -> torch.Tensor:
+        """(K,) softmax weights of the ``global`` mode (per group)."""
+        out = torch.zeros(len(self.proj))
+        for g in self.groups:
+            out[g] = torch.softmax(self.logits.detach().cpu()[g], 0)
+        return out
+
+
+class FusionNet(nn.Module):
+    """:class:`TimestepFusion` followed by a head over the fused map(s) (one level per group)."""
+
+    def __init__(
+        self,
+        in_dims: Sequence[int],
+        out: int,
+        *,
+        mode: str = "spatial",
+        width: int = 64,
+        groups: Sequence[Sequence[int]] | None = None,
+        gate_width: int | None = None,
+        weight_lr_mult: float = 10.0,
+        head: str = "linear",
+        head_width: int = DEFAULT_WIDTH,
+        dropout: float = 0.0,
+        rates: Sequence[int] = (6, 12, 18),
+    ):
+        super().__init__()
+        self.fusion = TimestepFusion(in_dims, mode, width, groups, gate_width, weight_lr_mult)
+        self.head = make_head(head, self.fusion.out_dims, out, width=head_width, dropout=dropout, rates=rates)
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.fusion(xs))
+
+
+def layer_groups(inputs: Sequence[Input], group_by: str) -> list[list[int]]:
+    """Input indices per group: all together, or one group per (cache, layer) in order of appearance."""
+    if group_by == "none":
+        return [list(range(len(inputs)))]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, inp in enumerate(inputs):
+        groups.setdefault((inp.source, inp.key[0]), []).append(i)
+    return list(groups.values())
+
+
+def _keys_meta(inputs: Sequence[Input]) -> dict[str, Any]:
+    return {
+        "keys": [[i.key[0], i.key[1]] for i in inputs],
+        "inputs": [i.label for i in inputs],
+        "sources": [i.source for i in inputs],
+        "log_snr": [i.log_snr for i in inputs],
+    }
+
+
+def global_grid(inputs: Sequence[Input], weights: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """(K,) weights → (L, T): rows = (cache, layer), columns = timesteps, in order of appearance (NaN = absent)."""
+    rows: list[tuple[int, int]] = []
+    cols: list[Any] = []
+    col_snr: list[Any] = []
+    for i in inputs:
+        if (i.source, i.key[0]) not in rows:
+            rows.append((i.source, i.key[0]))
+        if i.key[1] not in cols:
+            cols.append(i.key[1])
+            col_snr.append(i.log_snr)
+    grid = np.full((len(rows), len(cols)), np.nan, dtype=np.float32)
+    for w, i in zip(weights, inputs):
+        grid[rows.index((i.source, i.key[0])), cols.index(i.key[1])] = w
+    labels = {(i.source, i.key[0]): i.label.rsplit("_T", 1)[0] for i in inputs}
+    return grid, {
+        "rows": [labels[r] for r in rows],
+        "layers": [r[1] for r in rows],
+        "timesteps": cols,
+        "column_log_snr": col_snr,
+    }
+
+
+def collect_weight_maps(run: ProbeRun, fitted: Fitted, feats: Any) -> np.ndarray:
+    """The validation images' per-pixel weight maps (N, K, h, w) float32."""
+    model = fitted.model
+    xs, bs, out = feats["val"], run.cfg.batch_size, []
+    with torch.no_grad():
+        for s in range(0, len(xs), bs):
+            batch = [x.to(run.device) for x in xs.batch(np.arange(s, min(s + bs, len(xs))))]
+            out.append(model.fusion.weight_maps(batch).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def fusion_probe(
+    train: Split,
+    val: Split,
+    test: Split | None,
+    kinds: Sequence[str],
+    *,
+    keys: Sequence[FeatureKey] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    extra: Any = None,
+    **params: Any,
+) -> ProbeOutput:
+    """Fuse ``keys`` (default: every key of the main cache) and every extra cache's keys (``extra_keys``,
+    default all) per task; records carry the variant ``fusion-<mode>``.
+
+    Params: ``mode`` (spatial | global | mean | concat | single), ``width`` (projection width, 64),
+    ``gate_width`` (spatial weight net width, default ``width // 4``: a small gate overfits less),
+    ``weight_lr_mult`` (lr factor of the ``global`` logits, 10), ``group_by`` (none | layer), ``head``
+    (linear | deeplab | dpt | auto), ``head_width`` (light heads, 32; 256 = MMDiff scale), ``rates``,
+    ``dropout`` (0), ``extra_keys``, and the training parameters of :class:`probes.training.TrainConfig`
+    (``lr`` defaults to 1e-2 here).
+
+    Artifacts (per task): ``fusion_weights/<task>`` (N_val, K, h, w) for ``spatial``; ``global_weights/<task>``
+    (L, T) for ``global``; ``single_val_scores/<task>`` (K,) for ``single``; ``artifact_meta`` names the
+    inputs (keys, labels, log-SNRs) in order.
+    """
+    cfg, p = resolve_params("fusion", params, FUSION_PARAMS, FUSION_TRAIN_DEFAULTS)
+    mode, group_by = p["mode"], p["group_by"]
+    if mode not in MODES:
+        raise ProbebenchError(f"fusion probe: unknown mode {mode!r}. Valid: {', '.join(MODES)}.")
+    if group_by not in GROUP_BY:
+        raise ProbebenchError(f"fusion probe: unknown group_by {group_by!r}. Valid: {', '.join(GROUP_BY)}.")
+    heads = (
+        check_heads(p["head"], kinds, "fusion") if p["head"] != "linear" else dict.fromkeys(kinds, "linear")
+    )
+    run = ProbeRun("fusion", train, val, test, kinds, cfg=cfg, seed=seed, progress=progress, extra=extra)
+    main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
+    extra_keys = parse_keys(p["extra_keys"], "extra_keys") if p["extra_keys"] is not None else None
+    inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
+    feats = run.features(inputs, grid="first")
+    variant = f"fusion-{mode}"
+    fields = {"mode": mode, "group_by": group_by}
+    out = ProbeOutput([])
+    for kind in kinds:
+        channels = run.objective(kind).channels
+
+        def build(dims: Sequence[int], groups: Any, m: str, head: str = heads[kind], ch: int = channels):
+            return lambda: FusionNet(
+                dims,
+                ch,
+                mode=m,
+                width=p["width"],
+                groups=groups,
+                gate_width=p["gate_width"],
+                weight_lr_mult=p["weight_lr_mult"],
+                head=head,
+                head_width=p["head_width"],
+                dropout=p["dropout"],
+                rates=tuple(p["rates"]),
+            )
+
+        meta = {"task": kind, "mode": mode, "group_by": group_by, **_keys_meta(inputs)}
+        if mode == "single":
+            out.records += _single(run, inputs, kind, variant, build, out, meta, fields)
+            continue
+        dims, groups = [i.dim for i in inputs], layer_groups(inputs, group_by)
+        meta["groups"] = groups
+        fitted = run.train(build(dims, groups, mode), feats, kind, variant, inputs)
+        out.records += run.records(fitted, feats, kind, variant, inputs, **fields)
+        out.state_dicts[run.state_dict_name(variant, kind, inputs)] = cpu_state(fitted.model)
+        if mode == "spatial":
+            name = f"fusion_weights/{kind}"
+            out.artifacts[name] = collect_weight_maps(run, fitted, feats)
+            val_ds = val.dataset
+            out.artifact_meta[name] = {
+                **meta,
+                "axes": "image, input, y, x",
+                "split": val_ds.split,
+                "image_ids": [val_ds.image_id(i) for i in range(len(val_ds))],
+            }
+        elif mode == "global":
+            name = f"global_weights/{kind}"
+            grid, gmeta = global_grid(inputs, fitted.model.fusion.global_weights().numpy())
+            out.artifacts[name] = grid
+            out.artifact_meta[name] = {**meta, **gmeta, "axes": "layer, timestep"}
+    return out
+
+
+def _single(
+    run: ProbeRun,
+    inputs: Sequence[Input],
+    kind: str,
+    variant: str,
+    build: Any,
+    out: ProbeOutput,
+    meta: dict[str, Any],
+    fields: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One model per input; the best on val is recorded (and scored on test), every val score is an artifact."""
+    spec = run.specs[kind]
+    best: tuple[Fitted, Any, Input] | None = None
+    scores = []
+    for inp in inputs:
+        feats = run.features([inp], grid="first")
+        fitted = run.train(build([inp.dim], None, "mean"), feats, kind, variant, [inp])
+        score = fitted.val_scores[spec.main_metric]
+        scores.append(score)
+        if best is None or is_better(score, best[0].val_scores[spec.main_metric], spec.higher_is_better):
+            best = (fitted, feats, inp)
+    assert best is not None  # inputs is never empty
+    fitted, feats, inp = best
+    name = f"single_val_scores/{kind}"
+    out.artifacts[name] = np.asarray(scores, dtype=np.float32)
+    out.artifact_meta[name] = {
+        **meta,
+        "metric": spec.main_metric,
+        "chosen": inputs.index(inp),
+        "axes": "input",
+    }
+    out.state_dicts[run.state_dict_name(variant, kind, [inp])] = cpu_state(fitted.model)
+    return run.records(fitted, feats, kind, variant, [inp], **fields)
