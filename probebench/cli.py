@@ -102,6 +102,43 @@ def build_parser() -> Parser:
     _add_config_args(rn)
     rn.add_argument("--no-progress", action="store_true")
 
+    sw = sub.add_parser(
+        "sweep",
+        help="run an ablation grid from a sweep file (configs/sweeps/); resumable, local or SLURM",
+        description="Expand a sweep file (base config + axes) into cells, extract each distinct feature "
+        "config once, then fit every missing cell; results go to <output_dir>/<sweep name>/results.csv "
+        "with the cell name in the `run` column. Exit code 1 if any cell failed.",
+    )
+    sw.add_argument("sweep_file", help="sweep YAML (base: + axes: + zip: + cell_name: + slurm:)")
+    sw.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every cell, e.g. output_dir=/tmp/r"
+    )
+    sw.add_argument(
+        "--dry-run", action="store_true", help="print the cells and how many are done; run nothing"
+    )
+    sw.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "slurm", "submitit-local", "submitit-debug"],
+        help="local: this process or --workers processes; slurm: submitit job arrays (the sweep's slurm: "
+        "section); submitit-local/-debug: the same submitit path on this machine",
+    )
+    sw.add_argument(
+        "--workers", type=int, default=1, help="worker processes for --executor local (default 1)"
+    )
+    sw.add_argument(
+        "--force",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="CELL",
+        help="redo these cells (names or globs)",
+    )
+    sw.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
+    sw.add_argument("--max-cells", type=int, default=500, help="refuse grids larger than this (default 500)")
+    sw.add_argument("--no-report", action="store_true", help="skip REPORT.md and figures at the end")
+    sw.add_argument("--no-progress", action="store_true")
+
     sc = sub.add_parser("scenes", help="the procedural scene dataset")
     scs = sc.add_subparsers(dest="scenes_command", metavar="ACTION", parser_class=Parser)
     scs.required = True
@@ -223,6 +260,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from probebench.sweep import dry_run_text, load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep_file, args.overrides, max_cells=args.max_cells)
+    if args.dry_run:
+        print(dry_run_text(sweep, args.force))
+        return 0
+    summary = run_sweep(
+        sweep,
+        executor=args.executor,
+        workers=args.workers,
+        force=args.force,
+        fail_fast=args.fail_fast,
+        progress=not args.no_progress,
+        report=not args.no_report,
+    )
+    print(summary.text())
+    return 0 if summary.ok else 1
+
+
 def cmd_scenes(args: argparse.Namespace) -> int:
     from tasks.scenes import export_scenes
 
@@ -253,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": cmd_run,
         "analyze": cmd_analyze,
         "scenes": cmd_scenes,
+        "sweep": cmd_sweep,
         "fit": lambda a: cmd_run(a, extract=False),
     }
     try:

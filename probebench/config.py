@@ -54,6 +54,7 @@ class BackboneConfig:
     image_size: int | None = 128
     dtype: str = "float32"
     pool_to: int | None = None
+    seed: int | None = None  # noise seed of this extraction (default: the run's seed); e.g. noise controls
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,12 +75,17 @@ class ProbeConfig:
     ``cells``: ``all`` (every cached (layer, timestep)), ``best`` (the best ridge cell per task, read from the
     results table), ``best-layer`` (every timestep of the best ridge layer per task), or explicit
     ``[[layer, timestep], ...]``. ``backbones``: ``null`` runs the probe on each backbone alone; a list of
-    indices into ``backbones`` runs ONE joint probe over them (features resampled to the first one's grid).
+    indices into ``backbones`` runs ONE joint probe over them (features resampled to the first one's grid;
+    with ``best``/``best-layer`` cells every backbone's cells come from its own ridge results, and repeats of
+    the first backbone — other noise seeds — use its cells). ``select`` restricts per-backbone runs to some
+    indices. ``label`` replaces the probe name in the result rows (e.g. ``fusion-noise-control``).
     """
 
     name: str = "ridge"
     cells: Union[str, list[list[Any]]] = "all"  # noqa: UP007
     backbones: list[int] | None = None
+    select: list[int] | None = None
+    label: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
 

@@ -67,7 +67,7 @@ def extract_backbone(
             layers=b.layers,
             timesteps=b.timesteps,
             cache_root=cfg.extract.cache_dir,
-            seed=cfg.seed,
+            seed=cfg.seed if b.seed is None else b.seed,
             noise_draws=b.noise_draws,
             batch_size=cfg.extract.batch_size,
             shard_size=cfg.extract.shard_size,
@@ -92,8 +92,15 @@ def stage_hash(cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig])
 
 
 def model_label(models: list[BackboneConfig]) -> tuple[str, str]:
-    """(backbone, weights) labels of result rows; joint probes join them with ``+``."""
-    return "+".join(b.name for b in models), "+".join(b.weights for b in models)
+    """(backbone, weights) labels of result rows; joint probes join distinct ones with ``+`` (repeats of one
+    model, e.g. other noise seeds, keep its label)."""
+    pairs = list(dict.fromkeys((b.name, b.weights) for b in models))
+    return "+".join(p[0] for p in pairs), "+".join(p[1] for p in pairs)
+
+
+def same_grid(a: BackboneConfig, b: BackboneConfig) -> bool:
+    """Same model and (layer, timestep) grid: only the noise seed may differ."""
+    return to_dict(a) | {"seed": None} == to_dict(b) | {"seed": None}
 
 
 def result_rows(
@@ -175,6 +182,14 @@ def resolve_cells(
     return [k for k in cache.keys if k[0] == key[0]]
 
 
+def stage_groups(cfg: RunConfig, stage: ProbeConfig) -> list[list[int]]:
+    """The backbone index groups a stage runs on: each selected backbone alone, or one joint group."""
+    if stage.backbones is not None:
+        return [list(stage.backbones)]
+    alone = stage.select if stage.select is not None else range(len(cfg.backbones))
+    return [[i] for i in alone]
+
+
 def checked_probe(stage: ProbeConfig):
     """The registered probe function, after checking the stage's params against its signature."""
     import inspect
@@ -208,12 +223,6 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     for ds in splits.values():
         for kind in cfg.tasks:
             ds.target_spec(kind)
-    for st in cfg.probes:
-        for i in st.backbones or []:
-            if not 0 <= i < len(cfg.backbones):
-                raise ProbebenchError(
-                    f"Probe {st.name!r}: backbones index {i} out of range 0..{len(cfg.backbones) - 1}."
-                )
     results = out / RESULTS_FILE
     prov = provenance()
     caches: dict[int, dict[str, FeatureCache]] = {}
@@ -228,9 +237,14 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
             )
         return caches[i]
 
+    for st in cfg.probes:
+        for i in [*(st.backbones or []), *(st.select or [])]:
+            if not 0 <= i < len(cfg.backbones):
+                raise ProbebenchError(
+                    f"Probe {st.name!r}: backbone index {i} out of range 0..{len(cfg.backbones) - 1}."
+                )
     for st, probe in stages:
-        groups = [[i] for i in range(len(cfg.backbones))] if st.backbones is None else [list(st.backbones)]
-        for group in groups:
+        for group in stage_groups(cfg, st):
             models = [cfg.backbones[i] for i in group]
             chash = stage_hash(cfg, st, models)
             label = "{} ({})".format(*model_label(models))
@@ -243,7 +257,14 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
             extra = {w: [d[w] for d in data[1:]] for w in splits}
             for task in todo:
                 keys = resolve_cells(st, results, models, task, data[0]["train"].cache)
-                kwargs = {"extra": extra} if len(group) > 1 else {}
+                kwargs: dict[str, Any] = {"extra": extra} if len(group) > 1 else {}
+                if len(group) > 1 and keys is not None and "extra_keys" not in st.params:
+                    first = models[1]
+                    kwargs["extra_keys"] = (
+                        keys
+                        if same_grid(models[0], first)
+                        else resolve_cells(st, results, [first], task, data[1]["train"].cache)
+                    )
                 output = probe(
                     data[0]["train"],
                     data[0]["val"],
@@ -347,7 +368,7 @@ def find_cache(b: BackboneConfig, cfg: RunConfig, ds: Dataset) -> FeatureCache:
         ds,
         adapter.resolve_layers(b.layers),
         adapter.resolve_timesteps(b.timesteps),
-        seed=cfg.seed,
+        seed=cfg.seed if b.seed is None else b.seed,
         noise_draws=b.noise_draws,
         pool_to=b.pool_to,
     )
