@@ -255,7 +255,10 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                 continue
             data = [{w: Split(caches_of(i)[w], splits[w]) for w in splits} for i in group]
             extra = {w: [d[w] for d in data[1:]] for w in splits}
-            for task in todo:
+            # cells that do not depend on the task: one call for every task (one pass over the cache)
+            batches = [todo] if st.cells == "all" or isinstance(st.cells, list) else [[t] for t in todo]
+            for kinds in batches:
+                task = kinds[0]
                 keys = resolve_cells(st, results, models, task, data[0]["train"].cache)
                 kwargs: dict[str, Any] = {"extra": extra} if len(group) > 1 else {}
                 if len(group) > 1 and keys is not None and "extra_keys" not in st.params:
@@ -269,7 +272,7 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     data[0]["train"],
                     data[0]["val"],
                     data[0]["test"],
-                    [task],
+                    kinds,
                     keys=keys,
                     seed=cfg.seed,
                     progress=progress,
@@ -280,7 +283,7 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                 n = append_results(
                     results, result_rows(output.records, cfg, st, models, data[0]["train"].cache, chash, prov)
                 )
-                say(f"[probebench] {st.name} on {label}, {task}: {n} result rows → {results}")
+                say(f"[probebench] {st.name} on {label}, {', '.join(kinds)}: {n} result rows → {results}")
     if analyze:
         from analysis.report import write_report
 
