@@ -68,6 +68,7 @@ from analysis.curves import (
     plot_log_snr_comparison,
     plot_timestep_curves,
 )
+from analysis.findings import findings_lines
 from analysis.fusion_plots import load_weight_artifacts, plot_fusion
 from analysis.heatmaps import plot_heatmaps
 from probebench.errors import ProbebenchError
@@ -507,6 +508,7 @@ def write_report(
     if preds:
         sections.append(Section("Predictions of the best cells", figures=preds))
 
+    findings = findings_lines(df, combos, split)
     runs = ", ".join(sorted(df["run"].unique()))
     commit = str(df["git_commit"].iloc[0])[:12]
     cols = ["model", "task", "probe", "layer", "timestep", "metric"]
@@ -524,6 +526,7 @@ def write_report(
         "## Summary",
         "",
         *summary_lines(best, fusion, combos, split, combo_notes),
+        *(["## Findings", "", *findings, ""] if findings else []),
         "## Best cell per model and task",
         "",
         "The cell (probe, layer, timestep) is chosen on the validation split; the test score is reported beside "

@@ -1,0 +1,131 @@
+"""The four questions of an MMDiff-style study, answered with numbers from the result table:
+
+(a) does the best timestep differ between tasks, and are the metric-vs-timestep curves far from flat?
+(b) does spatially varying fusion beat the best single timestep — and a control with as many inputs but no
+    timestep diversity (``fusion-noise-control``: K noise draws at one timestep)?
+(c) does combining two backbones beat each alone?
+(d) does a trained model beat its random-weight twin?
+
+Every number is read from the tables (best cells chosen on validation, reported on test); a question the
+results cannot answer is said to be not applicable rather than guessed.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.compare import best_cells, gain, with_model
+from tasks.base import MAIN_METRIC
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def timestep_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
+    """(a): per diffusion model, the best timestep per task (ridge, best layer chosen on val) and the spread."""
+    d = with_model(df)
+    d = d[(d["probe"] == "ridge") & (d["timestep"] != "none") & ~d["timestep"].str.contains("+", regex=False)]
+    out = []
+    for model, g in d.groupby("model", sort=True):
+        best_t, spreads = {}, []
+        for task, (metric, higher) in MAIN_METRIC.items():
+            t = g[(g["task"] == task) & (g["metric"] == metric)]
+            val, test = t[t["split"] == "val"], t[t["split"] == split]
+            if val.empty or test.empty:
+                continue
+            cell = val.loc[val["value"].idxmax() if higher else val["value"].idxmin()]
+            curve = test[test["layer"] == cell["layer"]].copy()
+            curve["t"] = curve["timestep"].astype(float)
+            curve = curve.groupby("t")["value"].mean().sort_index()
+            best = curve.idxmax() if higher else curve.idxmin()
+            best_t[task] = best
+            spread = float(curve.max() - curve.min())
+            ref = float(curve.max() if higher else curve.min())
+            spreads.append(
+                f"{task} {metric} {_fmt(curve.min())}–{_fmt(curve.max())} over t at layer "
+                f"{cell['layer']} (spread {_fmt(spread)}, {100 * spread / abs(ref):.0f} % of the best)"
+            )
+        if not best_t:
+            continue
+        differs = len(set(best_t.values())) > 1
+        where = ", ".join(f"{k} t={v:g}" for k, v in best_t.items())
+        out.append(
+            f"- (a) {model}: best timestep per task on {split} — {where}: "
+            f"{'differs between tasks' if differs else 'the same for every task'}. Curves: "
+            + "; ".join(spreads)
+            + "."
+        )
+    return out
+
+
+def fusion_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
+    """(b): fusion-spatial vs fusion-single and vs fusion-noise-control, per model and task."""
+    d = with_model(df)
+    if not d["probe"].eq("fusion-spatial").any():
+        return []
+    best = best_cells(d[d["probe"].str.startswith("fusion-")], ("model", "task", "probe"), split=split)
+    v = f"{split}_value"
+    out = []
+    for (model, task), g in best.groupby(["model", "task"], sort=True):
+        by = g.set_index("probe")
+        if "fusion-spatial" not in by.index:
+            continue
+        s = by.loc["fusion-spatial"]
+        higher = bool(s["higher_is_better"])
+        parts = []
+        for base in ("fusion-single", "fusion-noise-control"):
+            if base in by.index:
+                gn = gain(s[v], by.loc[base][v], higher)
+                parts.append(
+                    f"{'beats' if gn > 0 else 'does not beat'} {base} {_fmt(by.loc[base][v])} "
+                    f"(gain {gn:+.3f})"
+                )
+        if parts:
+            out.append(
+                f"- (b) {task}, {model}: fusion-spatial {s['metric']} {_fmt(s[v])} " + "; ".join(parts) + "."
+            )
+    return out
+
+
+def combination_findings(combos: pd.DataFrame) -> list[str]:
+    """(c): from :func:`analysis.compare.combination_gains`."""
+    out = []
+    for (task, combo), g in combos.groupby(["task", "combination"], sort=True) if len(combos) else []:
+        parts = [
+            f"{'beats' if r['gain'] > 0 else 'does not beat'} {r['member']} ({r['gain']:+.3f} {r['metric']})"
+            for _, r in g.iterrows()
+        ]
+        out.append(f"- (c) {task}, {combo}: " + "; ".join(parts) + ".")
+    return out
+
+
+def random_twin_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
+    """(d): best cell of each trained model vs the best cell of the same backbone with random weights."""
+    d = with_model(df)
+    d = d[~d["backbone"].str.contains("+", regex=False)]
+    best = best_cells(d, ("model", "task"), split=split)
+    v = f"{split}_value"
+    out = []
+    for (backbone, task), g in best.groupby(["backbone", "task"], sort=True):
+        rand = g[g["weights"] == "random"]
+        for _, r in g[g["weights"] != "random"].iterrows():
+            if rand.empty:
+                continue
+            gn = gain(r[v], rand.iloc[0][v], bool(r["higher_is_better"]))
+            out.append(
+                f"- (d) {task}, {backbone}: {r['weights']} weights {r['metric']} {_fmt(r[v])} vs random "
+                f"{_fmt(rand.iloc[0][v])} → {'beats' if gn > 0 else 'does not beat'} its random twin "
+                f"({gn:+.3f})."
+            )
+    return out
+
+
+def findings_lines(df: pd.DataFrame, combos: pd.DataFrame, split: str = "test") -> list[str]:
+    """All four answers (those that apply) as markdown bullets."""
+    return (
+        timestep_findings(df, split)
+        + fusion_findings(df, split)
+        + combination_findings(combos)
+        + random_twin_findings(df, split)
+    )
