@@ -33,14 +33,22 @@ class PixelSpace(nn.Module):
     def __init__(self, channels: int = 3):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # carries the dtype/device
-        self.config = SimpleNamespace(scaling_factor=1.0, shift_factor=0.0, block_out_channels=[channels],
-                                      latent_channels=channels)
+        self.config = SimpleNamespace(
+            scaling_factor=1.0, shift_factor=0.0, block_out_channels=[channels], latent_channels=channels
+        )
 
     def encode(self, x: torch.Tensor) -> SimpleNamespace:
         return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
 
 
-ARCHITECTURE = {"num_layers": 6, "num_heads": 2, "head_dim": 64, "text_dim": 128, "resolution": 32, "patch_size": 2}
+ARCHITECTURE = {
+    "num_layers": 6,
+    "num_heads": 2,
+    "head_dim": 64,
+    "text_dim": 128,
+    "resolution": 32,
+    "patch_size": 2,
+}
 """The shipped model's size (``backbones.tiny.model.model_config`` arguments); loading checks the file agrees."""
 
 
@@ -51,16 +59,29 @@ def _weights_path(weights: str) -> Path:
     if path.is_dir():
         path = path / "tiny_mmdit.safetensors"
     if not path.is_file():
-        raise WeightsNotFoundError(f"tiny-mmdit weights not found at {path} (they ship in backbones/tiny/weights/).")
+        raise WeightsNotFoundError(
+            f"tiny-mmdit weights not found at {path} (they ship in backbones/tiny/weights/)."
+        )
     return path
 
 
-@BACKBONES.register("tiny-mmdit", kind="diffusion (MM-DiT, flow)", source="shipped: backbones/tiny/weights",
-                    notes="SD3-class MM-DiT trained here on scenes (32 px, pixel space); caption=[...] optional",
-                    test_name="tiny-mmdit", test_kwargs={})
-def create_tiny_mmdit(name: str, weights: str = "default", device: Any = None, dtype: Any = None,
-                      caption: list[str] | None = None, image_size: int | None = None,
-                      compute_batch: int = 8) -> SD3Adapter:
+@BACKBONES.register(
+    "tiny-mmdit",
+    kind="diffusion (MM-DiT, flow)",
+    source="shipped: backbones/tiny/weights",
+    notes="SD3-class MM-DiT trained here on scenes (32 px, pixel space); caption=[...] optional",
+    test_name="tiny-mmdit",
+    test_kwargs={},
+)
+def create_tiny_mmdit(
+    name: str,
+    weights: str = "default",
+    device: Any = None,
+    dtype: Any = None,
+    caption: list[str] | None = None,
+    image_size: int | None = None,
+    compute_batch: int = 8,
+) -> SD3Adapter:
     """The trained model (``weights="default"`` or a path) or its untrained twin (``weights="random"``)."""
     from backbones.tiny.model import (
         VOCAB,
@@ -85,7 +106,9 @@ def create_tiny_mmdit(name: str, weights: str = "default", device: Any = None, d
     if caption:
         unknown = [c for c in caption if c not in VOCAB[1:]]
         if unknown:
-            raise ProbebenchError(f"tiny-mmdit caption words {unknown} are not in its vocabulary {list(VOCAB[1:])}.")
+            raise ProbebenchError(
+                f"tiny-mmdit caption words {unknown} are not in its vocabulary {list(VOCAB[1:])}."
+            )
         with torch.no_grad():
             hidden, pooled = caption_enc(caption_from_names(list(caption))[None])
         text = TextConditioning(hidden.float(), pooled.float(), None, source=f"caption:{' '.join(caption)}")
@@ -95,12 +118,28 @@ def create_tiny_mmdit(name: str, weights: str = "default", device: Any = None, d
     cfg = transformer.config
     size = int(cfg.sample_size)
     meta = BackboneMeta(
-        name=name, family="sd3", source=str(path.name), num_layers=int(cfg.num_layers),
-        width=int(cfg.num_attention_heads * cfg.attention_head_dim), patch_size=int(cfg.patch_size),
-        image_size=size, timestep_convention="flow", license="Apache-2.0 (trained by this project)",
+        name=name,
+        family="sd3",
+        source=str(path.name),
+        num_layers=int(cfg.num_layers),
+        width=int(cfg.num_attention_heads * cfg.attention_head_dim),
+        patch_size=int(cfg.patch_size),
+        image_size=size,
+        timestep_convention="flow",
+        license="Apache-2.0 (trained by this project)",
         notes="pixel-space rectified-flow MM-DiT trained on the scene dataset",
         extra={"training": meta_file.get("extra", {}), "pixel_space": True},
     )
-    return SD3Adapter(meta, DiffusionModules(transformer, PixelSpace()), schedule=FlowSchedule(1000.0), text=text,
-                      prompt=" ".join(caption or []), weights=weights, weights_id=weights_id, device=device,
-                      dtype=dtype, image_size=image_size or size, compute_batch=compute_batch)
+    return SD3Adapter(
+        meta,
+        DiffusionModules(transformer, PixelSpace()),
+        schedule=FlowSchedule(1000.0),
+        text=text,
+        prompt=" ".join(caption or []),
+        weights=weights,
+        weights_id=weights_id,
+        device=device,
+        dtype=dtype,
+        image_size=image_size or size,
+        compute_batch=compute_batch,
+    )
