@@ -108,7 +108,7 @@ def result_rows(
     cfg: RunConfig,
     stage: ProbeConfig,
     models: list[BackboneConfig],
-    cache: FeatureCache,
+    cache_hash: str,
     chash: str,
     prov: dict[str, Any],
 ) -> list[dict[str, Any]]:
@@ -134,7 +134,7 @@ def result_rows(
                 "higher_is_better": HIGHER_IS_BETTER.get(r["metric"]),
                 "lambda": r.get("lambda"),
                 "config_hash": chash,
-                "cache_hash": cache.hash,
+                "cache_hash": cache_hash,
                 **prov,
             }
         )
@@ -253,6 +253,31 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
             if not todo:
                 say(f"[probebench] {st.name} on {label}: all results present; skipping (only-missing).")
                 continue
+            if not getattr(probe, "needs_cache", True):  # stream-fit: features are never stored
+                if len(group) > 1:
+                    raise ProbebenchError(
+                        f"Probe {st.name!r} streams one backbone at a time; drop `backbones:`."
+                    )
+                b = models[0]
+                adapter = build_adapter(b, cfg)
+                output = probe(
+                    adapter,
+                    splits["train"],
+                    splits["val"],
+                    splits["test"],
+                    todo,
+                    layers=b.layers,
+                    timesteps=b.timesteps,
+                    seed=cfg.seed if b.seed is None else b.seed,
+                    noise_draws=b.noise_draws,
+                    pool_to=b.pool_to,
+                    progress=progress,
+                    **st.params,
+                )
+                tag = "stream:" + stable_hash(adapter.fingerprint(), 12)
+                n = append_results(results, result_rows(output.records, cfg, st, models, tag, chash, prov))
+                say(f"[probebench] {st.name} on {label}: {n} result rows → {results}")
+                continue
             data = [{w: Split(caches_of(i)[w], splits[w]) for w in splits} for i in group]
             extra = {w: [d[w] for d in data[1:]] for w in splits}
             # cells that do not depend on the task: one call for every task (one pass over the cache)
@@ -281,7 +306,8 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                 )
                 save_outputs(out, models, output, data[0]["test"], st.name, val=data[0]["val"])
                 n = append_results(
-                    results, result_rows(output.records, cfg, st, models, data[0]["train"].cache, chash, prov)
+                    results,
+                    result_rows(output.records, cfg, st, models, data[0]["train"].cache.hash, chash, prov),
                 )
                 say(f"[probebench] {st.name} on {label}, {', '.join(kinds)}: {n} result rows → {results}")
     if analyze:

@@ -38,3 +38,10 @@ PROBES.register(
     source="two backbones' caches",
     notes="main key + extra backbone's keys resampled to one grid; joint vs each alone (complementarity)",
 )
+PROBES.register(
+    "ridge-stream",
+    "probes.stream:stream_ridge_screen",
+    kind="closed form, no cache",
+    source="fitted during extraction",
+    notes="the ridge screen without storing features (grids too large for the disk); same numbers",
+)
