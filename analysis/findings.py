@@ -121,11 +121,35 @@ def random_twin_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
     return out
 
 
+def ranking_findings(df: pd.DataFrame, split: str = "val") -> list[str]:
+    """How well the ridge screen ranks cells against trained linear probes: Spearman's ρ over the cells both
+    probes scored (per model and task; needs at least 3 common cells)."""
+    from scipy.stats import spearmanr
+
+    d = with_model(df)
+    d = d[d["split"] == split]
+    out = []
+    for (model, task), g in d.groupby(["model", "task"], sort=True):
+        g = g[g["metric"] == MAIN_METRIC.get(task, ("",))[0]]
+        ridge = g[g["probe"] == "ridge"].groupby(["layer", "timestep"])["value"].mean()
+        linear = g[g["probe"] == "linear"].groupby(["layer", "timestep"])["value"].mean()
+        common = ridge.index.intersection(linear.index)
+        if len(common) < 3:
+            continue
+        rho = spearmanr(ridge[common], linear[common]).statistic
+        out.append(
+            f"- Ranking, {task}, {model}: ridge vs trained linear probe over {len(common)} cells "
+            f"({split} {MAIN_METRIC[task][0]}): Spearman ρ = {rho:.3f}."
+        )
+    return out
+
+
 def findings_lines(df: pd.DataFrame, combos: pd.DataFrame, split: str = "test") -> list[str]:
-    """All four answers (those that apply) as markdown bullets."""
+    """All answers that apply, as markdown bullets."""
     return (
         timestep_findings(df, split)
         + fusion_findings(df, split)
         + combination_findings(combos)
         + random_twin_findings(df, split)
+        + ranking_findings(df)
     )

@@ -1,0 +1,74 @@
+"""The report's findings (a)–(d) and the ridge-vs-linear ranking, on hand-made result tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.findings import fusion_findings, random_twin_findings, ranking_findings, timestep_findings
+
+
+def rows(model, weights, probe, task, metric, cells, split_values):
+    out = []
+    for (layer, t), vals in zip(cells, split_values):
+        for split, v in zip(("val", "test"), vals):
+            out.append(
+                {
+                    "backbone": model,
+                    "weights": weights,
+                    "probe": probe,
+                    "task": task,
+                    "metric": metric,
+                    "layer": str(layer),
+                    "timestep": t,
+                    "split": split,
+                    "value": v,
+                    "seed": 0,
+                    "dataset": "scenes",
+                    "higher_is_better": metric != "rmse",
+                    "run": "r",
+                    "log_snr": float("nan"),
+                }
+            )
+    return out
+
+
+def test_timestep_findings_report_best_t_per_task_and_spread():
+    cells = [(1, "0"), (1, "0.5"), (1, "0.9"), (0, "0.5")]
+    df = pd.DataFrame(
+        rows(
+            "m",
+            "default",
+            "ridge",
+            "segmentation",
+            "mIoU",
+            cells,
+            [(0.5, 0.52), (0.6, 0.61), (0.2, 0.25), (0.1, 0.1)],
+        )
+        + rows(
+            "m", "default", "ridge", "depth", "rmse", cells, [(1.0, 1.1), (2.0, 2.0), (3.0, 3.0), (4.0, 4.0)]
+        )
+    )
+    (line,) = timestep_findings(df)
+    assert "segmentation t=0.5" in line and "depth t=0" in line and "differs between tasks" in line
+    assert "mIoU 0.250–0.610 over t at layer 1 (spread 0.360" in line
+
+
+def test_fusion_and_random_twin_and_ranking():
+    df = pd.DataFrame(
+        rows("m", "default", "fusion-spatial", "segmentation", "mIoU", [(1, "0+0.5")], [(0.7, 0.68)])
+        + rows("m", "default", "fusion-single", "segmentation", "mIoU", [(1, "0.5")], [(0.6, 0.6)])
+        + rows("m", "default", "fusion-noise-control", "segmentation", "mIoU", [(1, "0.5")], [(0.65, 0.7)])
+        + rows("m", "random", "ridge", "segmentation", "mIoU", [(1, "0.5")], [(0.3, 0.3)])
+    )
+    (f,) = fusion_findings(df)
+    assert "fusion-spatial mIoU 0.680 beats fusion-single 0.600 (gain +0.080)" in f
+    assert "does not beat fusion-noise-control 0.700 (gain -0.020)" in f
+    (d,) = random_twin_findings(df)
+    assert "default weights mIoU 0.680 vs random 0.300 → beats its random twin (+0.380)" in d
+    cells = [(i, "none") for i in range(4)]
+    rank = pd.DataFrame(
+        rows("e", "default", "ridge", "depth", "rmse", cells, [(1, 1), (2, 2), (3, 3), (4, 4)])
+        + rows("e", "default", "linear", "depth", "rmse", cells, [(0.5, 1), (0.6, 2), (0.9, 3), (0.8, 4)])
+    )
+    (r,) = ranking_findings(rank)
+    assert "over 4 cells" in r and f"ρ = {0.8:.3f}" in r
