@@ -124,7 +124,7 @@ def result_rows(
                 "task": r["task"],
                 "dataset": cfg.data.name,
                 "split": r["split"],
-                "probe": r.get("probe", stage.name),
+                "probe": stage.label or r.get("probe", stage.name),
                 "layer": fmt_layers(r["layer"]),
                 "timestep": fmt_timestep(r["timestep"]),
                 "log_snr": snr if isinstance(snr, (int, float)) else None,
@@ -304,7 +304,15 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     **kwargs,
                     **st.params,
                 )
-                save_outputs(out, models, output, data[0]["test"], st.name, val=data[0]["val"])
+                save_outputs(
+                    out,
+                    models,
+                    output,
+                    data[0]["test"],
+                    st.label or st.name,
+                    val=data[0]["val"],
+                    subdir=st.label,
+                )
                 n = append_results(
                     results,
                     result_rows(output.records, cfg, st, models, data[0]["train"].cache.hash, chash, prov),
@@ -331,6 +339,7 @@ def save_outputs(
     stage: str,
     num_examples: int = 6,
     val: Split | None = None,
+    subdir: str | None = None,
 ) -> None:
     """Save a probe's best closed-form heads with predictions on a few test images, its trained state dicts
     (safetensors) and its artifacts (``.npy`` + JSON meta), under ``heads/<model>/``."""
@@ -338,6 +347,8 @@ def save_outputs(
     from safetensors.torch import save_file as save_torch
 
     d = out / "heads" / model_slug(models)
+    if subdir:  # a labelled stage (e.g. a noise control) keeps its heads apart from the model's main ones
+        d = d / subdir
     d.mkdir(parents=True, exist_ok=True)
     backbone, weights = model_label(models)
     idx = list(range(min(num_examples, len(test.dataset))))
