@@ -67,11 +67,14 @@ def timed(fn, repeat: int = 3) -> float:
     return best
 
 
-def bare_forward(adapter, x: torch.Tensor, timesteps=None) -> None:
-    """The model's own forward on the same batches (for diffusion adapters: ``adapter.bare_forward``)."""
+def bare_forward(adapter, ds: Dataset, timesteps=None) -> None:
+    """The model's own forward on the same batches, images loaded the same way (for diffusion adapters:
+    ``adapter.bare_forward``), so the ratio isolates hooks + noise + fp16 writes."""
+    from backbones.store import _load_batch
+
     with torch.inference_mode():
-        for s in range(0, len(x), adapter.compute_batch):
-            xs = x[s : s + adapter.compute_batch]
+        for s in range(0, len(ds), adapter.compute_batch):
+            xs = _load_batch(ds, range(s, min(len(ds), s + adapter.compute_batch)), adapter.image_size)
             if hasattr(adapter, "bare_forward"):
                 adapter.bare_forward(xs, timesteps)
             else:
@@ -141,7 +144,7 @@ def main() -> None:
             )
 
         t_extract = timed(extract_all)
-        t_bare = timed(lambda: bare_forward(adapter, x, args.timesteps))
+        t_bare = timed(lambda: bare_forward(adapter, ds, args.timesteps))
         results["extract_s"], results["bare_forward_s"] = t_extract, t_bare
         results["extract_over_bare"] = t_extract / t_bare
 
