@@ -217,11 +217,17 @@ def _load_batch(dataset: Dataset, indices: Sequence[int], size: int) -> torch.Te
     return torch.stack(ims)
 
 
+def pool_features(feat: torch.Tensor, pool_to: int | None) -> torch.Tensor:
+    """Average-pool (B, C, h, w) maps so the longer side is at most ``pool_to`` (aspect kept); else unchanged."""
+    if pool_to is None or max(feat.shape[-2:]) <= pool_to:
+        return feat
+    h, w = feat.shape[-2:]
+    s = pool_to / max(h, w)
+    return F.adaptive_avg_pool2d(feat, (max(1, round(h * s)), max(1, round(w * s))))
+
+
 def _to_storage(feat: torch.Tensor, pool_to: int | None, key: FeatureKey, what: str) -> np.ndarray:
-    if pool_to is not None and max(feat.shape[-2:]) > pool_to:
-        h, w = feat.shape[-2:]
-        s = pool_to / max(h, w)
-        feat = F.adaptive_avg_pool2d(feat, (max(1, round(h * s)), max(1, round(w * s))))
+    feat = pool_features(feat, pool_to)
     if not torch.isfinite(feat).all():
         raise ProbebenchError(f"Features at (layer, timestep) {key} of {what} contain NaN or inf.")
     peak = float(feat.abs().max()) if feat.numel() else 0.0

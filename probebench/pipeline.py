@@ -55,6 +55,11 @@ def build_adapter(b: BackboneConfig, cfg: RunConfig) -> backbones.Adapter:
     )
 
 
+def noise_seed(b: BackboneConfig, cfg: RunConfig) -> int:
+    """The extraction noise seed of a backbone: its own ``seed`` if set, else the run's."""
+    return cfg.seed if b.seed is None else b.seed
+
+
 def extract_backbone(
     b: BackboneConfig, cfg: RunConfig, splits: dict[str, Dataset], progress: bool = True
 ) -> dict[str, FeatureCache]:
@@ -67,7 +72,7 @@ def extract_backbone(
             layers=b.layers,
             timesteps=b.timesteps,
             cache_root=cfg.extract.cache_dir,
-            seed=cfg.seed if b.seed is None else b.seed,
+            seed=noise_seed(b, cfg),
             noise_draws=b.noise_draws,
             batch_size=cfg.extract.batch_size,
             shard_size=cfg.extract.shard_size,
@@ -268,7 +273,7 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     todo,
                     layers=b.layers,
                     timesteps=b.timesteps,
-                    seed=cfg.seed if b.seed is None else b.seed,
+                    seed=noise_seed(b, cfg),
                     noise_draws=b.noise_draws,
                     pool_to=b.pool_to,
                     progress=progress,
@@ -408,7 +413,7 @@ def find_cache(b: BackboneConfig, cfg: RunConfig, ds: Dataset) -> FeatureCache:
         ds,
         adapter.resolve_layers(b.layers),
         adapter.resolve_timesteps(b.timesteps),
-        seed=cfg.seed if b.seed is None else b.seed,
+        seed=noise_seed(b, cfg),
         noise_draws=b.noise_draws,
         pool_to=b.pool_to,
     )

@@ -14,11 +14,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from backbones.base import Adapter, FeatureKey
-from backbones.store import _load_batch
+from backbones.store import _load_batch, pool_features
 from probebench.errors import ProbebenchError
 from probes.ridge import RidgeAccumulator, RidgeSolution
 from probes.screen import DEFAULT_LAMBDAS, ProbeOutput
@@ -60,11 +59,7 @@ def _features(
         )
         out = {}
         for key in group:
-            f = feats[key]
-            if pool_to is not None and max(f.shape[-2:]) > pool_to:
-                h, w = f.shape[-2:]
-                s = pool_to / max(h, w)
-                f = F.adaptive_avg_pool2d(f, (max(1, round(h * s)), max(1, round(w * s))))
+            f = pool_features(feats[key], pool_to)
             out[key] = f.permute(0, 2, 3, 1).half().double().numpy()
         yield start, out
 
