@@ -20,6 +20,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,17 +227,26 @@ def pool_features(feat: torch.Tensor, pool_to: int | None) -> torch.Tensor:
     return F.adaptive_avg_pool2d(feat, (max(1, round(h * s)), max(1, round(w * s))))
 
 
-def _to_storage(feat: torch.Tensor, pool_to: int | None, key: FeatureKey, what: str) -> np.ndarray:
-    feat = pool_features(feat, pool_to)
-    if not torch.isfinite(feat).all():
-        raise ProbebenchError(f"Features at (layer, timestep) {key} of {what} contain NaN or inf.")
-    peak = float(feat.abs().max()) if feat.numel() else 0.0
-    if peak > FP16_MAX:
+def _to_storage(feat: torch.Tensor, pool_to: int | None, key: FeatureKey, what: str) -> torch.Tensor:
+    """(B, C, h, w) features → fp16 channels-last (B, h, w, C) view, checked: NaN/inf in the features and values
+    beyond fp16's range (which become inf in the cast) are errors. One pass over the fp16 copy checks both."""
+    half = pool_features(feat, pool_to).to(torch.float16)
+    if not torch.isfinite(half).all():
+        if not torch.isfinite(feat).all():
+            raise ProbebenchError(f"Features at (layer, timestep) {key} of {what} contain NaN or inf.")
+        peak = float(feat.abs().max())
         raise ProbebenchError(
             f"Features at (layer, timestep) {key} of {what} reach {peak:.3g}, beyond float16's {FP16_MAX:.0f}; "
             "they cannot be stored as fp16 without overflow."
         )
-    return feat.permute(0, 2, 3, 1).contiguous().numpy().astype(np.float16)
+    return half.permute(0, 2, 3, 1)
+
+
+def _write_shard(path: Path, shard: int, arrays: dict[FeatureKey, np.ndarray], ids: list[str]) -> None:
+    """Write one finished shard: every key's file, then its done marker (the resume point)."""
+    for key, arr in arrays.items():
+        atomic_save_npy(path / "shards" / key_stem(key) / f"{shard:05d}.npy", arr)
+    atomic_write_json(path / "shards" / "_done" / f"{shard:05d}.json", {"images": ids})
 
 
 def dist_info() -> tuple[int, int]:
@@ -306,26 +316,36 @@ def extract_to_cache(
         desc=f"extract {what}" + (f" [rank {rank}/{world_size}]" if world_size > 1 else ""),
         disable=not progress,
     )
-    for s in todo:
-        idx = list(range(s * shard_size, min(n, (s + 1) * shard_size)))
-        chunks: dict[FeatureKey, list[np.ndarray]] = {}
-        for b in range(0, len(idx), batch_size):
-            bidx = idx[b : b + batch_size]
-            images = _load_batch(dataset, bidx, adapter.image_size)
-            feats = adapter.extract(
-                images,
-                layer_idx,
-                None if ts == [None] else ts,
-                image_ids=[dataset.image_id(i) for i in bidx],
-                seed=seed,
-                noise_draws=noise_draws,
-            )
-            for key, f in feats.items():
-                chunks.setdefault(key, []).append(_to_storage(f, pool_to, key, what))
-            bar.update(len(bidx))
-        for key, parts in chunks.items():
-            atomic_save_npy(path / "shards" / key_stem(key) / f"{s:05d}.npy", np.concatenate(parts))
-        atomic_write_json(done_dir / f"{s:05d}.json", {"images": [dataset.image_id(i) for i in idx]})
+    # Shard s+1 is computed while a writer thread saves shard s (file writes and fsyncs release the GIL), so
+    # disk I/O hides behind the forward passes; at most one shard waits, which bounds memory.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="probebench-writer") as writer:
+        pending: Future | None = None
+        for s in todo:
+            idx = list(range(s * shard_size, min(n, (s + 1) * shard_size)))
+            arrays: dict[FeatureKey, np.ndarray] = {}
+            for b in range(0, len(idx), batch_size):
+                bidx = idx[b : b + batch_size]
+                images = _load_batch(dataset, bidx, adapter.image_size)
+                feats = adapter.extract(
+                    images,
+                    layer_idx,
+                    None if ts == [None] else ts,
+                    image_ids=[dataset.image_id(i) for i in bidx],
+                    seed=seed,
+                    noise_draws=noise_draws,
+                )
+                for key, f in feats.items():
+                    half = _to_storage(f, pool_to, key, what)
+                    if key not in arrays:  # filled in place: no per-batch parts, no concatenation
+                        arrays[key] = np.empty((len(idx), *half.shape[1:]), dtype=np.float16)
+                    arrays[key][b : b + len(bidx)] = half.numpy()
+                bar.update(len(bidx))
+            if pending is not None:
+                pending.result()  # re-raises a write error; also keeps at most one shard in flight
+            pending = writer.submit(_write_shard, path, s, arrays, [dataset.image_id(i) for i in idx])
+            del arrays
+        if pending is not None:
+            pending.result()
     bar.close()
 
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
