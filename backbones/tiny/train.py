@@ -56,6 +56,11 @@ from backbones.tiny.model import (
 WEIGHTS_NAME = DEFAULT_WEIGHTS.name
 STATE_NAME = "train_state.safetensors"
 CSV_FIELDS = ("step", "wall_s", "lr", "loss", "val_loss")
+# TrainConfig fields a new schedule phase (``--resume --new-phase``) may change; the rest define the model/data
+PHASE_FIELDS = frozenset(
+    {"steps", "start_step", "lr", "min_lr_ratio", "warmup", "grad_clip", "ema_decay"}
+    | {"logit_mean", "logit_std", "sample_steps", "cfg_scale"}
+)
 
 
 @dataclass
@@ -79,6 +84,7 @@ class TrainConfig:
     # optimisation
     batch_size: int = 32
     steps: int = 4800
+    start_step: int = 0  # the step this schedule (warmup + cosine) starts at; > 0 for a continuation phase
     lr: float = 5e-4
     min_lr_ratio: float = 0.1
     warmup: int = 250
@@ -227,11 +233,12 @@ class Trainer:
         self.step_count = 0
 
     def lr_at(self, step: int) -> float:
-        """Linear warmup, then cosine decay to ``min_lr_ratio``·lr at ``steps``."""
+        """Linear warmup from ``start_step``, then cosine decay to ``min_lr_ratio``·lr at ``steps``."""
         c = self.cfg
+        step -= c.start_step
         if step < c.warmup:
             return c.lr * (step + 1) / c.warmup
-        frac = min(1.0, (step - c.warmup) / max(1, c.steps - c.warmup))
+        frac = min(1.0, (step - c.warmup) / max(1, c.steps - c.start_step - c.warmup))
         return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -430,6 +437,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output directory (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
     p.add_argument(
+        "--new-phase",
+        action="store_true",
+        help="with --resume: keep weights, EMA, AdamW moments and RNG of the checkpoint, start a new "
+        "warmup + cosine schedule there (start_step = its step; --steps, --lr, --warmup, ... may change; "
+        "model and data may not); the earlier phases are kept in config.json",
+    )
+    p.add_argument(
         "--max-minutes",
         type=float,
         default=100.0,
@@ -471,6 +485,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
     unknown = set(values) - known
     if unknown:
         p.error(f"unknown config fields: {sorted(unknown)}")
+    if args.new_phase and not args.resume:
+        p.error("--new-phase needs --resume")
+    args.explicit = dict(
+        values
+    )  # what --config and the flags set (a resume fills the rest from its checkpoint)
     return TrainConfig(**values), args
 
 
@@ -566,6 +585,30 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
     deadline = t_start + args.max_minutes * 60.0 - 60.0  # keep a minute for the final samples and files
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    prev_wall = 0.0
+    csv_path = out / "loss.csv"
+    phases: list[dict[str, Any]] = []
+    if args.resume:
+        ck = json.loads((out / "checkpoint.json").read_text())
+        phases = list(ck.get("phases", []))
+        saved = dataclasses.asdict(TrainConfig(**ck["training"]))
+        given = getattr(args, "explicit", {})
+        if args.new_phase:
+            cfg = TrainConfig(**{**saved, **given, "start_step": int(ck["step"])})
+            fixed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PHASE_FIELDS]
+            changed = [k for k in fixed if saved[k] != getattr(cfg, k)]
+            if changed:
+                raise SystemExit(f"--new-phase may change only the schedule; these differ: {changed}")
+            if cfg.steps <= cfg.start_step:
+                raise SystemExit(f"--new-phase: --steps ({cfg.steps}) must exceed the checkpoint's step")
+            phases.append({**saved, "steps_done": int(ck["step"])})
+        else:
+            cfg = TrainConfig(**{**saved, **given})
+            if saved != dataclasses.asdict(cfg):
+                raise SystemExit(
+                    f"--resume: the config differs from the checkpoint's ({out / 'checkpoint.json'})"
+                )
+        prev_wall = float(ck["wall_time_s"])
     images, ids = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
     val_images, val_ids = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
     print(f"pool ready in {time.perf_counter() - t_start:.0f}s", flush=True)
@@ -575,22 +618,13 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
         f"{num_parameters(trainer.net.caption)} embedding parameters",
         flush=True,
     )
-    prev_wall = 0.0
-    csv_path = out / "loss.csv"
+    rows: list[dict[str, str]] = []
     if args.resume:
         from safetensors.torch import load_file
 
-        ck = json.loads((out / "checkpoint.json").read_text())
-        if ck["training"] != dataclasses.asdict(cfg):
-            raise SystemExit(
-                f"--resume: the config differs from the checkpoint's ({out / 'checkpoint.json'})"
-            )
         trainer.load_state_tensors(load_file(str(out / STATE_NAME)))
-        prev_wall = float(ck["wall_time_s"])
         rows = read_log(csv_path, trainer.step_count)
         print(f"resumed at step {trainer.step_count}", flush=True)
-    else:
-        rows = []
     write_log(csv_path, rows)
     logf = open(csv_path, "a", newline="")  # noqa: SIM115 - kept open for the whole run
     writer = csv.DictWriter(logf, fieldnames=CSV_FIELDS)
@@ -624,11 +658,18 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
                 "wall_time_s": round(wall(), 1),
                 "final": final,
                 "training": dataclasses.asdict(cfg),
+                "phases": phases,
             },
         )
         write_json(
             out / "config.json",
-            run_config(cfg, trainer, trainer.step_count, wall(), {"final": final, "val_loss": last_val}),
+            run_config(
+                cfg,
+                trainer,
+                trainer.step_count,
+                wall(),
+                {"final": final, "val_loss": last_val, "earlier_phases": phases},
+            ),
         )
 
     mean_loss = float("nan")
@@ -692,7 +733,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
             trainer,
             trainer.step_count,
             wall(),
-            {"final": True, "stop_reason": stop_reason, "val_loss": last_val},
+            {"final": True, "stop_reason": stop_reason, "val_loss": last_val, "earlier_phases": phases},
         ),
     )
     print(
