@@ -55,6 +55,9 @@ class BackboneConfig:
     dtype: str = "float32"
     pool_to: int | None = None
     seed: int | None = None  # noise seed of this extraction (default: the run's seed); e.g. noise controls
+    # extract only the cells the ridge screen of backbone #cells_from found best (per task, on val) instead of
+    # `layers` × `timesteps`: e.g. a noise control with other seeds at the best cells, without a full grid
+    cells_from: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,26 +92,57 @@ class ProbeConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+QUICKSTART_TIMESTEPS = [0.0, 0.1, 0.2, 0.35, 0.5, 0.7]
+
+
+def _default_data() -> DataConfig:
+    return DataConfig(max_train=160, max_val=48, max_test=48, options={"resolution": 32, "seed": 0})
+
+
+def _default_backbones() -> list[BackboneConfig]:
+    """The quickstart study (``configs/quickstart.yaml`` explains it): the trained tiny MM-DiT, its random twin,
+    EfficientNet-Lite0, and five noise-seed copies of the tiny MM-DiT at its best cells (the noise control)."""
+    tiny = {"name": "tiny-mmdit", "image_size": None, "dtype": "bfloat16"}
+    grid = {"layers": "all", "timesteps": list(QUICKSTART_TIMESTEPS)}
+    return [
+        BackboneConfig(**tiny, **grid),
+        BackboneConfig(**tiny, **grid, weights="random"),
+        BackboneConfig("timm:efficientnet_lite0", image_size=128),
+        *(BackboneConfig(**tiny, seed=s, cells_from=0) for s in range(1, 6)),
+    ]
+
+
 def _default_probes() -> list[ProbeConfig]:
     return [
-        ProbeConfig("ridge", params={"lambdas": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0], "class_balanced": True})
+        ProbeConfig(
+            "ridge",
+            select=[0, 1, 2],
+            params={"lambdas": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0], "class_balanced": True},
+        ),
+        ProbeConfig("linear", cells="best", select=[0, 1, 2]),
+        ProbeConfig("fusion", cells="best-layer", select=[0, 1], params={"mode": "spatial"}),
+        ProbeConfig("fusion", cells="best-layer", select=[0, 1], params={"mode": "single"}),
+        ProbeConfig(
+            "fusion",
+            cells="best",
+            backbones=[0, 3, 4, 5, 6, 7],
+            label="fusion-noise-control",
+            params={"mode": "spatial"},
+        ),
+        ProbeConfig("combine", cells="best", backbones=[0, 2]),
     ]
 
 
 @dataclass
 class RunConfig:
-    """A whole pipeline run: data → backbones → cache → probes → results → figures and report."""
+    """A whole pipeline run: data → backbones → cache → probes → results → figures and report. The defaults
+    are the quickstart study, ``configs/quickstart.yaml``."""
 
     name: str = "quickstart"
     seed: int = 0
     output_dir: str = "results"
-    data: DataConfig = field(default_factory=DataConfig)
-    backbones: list[BackboneConfig] = field(
-        default_factory=lambda: [
-            BackboneConfig(),
-            BackboneConfig(weights="random"),
-        ]  # ImageNet vs its random twin
-    )
+    data: DataConfig = field(default_factory=_default_data)
+    backbones: list[BackboneConfig] = field(default_factory=_default_backbones)
     tasks: list[str] = field(default_factory=lambda: ["segmentation", "saliency", "depth"])
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     probes: list[ProbeConfig] = field(default_factory=_default_probes)

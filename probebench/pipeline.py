@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +163,17 @@ def resolve_cells(
             f"Unknown cells {stage.cells!r} for probe {stage.name!r}. "
             "Valid: all, best, best-layer, or [[layer, timestep], ...]."
         )
-    backbone, weights = model_label(models[:1])
+    key = best_ridge_cell(results, models[0], task, cache, f"Probe {stage.name!r} with cells={stage.cells!r}")
+    if stage.cells == "best":
+        return [key]
+    return [k for k in cache.keys if k[0] == key[0]]
+
+
+def best_ridge_cell(
+    results: Path, model: BackboneConfig, task: str, cache: FeatureCache, who: str
+) -> FeatureKey:
+    """The (layer, timestep) key of ``cache`` whose ridge probe scored best on val for ``task``."""
+    backbone, weights = model_label([model])
     df = read_results(results) if results.is_file() else None
     metric, higher = MAIN_METRIC[task]
     if df is not None:
@@ -176,15 +187,23 @@ def resolve_cells(
         ]
     if df is None or df.empty:
         raise ProbebenchError(
-            f"Probe {stage.name!r} with cells={stage.cells!r} needs ridge results for {backbone} "
-            f"({weights}) on {task}; put a ridge stage before it."
+            f"{who} needs ridge results for {backbone} ({weights}) on {task}; put a ridge stage before it."
         )
     best = df.loc[df["value"].idxmax() if higher else df["value"].idxmin()]
     by_name = {(str(k[0]), fmt_timestep(k[1])): k for k in cache.keys}
-    key = by_name[(best["layer"], best["timestep"])]
-    if stage.cells == "best":
-        return [key]
-    return [k for k in cache.keys if k[0] == key[0]]
+    return by_name[(best["layer"], best["timestep"])]
+
+
+def best_cells_grid(cfg: RunConfig, i: int, results: Path, ref_cache: FeatureCache) -> BackboneConfig:
+    """Backbone ``i`` with ``cells_from: j`` → the same backbone extracting the layers × timesteps of backbone
+    ``j``'s best ridge cells over the run's tasks (so its keys contain every one of them)."""
+    b = cfg.backbones[i]
+    ref = cfg.backbones[b.cells_from]
+    who = f"Backbone {i} ({b.name}, cells_from: {b.cells_from})"
+    keys = [best_ridge_cell(results, ref, task, ref_cache, who) for task in cfg.tasks]
+    layers = sorted({k[0] for k in keys})
+    ts = sorted({k[1] for k in keys}, key=lambda t: -1.0 if t is None else t)
+    return replace(b, layers=layers, timesteps=None if ts == [None] else ts, cells_from=None)
 
 
 def stage_groups(cfg: RunConfig, stage: ProbeConfig) -> list[list[int]]:
@@ -235,6 +254,8 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     def caches_of(i: int) -> dict[str, FeatureCache]:
         if i not in caches:
             b = cfg.backbones[i]
+            if b.cells_from is not None:
+                b = best_cells_grid(cfg, i, results, caches_of(b.cells_from)["train"])
             caches[i] = (
                 extract_backbone(b, cfg, splits, progress)
                 if extract
@@ -242,6 +263,12 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
             )
         return caches[i]
 
+    for i, b in enumerate(cfg.backbones):
+        if b.cells_from is not None and not (0 <= b.cells_from < len(cfg.backbones) and b.cells_from != i):
+            raise ProbebenchError(
+                f"Backbone {i}: cells_from {b.cells_from} must be the index of another backbone "
+                f"(0..{len(cfg.backbones) - 1})."
+            )
     for st in cfg.probes:
         for i in [*(st.backbones or []), *(st.select or [])]:
             if not 0 <= i < len(cfg.backbones):
@@ -295,7 +322,7 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     first = models[1]
                     kwargs["extra_keys"] = (
                         keys
-                        if same_grid(models[0], first)
+                        if same_grid(models[0], first) or first.cells_from == group[0]
                         else resolve_cells(st, results, [first], task, data[1]["train"].cache)
                     )
                 output = probe(

@@ -355,8 +355,14 @@ def _validate_cell(cfg: RunConfig) -> None:
         if t not in MAIN_METRIC:
             raise UnknownNameError("task", t, MAIN_METRIC)
     tasks.TASKS.entry(cfg.data.name)
-    for b in cfg.backbones:
+    for i, b in enumerate(cfg.backbones):
         backbones.BACKBONES.entry(b.name)
+        if getattr(b, "cells_from", None) is not None:
+            raise ProbebenchError(
+                f"backbone {i} ({b.name}): cells_from needs the ridge results of the same run before its "
+                "extraction, which a sweep's separate extraction jobs cannot wait for; give it explicit "
+                "layers and timesteps in a sweep."
+            )
 
 
 def load_sweep(

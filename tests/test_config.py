@@ -55,8 +55,8 @@ def test_overrides_parse_yaml_values_and_list_indices():
     assert cfg.backbones[1].layers == [0, 2]
     assert cfg.data.max_train is None
     assert cfg.backbones[0].weights == "random"
-    with pytest.raises(ProbebenchError, match=r"list index in 0\.\.1"):
-        load_config(None, ["backbones.5.layers=all"])
+    with pytest.raises(ProbebenchError, match=r"list index in 0\.\.7"):
+        load_config(None, ["backbones.9.layers=all"])
     with pytest.raises(ProbebenchError, match=r"key\.path=value"):
         load_config(None, ["probes.0.params"])
 

@@ -1,8 +1,9 @@
-"""The quickstart end to end at a small size: cache → ridge screen → tidy results → figures → report."""
+"""The EfficientNet scenes preset end to end at a small size: cache → ridge screen → tidy results → figures → report."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,12 +13,14 @@ from probebench.config import load_config
 from probebench.pipeline import run
 from probes.results import COLUMNS, read_results
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("qs")
     cfg = load_config(
-        None,
+        ROOT / "configs" / "efficientnet_scenes.yaml",
         [
             "data.max_train=24",
             "data.max_val=12",
@@ -97,6 +100,7 @@ def test_cli_run_with_overrides(tmp_path, capsys):
             "data.max_test=4",
             "data.options.resolution=16",
             "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [3]}]",
+            "probes=[{name: ridge}]",
             "tasks=[depth]",
             f"extract.cache_dir={tmp_path / 'c'}",
             f"output_dir={tmp_path / 'r'}",

@@ -1,0 +1,131 @@
+"""The default quickstart (the MMDiff-style study on tiny-mmdit) end to end at a small size: every probe stage,
+the noise control extracted only at the best cells, and a report that answers (a)-(d)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from probebench.config import RunConfig, load_config, to_dict
+from probebench.errors import ProbebenchError
+from probebench.pipeline import run
+from probes.results import read_results
+
+TS = "[0.0, 0.35, 0.7]"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    fast = "{epochs: 2, patience: 0}"
+    cfg = load_config(
+        None,
+        [
+            "data.max_train=16",
+            "data.max_val=8",
+            "data.max_test=8",
+            f"backbones.0.timesteps={TS}",
+            f"backbones.1.timesteps={TS}",
+            "backbones.2.image_size=64",
+            f"probes.1.params={fast}",
+            "probes.2.params={mode: spatial, epochs: 2, patience: 0}",
+            "probes.3.params={mode: single, epochs: 2, patience: 0}",
+            "probes.4.params={mode: spatial, epochs: 2, patience: 0}",
+            f"probes.5.params={fast}",
+            f"extract.cache_dir={tmp / 'cache'}",
+            f"output_dir={tmp / 'results'}",
+            "name=study",
+        ],
+    )
+    return cfg, run(cfg, progress=False), tmp / "cache"
+
+
+def test_default_config_is_the_study():
+    cfg = RunConfig()
+    names = [(b.name, b.weights) for b in cfg.backbones]
+    assert names[:3] == [
+        ("tiny-mmdit", "default"),
+        ("tiny-mmdit", "random"),
+        ("timm:efficientnet_lite0", "default"),
+    ]
+    assert [b.cells_from for b in cfg.backbones[3:]] == [0] * 5
+    assert len({b.seed for b in cfg.backbones[3:]} | {None}) == 6  # five other noise seeds
+    assert len(cfg.backbones[0].timesteps) >= 6 and cfg.backbones[0].layers == "all"
+    # the noise control has as many inputs as the timestep fusion
+    control = next(p for p in cfg.probes if p.label == "fusion-noise-control")
+    assert len(control.backbones) == len(cfg.backbones[0].timesteps)
+    assert to_dict(cfg)["backbones"][0]["options"] == {}  # empty caption: no label leak into the features
+
+
+def test_every_stage_writes_rows(study):
+    _, out, _ = study
+    df = read_results(out)
+    probes = set(df["probe"])
+    assert {"ridge", "linear", "fusion-spatial", "fusion-single", "fusion-noise-control"} <= probes
+    assert {"combine", "combine-main", "combine-extra"} <= probes  # the pair and each member, one recipe
+    assert set(df[df.probe == "combine"]["backbone"]) == {"tiny-mmdit+timm:efficientnet_lite0"}
+    mm = df[df.backbone == "tiny-mmdit"]
+    assert set(mm[mm.probe == "ridge"]["timestep"]) == {"0", "0.35", "0.7"}
+    assert set(mm["weights"]) == {"default", "random"}
+    assert set(df[df.probe == "fusion-noise-control"]["backbone"]) == {"tiny-mmdit"}
+
+
+def test_noise_control_is_extracted_only_at_the_best_cells(study):
+    cfg, out, cache = study
+    df = read_results(out)
+    best = set()
+    for task in cfg.tasks:
+        from tasks.base import MAIN_METRIC
+
+        metric, higher = MAIN_METRIC[task]
+        r = df[
+            (df.backbone == "tiny-mmdit")
+            & (df.weights == "default")
+            & (df.probe == "ridge")
+            & (df.task == task)
+            & (df.split == "val")
+            & (df.metric == metric)
+        ]
+        row = r.loc[r["value"].idxmax() if higher else r["value"].idxmin()]
+        best.add((int(row["layer"]), float(row["timestep"])))
+    seeds = {}
+    for m in cache.glob("tiny-mmdit-scenes-train-*/manifest.json"):
+        man = json.loads(m.read_text())
+        seeds[man["fingerprint"]["seed"]] = {(f["layer"], f["timestep"]) for f in man["features"]}
+    assert set(seeds) == {0, 1, 2, 3, 4, 5}
+    assert len(seeds[0]) == 6 * 3  # the full grid for the main backbone
+    layers, ts = {k[0] for k in best}, {k[1] for k in best}
+    for s in range(1, 6):
+        assert seeds[s] == {(la, t) for la in layers for t in ts}  # only the best cells' layers × timesteps
+
+
+def test_report_answers_the_four_questions(study):
+    _, out, _ = study
+    report = (out / "REPORT.md").read_text()
+    for q in ("- (a) ", "- (b) ", "- (c) ", "- (d) "):
+        assert q in report, q
+    assert "fusion-noise-control" in report
+
+
+def test_cells_from_needs_another_backbone(tmp_path):
+    cfg = load_config(None, ["backbones.3.cells_from=3", f"output_dir={tmp_path}"])
+    with pytest.raises(ProbebenchError, match="cells_from 3 must be the index of another backbone"):
+        run(cfg, progress=False)
+
+
+def test_cells_from_needs_ridge_results_first(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            "data.max_train=4",
+            "data.max_val=4",
+            "data.max_test=4",
+            "backbones.0.timesteps=[0.0]",
+            "probes=[{name: ridge, select: [3]}]",
+            f"extract.cache_dir={tmp_path / 'c'}",
+            f"output_dir={tmp_path / 'r'}",
+        ],
+    )
+    with pytest.raises(ProbebenchError, match=r"Backbone 3 .*cells_from: 0.* needs ridge results"):
+        run(cfg, progress=False)
