@@ -112,3 +112,29 @@ def test_cli_config_layering(tmp_path: Path) -> None:
     path.write_text("training:\n  steps: 7\n  lr: 0.001\n")
     cfg, args = tt.parse_args(["--config", str(path), "--lr", "0.002", "--hflip", "false"])
     assert (cfg.steps, cfg.lr, cfg.hflip, args.threads) == (7, 0.002, False, 1)
+
+
+def test_new_phase_restarts_the_schedule_and_keeps_the_history(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "steps"]
+    common = ["--out", str(tmp_path), "--val-images", "2", "--sample-steps", "1", "--log-every", "1"]
+    tt.main([*common, *flags, "--steps", "6"])
+    with pytest.raises(SystemExit, match=r"may change only the schedule.*num_layers"):
+        tt.main([*common, "--resume", "--new-phase", "--steps", "9", "--num-layers", "3"])
+    with pytest.raises(SystemExit, match="must exceed"):
+        tt.main([*common, "--resume", "--new-phase", "--steps", "6"])
+    tt.main([*common, "--resume", "--new-phase", "--steps", "10", "--lr", "1e-3", "--warmup", "2"])
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["steps_done"] == 10 and cfg["training"]["start_step"] == 6 and cfg["training"]["lr"] == 1e-3
+    assert [p["steps_done"] for p in cfg["earlier_phases"]] == [6]
+    assert cfg["earlier_phases"][0]["lr"] == SMALL["lr"]
+    with open(tmp_path / "loss.csv") as f:
+        lrs = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f) if r["lr"]}
+    assert sorted(lrs) == list(range(1, 11))  # the first phase's rows are kept
+    assert lrs[7] == pytest.approx(1e-3 / 2) and lrs[8] == pytest.approx(1e-3)  # warmup restarts at step 6
+    assert lrs[6] < lrs[7]
+    # a plain --resume of the new phase takes its config from the checkpoint
+    tt.main([*common, "--resume"])
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["start_step"] == 6
