@@ -328,5 +328,8 @@ def slug(text: str) -> str:
 
 
 def model_slug(backbone: str, weights: str) -> str:
-    """``<backbone>-<weights>`` with ``/`` and ``:`` replaced: the pipeline's ``heads/`` directory name."""
-    return f"{backbone}-{weights}".replace("/", "_").replace(":", "_")
+    """``<backbone>-<weights>`` with characters other than letters, digits and ``._+=-`` replaced by ``_``: the
+    pipeline's ``heads/`` directory name."""
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in "._+=-") else "_" for c in f"{backbone}-{weights}"
+    )

@@ -97,10 +97,23 @@ def stage_hash(cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig])
     )
 
 
+def backbone_label(b: BackboneConfig) -> str:
+    """A backbone's name in result rows: its options in brackets when it has any, e.g.
+    ``tiny-mmdit[caption=floor sphere]`` or ``dit-xl-2-256[class_id=207]`` — so conditioned features are labelled
+    as such in every row, and two option sets of one model never share rows."""
+    if not b.options:
+        return b.name
+    opts = ";".join(
+        f"{k}={' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+        for k, v in sorted(b.options.items())
+    )
+    return f"{b.name}[{opts.replace('+', ' ')}]"
+
+
 def model_label(models: list[BackboneConfig]) -> tuple[str, str]:
     """(backbone, weights) labels of result rows; joint probes join distinct ones with ``+`` (repeats of one
     model, e.g. other noise seeds, keep its label)."""
-    pairs = list(dict.fromkeys((b.name, b.weights) for b in models))
+    pairs = list(dict.fromkeys((backbone_label(b), b.weights) for b in models))
     return "+".join(p[0] for p in pairs), "+".join(p[1] for p in pairs)
 
 
@@ -359,8 +372,9 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
 
 
 def model_slug(models: list[BackboneConfig]) -> str:
-    backbone, weights = model_label(models)
-    return f"{backbone}-{weights}".replace("/", "_").replace(":", "_")
+    from analysis.common import model_slug as slug
+
+    return slug(*model_label(models))
 
 
 def save_outputs(

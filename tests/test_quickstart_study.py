@@ -129,3 +129,23 @@ def test_cells_from_needs_ridge_results_first(tmp_path):
     )
     with pytest.raises(ProbebenchError, match=r"Backbone 3 .*cells_from: 0.* needs ridge results"):
         run(cfg, progress=False)
+
+
+def test_conditioned_backbones_are_labelled_in_rows():
+    from analysis.common import model_slug
+    from probebench.config import BackboneConfig
+    from probebench.pipeline import backbone_label, model_label
+
+    plain = BackboneConfig("tiny-mmdit")
+    captioned = BackboneConfig("tiny-mmdit", options={"caption": ["floor", "sphere"]})
+    assert backbone_label(plain) == "tiny-mmdit"
+    assert backbone_label(captioned) == "tiny-mmdit[caption=floor sphere]"
+    assert (
+        backbone_label(BackboneConfig("dit-xl-2-256", options={"class_id": 207}))
+        == "dit-xl-2-256[class_id=207]"
+    )
+    assert model_label([captioned, BackboneConfig("timm:efficientnet_lite0")]) == (
+        "tiny-mmdit[caption=floor sphere]+timm:efficientnet_lite0",
+        "default+default",
+    )
+    assert model_slug(*model_label([captioned])) == "tiny-mmdit_caption=floor_sphere_-default"
