@@ -8,7 +8,7 @@ maps keyed by ``(layer, timestep)``. One helper owns the index semantics of laye
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,6 @@ class Adapter:
             ).clamp_(0, 1)
         return images
 
-    @torch.inference_mode()
     def extract(
         self,
         images: torch.Tensor,
@@ -237,6 +236,26 @@ class Adapter:
 
         Without ``image_ids``, an image's id (which seeds its noise) is its position in this batch.
         """
+        parts: dict[FeatureKey, list[torch.Tensor]] = {}
+        for _, feats in self.iter_extract(
+            images, layers, timesteps, image_ids=image_ids, seed=seed, noise_draws=noise_draws
+        ):
+            for k, v in feats.items():
+                parts.setdefault(k, []).append(v)
+        return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()}  # one chunk: no copy
+
+    def iter_extract(
+        self,
+        images: torch.Tensor,
+        layers: Any = None,
+        timesteps: Any = None,
+        *,
+        image_ids: Sequence[str] | None = None,
+        seed: int = 0,
+        noise_draws: int = 1,
+    ) -> Iterator[tuple[int, dict[FeatureKey, torch.Tensor]]]:
+        """As :meth:`extract`, one compute batch at a time: yields ``(offset, features of images[offset:...])``,
+        so a caller that writes features somewhere (the feature store) never concatenates them."""
         layer_idx = self.resolve_layers(layers)
         ts = self.resolve_timesteps(timesteps)
         if noise_draws < 1:
@@ -248,7 +267,6 @@ class Adapter:
         # The model always sees batches of exactly ``compute_batch`` images (the last one zero-padded): kernels
         # choose algorithms by batch shape, so this makes an image's features independent of how the caller
         # batches, shards or distributes the dataset — bit for bit.
-        parts: dict[FeatureKey, list[torch.Tensor]] = {}
         cb = self.compute_batch
         for s in range(0, len(x), cb):
             xs, n = x[s : s + cb], min(cb, len(x) - s)
@@ -256,10 +274,12 @@ class Adapter:
             if n < cb:
                 xs = torch.cat([xs, xs.new_zeros((cb - n, *xs.shape[1:]))])
                 chunk_ids = chunk_ids + [f"__pad{j}__" for j in range(cb - n)]
-            feats = self._extract(xs, layer_idx, ts, image_ids=chunk_ids, seed=seed, noise_draws=noise_draws)
-            for k, v in feats.items():
-                parts.setdefault(k, []).append(v[:n].float().cpu())
-        return {k: torch.cat(v) for k, v in parts.items()}
+            with torch.inference_mode():  # not held across the yield: the caller's code runs outside it
+                feats = self._extract(
+                    xs, layer_idx, ts, image_ids=chunk_ids, seed=seed, noise_draws=noise_draws
+                )
+                feats = {k: v[:n].float().cpu() for k, v in feats.items()}
+            yield s, feats
 
     def _extract(
         self,

@@ -52,12 +52,13 @@ class DinoV3Adapter(TimmAdapter):
                 indices=layers,
                 intermediates_only=True,
                 stop_early=True,
-                output_fmt="NCHW",
+                output_fmt="NLC",  # tokens; reshaped below as a view (timm's NCHW makes a contiguous copy)
                 return_prefix_tokens=True,
             )
         if len(out) != len(layers):  # pragma: no cover - guards against a timm API change
             raise ProbebenchError(f"{self.name}: asked for {len(layers)} layers, timm returned {len(out)}.")
-        spatial = [s for s, _ in out]
+        h, w = self.model.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+        spatial = [s.reshape(s.shape[0], h, w, s.shape[-1]).permute(0, 3, 1, 2) for s, _ in out]
         cls = [p[:, 0] for _, p in out]  # prefix tokens: [CLS, register 1..4]
         return spatial, cls
 

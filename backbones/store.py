@@ -228,9 +228,11 @@ def pool_features(feat: torch.Tensor, pool_to: int | None) -> torch.Tensor:
 
 
 def _to_storage(feat: torch.Tensor, pool_to: int | None, key: FeatureKey, what: str) -> torch.Tensor:
-    """(B, C, h, w) features → fp16 channels-last (B, h, w, C) view, checked: NaN/inf in the features and values
-    beyond fp16's range (which become inf in the cast) are errors. One pass over the fp16 copy checks both."""
-    half = pool_features(feat, pool_to).to(torch.float16)
+    """(B, C, h, w) features (any strides) → contiguous fp16 channels-last (B, h, w, C) in one pass, checked:
+    NaN/inf in the features and values beyond fp16's range (which become inf in the cast) are errors; one pass
+    over the fp16 copy checks both."""
+    feat = pool_features(feat, pool_to)
+    half = feat.permute(0, 2, 3, 1).to(torch.float16, memory_format=torch.contiguous_format)
     if not torch.isfinite(half).all():
         if not torch.isfinite(feat).all():
             raise ProbebenchError(f"Features at (layer, timestep) {key} of {what} contain NaN or inf.")
@@ -239,7 +241,7 @@ def _to_storage(feat: torch.Tensor, pool_to: int | None, key: FeatureKey, what: 
             f"Features at (layer, timestep) {key} of {what} reach {peak:.3g}, beyond float16's {FP16_MAX:.0f}; "
             "they cannot be stored as fp16 without overflow."
         )
-    return half.permute(0, 2, 3, 1)
+    return half
 
 
 def _write_shard(path: Path, shard: int, arrays: dict[FeatureKey, np.ndarray], ids: list[str]) -> None:
@@ -326,7 +328,7 @@ def extract_to_cache(
             for b in range(0, len(idx), batch_size):
                 bidx = idx[b : b + batch_size]
                 images = _load_batch(dataset, bidx, adapter.image_size)
-                feats = adapter.extract(
+                chunks = adapter.iter_extract(
                     images,
                     layer_idx,
                     None if ts == [None] else ts,
@@ -334,11 +336,12 @@ def extract_to_cache(
                     seed=seed,
                     noise_draws=noise_draws,
                 )
-                for key, f in feats.items():
-                    half = _to_storage(f, pool_to, key, what)
-                    if key not in arrays:  # filled in place: no per-batch parts, no concatenation
-                        arrays[key] = np.empty((len(idx), *half.shape[1:]), dtype=np.float16)
-                    arrays[key][b : b + len(bidx)] = half.numpy()
+                for off, feats in chunks:  # one compute batch at a time, written in place: no concatenation
+                    for key, f in feats.items():
+                        half = _to_storage(f, pool_to, key, what)
+                        if key not in arrays:
+                            arrays[key] = np.empty((len(idx), *half.shape[1:]), dtype=np.float16)
+                        arrays[key][b + off : b + off + half.shape[0]] = half.numpy()
                 bar.update(len(bidx))
             if pending is not None:
                 pending.result()  # re-raises a write error; also keeps at most one shard in flight

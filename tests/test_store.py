@@ -52,7 +52,7 @@ def test_cache_layout_dtype_and_reuse(adapter, data, tmp_path, monkeypatch):
     )[(0, None)]
     np.testing.assert_array_equal(arr[:], direct.permute(0, 2, 3, 1).numpy().astype(np.float16))
     calls = []
-    monkeypatch.setattr(adapter, "extract", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(adapter, "iter_extract", lambda *a, **k: calls.append(1))
     again = extract(adapter, data, tmp_path)
     assert again.path == cache.path and not calls  # a complete cache is reused, nothing recomputed
 
@@ -101,8 +101,8 @@ def test_resume_recomputes_only_unfinished_shards(adapter, data, tmp_path, monke
     (cache.path / "manifest.json").unlink()
     (cache.path / "shards" / "_done" / "00001.json").unlink()  # as if killed while writing shard 1
     seen = []
-    real = adapter.extract
-    monkeypatch.setattr(adapter, "extract", lambda x, *a, **k: seen.append(len(x)) or real(x, *a, **k))
+    real = adapter.iter_extract
+    monkeypatch.setattr(adapter, "iter_extract", lambda x, *a, **k: seen.append(len(x)) or real(x, *a, **k))
     resumed = extract(adapter, data, tmp_path / "run")
     assert sum(seen) == 4  # only shard 1 (images 4..7) was recomputed
     for k, v in read_all(resumed).items():
@@ -110,8 +110,13 @@ def test_resume_recomputes_only_unfinished_shards(adapter, data, tmp_path, monke
 
 
 def test_fp16_overflow_is_an_error(adapter, data, tmp_path, monkeypatch):
-    real = adapter.extract
-    monkeypatch.setattr(adapter, "extract", lambda *a, **k: {k2: v * 1e6 for k2, v in real(*a, **k).items()})
+    real = adapter.iter_extract
+
+    def scaled(*a, **k):
+        for off, feats in real(*a, **k):
+            yield off, {key: v * 1e6 for key, v in feats.items()}
+
+    monkeypatch.setattr(adapter, "iter_extract", scaled)
     with pytest.raises(ProbebenchError, match="beyond float16"):
         extract(adapter, data, tmp_path)
 
