@@ -192,3 +192,26 @@ def test_sigkill_mid_extraction_then_resume_is_byte_identical(tmp_path):
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert not list(a.rglob("*.tmp"))  # no temporary files left behind by the resumed run
+
+
+def test_a_short_or_missing_feature_file_is_recomputed_on_resume_and_refused_on_read(
+    adapter, data, tmp_path, monkeypatch
+):
+    ref = read_all(extract(adapter, data, tmp_path / "ref"))
+    cache = extract(adapter, data, tmp_path / "run")
+    stem = cache.features[0].stem
+    victim = cache.path / "shards" / stem / "00001.npy"
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:  # as an OS crash can leave it: renamed into place, data not all on disk
+        f.truncate(size // 2)
+    with pytest.raises(ProbebenchError, match=rf"damaged: shards/{stem}/00001.npy has {size // 2} bytes"):
+        cache.array(cache.keys[0])
+    (cache.path / "manifest.json").unlink()
+    (cache.path / "shards" / cache.features[1].stem / "00000.npy").unlink()
+    seen = []
+    real = adapter.iter_extract
+    monkeypatch.setattr(adapter, "iter_extract", lambda x, *a, **k: seen.append(len(x)) or real(x, *a, **k))
+    resumed = extract(adapter, data, tmp_path / "run")
+    assert sum(seen) == 8  # shards 0 and 1 (4 images each) again, the others kept
+    for k, v in read_all(resumed).items():
+        assert np.array_equal(v, ref[k])
