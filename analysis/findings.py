@@ -12,6 +12,7 @@ results cannot answer is said to be not applicable rather than guessed.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from analysis.compare import best_cells, gain, with_model
@@ -82,8 +83,20 @@ def fusion_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
                     f"(gain {gn:+.3f})"
                 )
         if parts:
+            note = ""
+            ctrl = d[(d["probe"] == "fusion-noise-control") & (d["model"] == model) & (d["task"] == task)]
+            snr = pd.to_numeric(ctrl["log_snr"], errors="coerce")
+            if len(ctrl) and snr.notna().all() and np.isinf(snr).all() and (snr > 0).all():
+                note = (
+                    " The noise control sits at a clean-image cell (log-SNR +∞), where every noise draw gives the "
+                    "same features: there it controls only for the fusion's width, not for noise diversity"
+                )
             out.append(
-                f"- (b) {task}, {model}: fusion-spatial {s['metric']} {_fmt(s[v])} " + "; ".join(parts) + "."
+                f"- (b) {task}, {model}: fusion-spatial {s['metric']} {_fmt(s[v])} "
+                + "; ".join(parts)
+                + "."
+                + note
+                + ("." if note else "")
             )
     return out
 
@@ -121,6 +134,48 @@ def random_twin_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
     return out
 
 
+def _curve_by_timestep(g: pd.DataFrame, higher: bool, split: str) -> pd.Series:
+    """Per timestep: the test score of the layer that is best on val at that timestep (ridge cells)."""
+    out = {}
+    for t, gt in g.groupby("timestep", sort=False):
+        val, test = gt[gt["split"] == "val"], gt[gt["split"] == split]
+        if val.empty or test.empty:
+            continue
+        layer = val.loc[val["value"].idxmax() if higher else val["value"].idxmin(), "layer"]
+        at = test[test["layer"] == layer]["value"]
+        if len(at):
+            out[float(t)] = float(at.mean())
+    return pd.Series(out, dtype=float).sort_index()
+
+
+def twin_gain_by_timestep_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
+    """(d), along the trajectory: a trained diffusion model's gain over its random twin at each timestep (ridge,
+    best layer per timestep chosen on val). Where the gain peaks says at which noise level the *learned* information
+    sits, which can differ from where the raw score peaks (clean inputs carry the most pixels)."""
+    d = df[(df["probe"] == "ridge") & (df["timestep"] != "none")]
+    d = d[~d["timestep"].str.contains("+", regex=False) & ~d["backbone"].str.contains("+", regex=False)]
+    out = []
+    for (backbone, task), g in d.groupby(["backbone", "task"], sort=True):
+        if task not in MAIN_METRIC or not (g["weights"] == "random").any():
+            continue
+        metric, higher = MAIN_METRIC[task]
+        g = g[g["metric"] == metric]
+        rand = _curve_by_timestep(g[g["weights"] == "random"], higher, split)
+        for weights in sorted(set(g["weights"]) - {"random"}):
+            mine = _curve_by_timestep(g[g["weights"] == weights], higher, split)
+            common = mine.index.intersection(rand.index)
+            if len(common) < 2:
+                continue
+            gains = (mine[common] - rand[common]) * (1 if higher else -1)
+            out.append(
+                f"- (d) {task}, {backbone} ({weights}) − random twin by timestep ({split} {metric}, ridge): "
+                + ", ".join(f"t={t:g} {x:+.3f}" for t, x in gains.items())
+                + f" — largest at t={gains.idxmax():g}; the raw score peaks at t="
+                + f"{(mine.idxmax() if higher else mine.idxmin()):g}."
+            )
+    return out
+
+
 def ranking_findings(df: pd.DataFrame, split: str = "val") -> list[str]:
     """How well the ridge screen ranks cells against trained linear probes: Spearman's ρ over the cells both
     probes scored (per model and task; needs at least 3 common cells)."""
@@ -151,5 +206,6 @@ def findings_lines(df: pd.DataFrame, combos: pd.DataFrame, split: str = "test") 
         + fusion_findings(df, split)
         + combination_findings(combos)
         + random_twin_findings(df, split)
+        + twin_gain_by_timestep_findings(df, split)
         + ranking_findings(df)
     )

@@ -63,6 +63,10 @@ def test_fusion_and_random_twin_and_ranking():
     (f,) = fusion_findings(df)
     assert "fusion-spatial mIoU 0.680 beats fusion-single 0.600 (gain +0.080)" in f
     assert "does not beat fusion-noise-control 0.700 (gain -0.020)" in f
+    assert "clean-image cell" not in f  # a noisy control cell carries noise diversity
+    clean = df.assign(log_snr=df["log_snr"].mask(df["probe"] == "fusion-noise-control", float("inf")))
+    (f,) = fusion_findings(clean)
+    assert "clean-image cell (log-SNR +∞)" in f and "controls only for the fusion's width" in f
     (d,) = random_twin_findings(df)
     assert "default weights mIoU 0.680 vs random 0.300 → beats its random twin (+0.380)" in d
     cells = [(i, "none") for i in range(4)]
@@ -72,3 +76,33 @@ def test_fusion_and_random_twin_and_ranking():
     )
     (r,) = ranking_findings(rank)
     assert "over 4 cells" in r and f"ρ = {0.8:.3f}" in r
+
+
+def test_gain_over_the_random_twin_by_timestep():
+    from analysis.findings import twin_gain_by_timestep_findings
+
+    cells = [(0, "0"), (1, "0"), (0, "0.5"), (1, "0.5")]
+    # trained: layer 1 is best on val at both t; random: layer 0. Raw peak at t=0, gain peak at t=0.5.
+    df = pd.DataFrame(
+        rows(
+            "m",
+            "default",
+            "ridge",
+            "segmentation",
+            "mIoU",
+            cells,
+            [(0.1, 0.1), (0.8, 0.7), (0.1, 0.1), (0.6, 0.65)],
+        )
+        + rows(
+            "m",
+            "random",
+            "ridge",
+            "segmentation",
+            "mIoU",
+            cells,
+            [(0.5, 0.6), (0.2, 0.9), (0.3, 0.3), (0.1, 0.9)],
+        )
+    )
+    (line,) = twin_gain_by_timestep_findings(df)
+    assert "t=0 +0.100, t=0.5 +0.350 — largest at t=0.5; the raw score peaks at t=0." in line
+    assert twin_gain_by_timestep_findings(df[df["weights"] != "random"]) == []
