@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from backbones.base import Adapter, FeatureKey
+from backbones.base import Adapter, FeatureKey, all_finite
 from probebench.errors import ProbebenchError
 from probebench.io import atomic_save_npy, atomic_write_json, package_versions, stable_hash
 from tasks.base import Dataset
@@ -244,8 +244,8 @@ def _to_storage(feat: torch.Tensor, pool_to: int | None, key: FeatureKey, what: 
     over the fp16 copy checks both."""
     feat = pool_features(feat, pool_to)
     half = feat.permute(0, 2, 3, 1).to(torch.float16, memory_format=torch.contiguous_format)
-    if not torch.isfinite(half).all():
-        if not torch.isfinite(feat).all():
+    if not all_finite(half):  # fp16 sums cannot overflow float32: NaN/inf in the features, or fp16 overflow
+        if not all_finite(feat):
             raise ProbebenchError(f"Features at (layer, timestep) {key} of {what} contain NaN or inf.")
         peak = float(feat.abs().max())
         raise ProbebenchError(

@@ -215,3 +215,16 @@ def test_a_short_or_missing_feature_file_is_recomputed_on_resume_and_refused_on_
     assert sum(seen) == 8  # shards 0 and 1 (4 images each) again, the others kept
     for k, v in read_all(resumed).items():
         assert np.array_equal(v, ref[k])
+
+
+def test_all_finite_catches_nan_and_inf_and_survives_sum_overflow():
+    from backbones.base import all_finite
+
+    x = torch.zeros(2, 3, 4, 4)
+    assert all_finite(x) and all_finite(x.half())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[1, 2, 3, 0] = bad
+        assert not all_finite(y) and not all_finite(y.half())
+    huge = torch.full((4,), 3e38)  # finite, but the float32 sum overflows: the exact check decides
+    assert all_finite(huge)
