@@ -16,7 +16,7 @@ from backbones.base import FeatureKey
 from backbones.store import FeatureCache, extract_to_cache
 from probebench.config import BackboneConfig, ProbeConfig, RunConfig, save_config, to_dict
 from probebench.errors import ProbebenchError, did_you_mean
-from probebench.io import atomic_save_npy, atomic_write_json, stable_hash
+from probebench.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, stable_hash
 from probes import PROBES
 from probes.results import (
     RESULTS_FILE,
@@ -389,8 +389,8 @@ def save_outputs(
 ) -> None:
     """Save a probe's best closed-form heads with predictions on a few test images, its trained state dicts
     (safetensors) and its artifacts (``.npy`` + JSON meta), under ``heads/<model>/``."""
-    from safetensors.numpy import save_file
-    from safetensors.torch import save_file as save_torch
+    from safetensors.numpy import save as to_bytes
+    from safetensors.torch import save as torch_to_bytes
 
     d = out / "heads" / model_slug(models)
     if subdir:  # a labelled stage (e.g. a noise control) keeps its heads apart from the model's main ones
@@ -408,10 +408,12 @@ def save_outputs(
             "lambda": str(head.lam),
             "val_score": str(head.val_score),
         }
-        save_file(
-            {"coef": head.coef.astype(np.float32), "intercept": head.intercept.astype(np.float32)},
-            str(d / f"{kind}.safetensors"),
-            metadata=meta,
+        atomic_write_bytes(  # a killed run never leaves a half-written head behind
+            d / f"{kind}.safetensors",
+            to_bytes(
+                {"coef": head.coef.astype(np.float32), "intercept": head.intercept.astype(np.float32)},
+                metadata=meta,
+            ),
         )
         spec = test.dataset.target_spec(kind)
         atomic_save_npy(d / f"{kind}_pred.npy", predict_maps(head, test, spec, idx).astype(np.float32))
@@ -426,10 +428,12 @@ def save_outputs(
         )
     for name, sd in output.state_dicts.items():
         path = d / f"{stage}_{name.replace('/', '_')}.safetensors"
-        save_torch(
-            {k: v.detach().cpu().contiguous() for k, v in sd.items()},
-            str(path),
-            metadata={"backbone": backbone, "weights": weights, "probe": stage, "name": name},
+        atomic_write_bytes(
+            path,
+            torch_to_bytes(
+                {k: v.detach().cpu().contiguous() for k, v in sd.items()},
+                metadata={"backbone": backbone, "weights": weights, "probe": stage, "name": name},
+            ),
         )
     if output.artifacts and val is not None and not (d / "images_val.npy").is_file():
         n_val = min(max(len(np.asarray(a)) for a in output.artifacts.values()), len(val.dataset))

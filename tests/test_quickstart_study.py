@@ -69,6 +69,14 @@ def test_every_stage_writes_rows(study):
     assert set(mm[mm.probe == "ridge"]["timestep"]) == {"0", "0.35", "0.7"}
     assert set(mm["weights"]) == {"default", "random"}
     assert set(df[df.probe == "fusion-noise-control"]["backbone"]) == {"tiny-mmdit"}
+    from safetensors import safe_open
+
+    heads = sorted((out / "heads").rglob("*.safetensors"))
+    assert len(heads) >= 9  # ridge heads per model and task, trained probes' state dicts
+    for h in heads:
+        with safe_open(str(h), "np") as f:
+            assert f.keys() and f.metadata()["backbone"]
+    assert not list(out.rglob("*.tmp"))  # every artifact was renamed into place
 
 
 def test_noise_control_is_extracted_only_at_the_best_cells(study):
