@@ -157,3 +157,15 @@ def test_conditioned_backbones_are_labelled_in_rows():
         "default+default",
     )
     assert model_slug(*model_label([captioned])) == "tiny-mmdit_caption=floor_sphere_-default"
+
+
+def test_fit_without_extraction_finds_the_noise_control_caches(study):
+    from dataclasses import replace
+
+    cfg, out, cache = study
+    before = sorted(p.name for p in cache.iterdir())
+    stages = [cfg.probes[0], cfg.probes[4]]  # ridge (for the best cells), then the noise control
+    refit = replace(cfg, name="refit", probes=[replace(stages[0], select=[0]), stages[1]])
+    df = read_results(run(refit, extract=False, analyze=False, progress=False))
+    assert set(df["probe"]) == {"ridge", "fusion-noise-control"}
+    assert sorted(p.name for p in cache.iterdir()) == before  # nothing extracted: every cache was found
