@@ -64,6 +64,35 @@ def _best(g: pd.DataFrame) -> pd.Series:
     return g.loc[g["value"].idxmax() if higher else g["value"].idxmin()]
 
 
+def chosen_cells(
+    df: pd.DataFrame, *, probe: str, metric: str | None = None
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """(model, task) → (layer, timestep) of the best cell on the **val** split: the cell a figure marks as best,
+    as the report chooses cells (marking the best cell of the test split would select on test). Empty when the
+    results have no val rows."""
+    try:
+        v = curve_table(df, split="val", probe=probe, metric=metric)
+    except ProbebenchError:
+        return {}
+    return {
+        (model, task): (str(b["layer"]), str(b["timestep"]))
+        for (model, task), g in v.groupby(["model", "task"], sort=False)
+        for b in [_best(g)]
+    }
+
+
+def marked_cell(
+    g: pd.DataFrame, chosen: dict[tuple[str, str], tuple[str, str]], model: str, task: str, split: str
+) -> tuple[pd.Series, str]:
+    """The row of ``g`` (one model and task on the plotted split) to mark as best, and where it was chosen."""
+    key = chosen.get((model, task))
+    if key is not None:
+        row = g[(g["layer"].astype(str) == key[0]) & (g["timestep"].astype(str) == key[1])]
+        if len(row):
+            return row.iloc[0], "val"
+    return _best(g), split
+
+
 def plot_timestep_curves(
     df: pd.DataFrame,
     out_dir: Path,
@@ -83,6 +112,7 @@ def plot_timestep_curves(
         table = table[table["model"].isin(models)]
         if table.empty:
             raise ProbebenchError(f"None of {models} has cells at several timesteps for probe {probe!r}.")
+    chosen = chosen_cells(df, probe=probe, metric=metric)
     paths: list[Path] = []
     sns.set_theme(style="whitegrid", context="notebook")
     for model, dm in table.groupby("model", sort=True):
@@ -98,7 +128,7 @@ def plot_timestep_curves(
         for c, task in enumerate(tasks):
             g = dm[dm["task"] == task]
             metric_name = g["metric"].iloc[0]
-            best = _best(g)
+            best, where = marked_cell(g, chosen, model, task, split)
             for row, xcol in enumerate(("log_snr", "t_native")):
                 ax = axes[row, c]
                 for layer in layers:
@@ -121,7 +151,7 @@ def plot_timestep_curves(
                     ms=16,
                     color="black",
                     ls="none",
-                    label=f"best: layer {best['layer']}, t={best['timestep']}",
+                    label=f"best on {where}: layer {best['layer']}, t={best['timestep']}",
                     zorder=5,
                 )
                 if xcol == "log_snr":
@@ -165,6 +195,19 @@ def plot_log_snr_comparison(
     axis = SnrAxis.from_values(table["log_snr"])
     all_models = sorted(set(table["model"]) | set(clean["model"]))
     colors = colors_for(all_models)
+    chosen = chosen_cells(df, probe=probe, metric=metric)
+    try:
+        val_rows = main_metric_rows(select(df, probe=probe, split="val"), metric=metric)
+        val_clean = seed_mean(single_cells(val_rows[val_rows["timestep"] == "none"]))
+    except ProbebenchError:  # no val split: the figure marks the best cell of the split it shows
+        val_clean = pd.DataFrame(columns=["model", "task", "layer", "value", "metric"])
+    chosen.update(
+        {
+            (model, task): (str(b["layer"]), "none")
+            for (model, task), g in val_clean.groupby(["model", "task"], sort=False)
+            for b in [_best(g)]
+        }
+    )
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(
         1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False, layout="constrained"
@@ -172,7 +215,7 @@ def plot_log_snr_comparison(
     for ax, task in zip(axes[0], tasks):
         metric_name = None
         for model, g in table[table["task"] == task].groupby("model", sort=True):
-            best = _best(g)
+            best, _ = marked_cell(g, chosen, model, task, split)
             gl = g[g["layer"] == best["layer"]].sort_values("log_snr")
             x = axis(gl["log_snr"])
             ax.plot(
@@ -203,7 +246,7 @@ def plot_log_snr_comparison(
             )
             metric_name = best["metric"]
         for model, g in clean[clean["task"] == task].groupby("model", sort=True):
-            best = _best(g)
+            best, _ = marked_cell(g, chosen, model, task, split)
             ax.axhline(
                 best["value"],
                 color=colors[model],
@@ -230,7 +273,8 @@ def plot_log_snr_comparison(
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     fig.suptitle(
-        f"Backbones on a common noise axis: best layer per backbone (L = layer, ★ = best timestep), {split} split"
+        f"Backbones on a common noise axis: best layer per backbone (L = layer, ★ = best timestep; cells chosen "
+        f"on val where it exists), {split} split"
     )
     fig.legend(
         handles.values(),

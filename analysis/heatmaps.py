@@ -24,7 +24,7 @@ from analysis.common import (
     slug,
     t_label,
 )
-from analysis.curves import curve_table
+from analysis.curves import chosen_cells, curve_table
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
 
 
@@ -42,10 +42,30 @@ def heatmap_matrix(table: pd.DataFrame, model: str, task: str) -> pd.DataFrame:
     m.columns = [t_label(t, s) for t, s in zip(order["timestep"], order["log_snr"])]
     m.index = [int(i) for i in m.index]
     m.index.name = "layer"
+    m.attrs["timesteps"] = [str(t) for t in order["timestep"]]  # column order, for marking a chosen cell
     return m
 
 
-def _draw(ax: plt.Axes, m: pd.DataFrame, metric: str, vmin: float, vmax: float, cbar: bool) -> None:
+def _position(m: pd.DataFrame, cell: tuple[str, str] | None) -> tuple[int, int] | None:
+    """(row, column) of a (layer, timestep) cell in a :func:`heatmap_matrix`, or None."""
+    if cell is None:
+        return None
+    try:
+        return list(m.index).index(int(cell[0])), m.attrs["timesteps"].index(cell[1])
+    except (ValueError, KeyError):
+        return None
+
+
+def _draw(
+    ax: plt.Axes,
+    m: pd.DataFrame,
+    metric: str,
+    vmin: float,
+    vmax: float,
+    cbar: bool,
+    mark: tuple[int, int] | None = None,
+) -> None:
+    """Annotated heatmap; the red box marks ``mark`` (the cell chosen on val), else the best cell shown."""
     higher = HIGHER_IS_BETTER.get(metric, True)
     sns.heatmap(
         m,
@@ -61,8 +81,10 @@ def _draw(ax: plt.Axes, m: pd.DataFrame, metric: str, vmin: float, vmax: float, 
         cbar=cbar,
         cbar_kws={"label": f"{metric} ({'higher' if higher else 'lower'} is better)"},
     )
-    best = np.nanargmax(m.to_numpy()) if higher else np.nanargmin(m.to_numpy())
-    r, c = np.unravel_index(best, m.shape)
+    if mark is None:
+        best = np.nanargmax(m.to_numpy()) if higher else np.nanargmin(m.to_numpy())
+        mark = np.unravel_index(best, m.shape)
+    r, c = mark
     ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", lw=2.2))
     ax.set_xlabel("timestep (native) and log-SNR; noisy → clean")
     ax.set_ylabel("layer (block index)")
@@ -79,7 +101,8 @@ def plot_heatmaps(
     metric: str | None = None,
     models: list[str] | None = None,
 ) -> list[Path]:
-    """Per diffusion model: one annotated heatmap per task (red box = best cell). Per task, when several
+    """Per diffusion model: one annotated heatmap per task (red box = best cell, chosen on val when the results
+    have a val split, as the report chooses cells). Per task, when several
     models have maps: all of them side by side on one shared colour scale. ``models``: labels or backbone
     names (default all)."""
     split = split or pick_split(df)
@@ -90,6 +113,7 @@ def plot_heatmaps(
         table = table[table["model"].isin(models)]
     ok = table.groupby("model")["timestep"].nunique()
     table = table[table["model"].isin(ok[ok >= 2].index)]
+    chosen = chosen_cells(df, probe=probe, metric=metric)
     paths: list[Path] = []
     sns.set_theme(style="white", context="notebook")
     tasks_all = [t for t in MAIN_METRIC if t in set(table["task"])] + sorted(
@@ -105,7 +129,8 @@ def plot_heatmaps(
         )
         for ax, task, m in zip(axes[0], tasks, mats):
             metric_name = dm[dm["task"] == task]["metric"].iloc[0]
-            _draw(ax, m, metric_name, float(np.nanmin(m.to_numpy())), float(np.nanmax(m.to_numpy())), True)
+            lo, hi = float(np.nanmin(m.to_numpy())), float(np.nanmax(m.to_numpy()))
+            _draw(ax, m, metric_name, lo, hi, True, _position(m, chosen.get((model, task))))
             ax.set_title(f"{task} — {metric_label(metric_name)}", fontsize=10)
         fig.suptitle(f"{model}: {probe} probe, layer × timestep ({split} split, mean over seeds)")
         paths += save_figure(fig, out_dir, f"heatmap_{slug(model)}")
@@ -124,7 +149,9 @@ def plot_heatmaps(
             1, len(names), figsize=(w * len(names) + 1.2, h), squeeze=False, layout="constrained"
         )
         for i, (ax, model, m) in enumerate(zip(axes[0], names, mats)):
-            _draw(ax, m, metric_name, vmin, vmax, cbar=i == len(names) - 1)
+            _draw(
+                ax, m, metric_name, vmin, vmax, i == len(names) - 1, _position(m, chosen.get((model, task)))
+            )
             ax.set_title(f"{model} · {probe}", fontsize=10)
         fig.suptitle(
             f"{task} — {metric_label(metric_name)}: layer × timestep, shared colour scale ({split} split)"

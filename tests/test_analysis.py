@@ -327,6 +327,43 @@ def test_snr_axis_puts_the_clean_image_at_a_labelled_right_edge():
     plt.close(fig)
 
 
+def test_figures_mark_the_cell_chosen_on_val_not_the_best_on_test():
+    from analysis.curves import chosen_cells, marked_cell
+    from analysis.heatmaps import _position
+
+    base = {"backbone": "m", "weights": "default", "task": "depth", "metric": "rmse", "dataset": "scenes"}
+    cells = {
+        ("0", "0"): (1.0, 2.0),
+        ("0", "0.5"): (2.0, 1.0),
+        ("1", "0"): (3.0, 3.0),
+        ("1", "0.5"): (4.0, 4.0),
+    }
+    rows = [
+        row(**base, layer=layer, timestep=t, split=split, value=v, log_snr=float("inf") if t == "0" else 0.0)
+        for (layer, t), vals in cells.items()
+        for split, v in zip(("val", "test"), vals)
+    ]
+    df = frame(rows)
+    chosen = chosen_cells(df, probe="ridge")
+    assert chosen == {("m (default)", "depth"): ("0", "0")}  # best on val, although (0, 0.5) is best on test
+    t = curve_table(df, split="test")
+    best, where = marked_cell(t, chosen, "m (default)", "depth", "test")
+    assert (best["layer"], best["timestep"], where, best["value"]) == ("0", "0", "val", 2.0)
+    m = heatmap_matrix(t, "m (default)", "depth")
+    assert _position(m, chosen[("m (default)", "depth")]) == (0, 1)  # layer 0, the clean (rightmost) column
+    assert chosen_cells(df[df.split == "test"], probe="ridge") == {}  # no val: figures fall back to the split
+
+
+def test_curve_figures_work_without_a_val_split(tmp_path):
+    from analysis.curves import plot_log_snr_comparison
+    from analysis.heatmaps import plot_heatmaps
+
+    df = synthetic_rows(seeds=(0,), with_fusion=False, with_combo=False)
+    test_only = df[df.split == "test"]
+    assert plot_log_snr_comparison(test_only, tmp_path) and plot_heatmaps(test_only, tmp_path)
+    assert plot_timestep_curves(test_only, tmp_path)
+
+
 def test_curve_and_heatmap_numbers_are_seed_means_ordered_noisy_to_clean():
     df = synthetic_rows(seeds=(0, 1, 2), with_fusion=False, with_combo=False)
     t = curve_table(df, split="test")

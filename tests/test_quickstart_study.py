@@ -162,7 +162,7 @@ def test_conditioned_backbones_are_labelled_in_rows():
 def test_fit_without_extraction_finds_the_noise_control_caches(study):
     from dataclasses import replace
 
-    cfg, out, cache = study
+    cfg, _, cache = study
     before = sorted(p.name for p in cache.iterdir())
     stages = [cfg.probes[0], cfg.probes[4]]  # ridge (for the best cells), then the noise control
     refit = replace(cfg, name="refit", probes=[replace(stages[0], select=[0]), stages[1]])
