@@ -333,3 +333,21 @@ def model_slug(backbone: str, weights: str) -> str:
     return "".join(
         c if c.isascii() and (c.isalnum() or c in "._+=-") else "_" for c in f"{backbone}-{weights}"
     )
+
+
+CELLS_DIR = "cells"  # where a sweep keeps its cells' run directories (``probebench.sweep.CELLS_DIR``)
+
+
+def head_dirs(results_dir: str | Path) -> list[Path]:
+    """Every saved-heads model directory of a results directory: ``heads/<model>/`` of a run, and
+    ``cells/<cell>/heads/<model>/`` of each cell when it is a sweep's directory."""
+    root = Path(results_dir)
+    found = [p for p in sorted((root / "heads").glob("*")) if p.is_dir()]
+    found += [p for p in sorted((root / CELLS_DIR).glob("*/heads/*")) if p.is_dir()]
+    return found
+
+
+def cell_of(model_dir: Path) -> str:
+    """The sweep cell a heads directory belongs to (``cells/<cell>/heads/<model>``), or ``""`` for a run's own."""
+    parts = model_dir.parts
+    return parts[-3] if len(parts) >= 4 and parts[-2] == "heads" and parts[-4] == CELLS_DIR else ""

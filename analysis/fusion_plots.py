@@ -35,7 +35,7 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from analysis.common import PALETTE, SEQUENTIAL, save_figure, slug, t_label
+from analysis.common import PALETTE, SEQUENTIAL, cell_of, head_dirs, save_figure, slug, t_label
 from probebench.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
@@ -66,7 +66,9 @@ class WeightArtifact:
     @property
     def model(self) -> str:
         b, w = self.meta.get("backbone"), self.meta.get("weights")
-        return f"{b} ({w})" if b and w else self.model_dir.name
+        name = f"{b} ({w})" if b and w else self.model_dir.name
+        cell = cell_of(self.model_dir)  # a sweep's cells may hold the same model: keep them apart
+        return f"{cell}: {name}" if cell else name
 
     @property
     def title(self) -> str:
@@ -189,13 +191,10 @@ def _global_artifact(d: Path, task: str, f: Path, w: np.ndarray, meta: dict[str,
 
 
 def load_weight_artifacts(results_dir: str | Path) -> list[WeightArtifact]:
-    """Every fusion/global weight array under ``<results_dir>/heads/``, checked against its meta; arrays
+    """Every fusion/global weight array under ``<results_dir>/heads/`` (and a sweep's ``cells/*/heads/``), checked against its meta; arrays
     with several softmax groups come back as one artifact per group."""
-    heads = Path(results_dir) / "heads"
     found: list[WeightArtifact] = []
-    if not heads.is_dir():
-        return found
-    for d in sorted(p for p in heads.iterdir() if p.is_dir()):
+    for d in head_dirs(results_dir):
         for kind in ("fusion_weights", "global_weights"):
             files = {f.stem.removeprefix(f"{kind}_"): f for f in sorted(d.glob(f"{kind}_*.npy"))}
             files.update({f.stem: f for f in sorted((d / kind).glob("*.npy"))})

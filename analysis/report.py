@@ -26,8 +26,10 @@ from matplotlib.ticker import MaxNLocator
 from analysis.common import (
     METRIC_LABELS,  # noqa: F401  (re-exported: older callers import it from here)
     PER_CELL_PROBES,
+    cell_of,
     colors_for,
     fmt_cell,
+    head_dirs,
     main_metric_rows,
     metric_label,
     model_label,  # noqa: F401  (re-exported)
@@ -35,6 +37,7 @@ from analysis.common import (
     save_figure,
     seed_mean,
     single_cells,
+    slug,
     timestep_rows,
     with_model,
 )
@@ -156,7 +159,8 @@ def plot_layer_curves(df: pd.DataFrame, out: Path, split: str = "test") -> list[
 def plot_predictions(rdir: Path, num_rows: int = 4) -> list[Path]:
     """For each model with saved heads: input, ground truth and prediction of every task's best cell."""
     paths = []
-    for d in sorted((rdir / "heads").glob("*")) if (rdir / "heads").is_dir() else []:
+    for d in head_dirs(rdir):
+        cell = cell_of(d)
         kinds = [k for k in MAIN_METRIC if (d / f"{k}_pred.npy").is_file()]
         if not kinds or not (d / "images.npy").is_file():
             continue
@@ -200,8 +204,9 @@ def plot_predictions(rdir: Path, num_rows: int = 4) -> list[Path]:
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
+        title = f"{cell}: {title}" if cell else title
         fig.suptitle(f"{title}: best cell per task (test images)", fontsize=10)
-        paths += save_figure(fig, rdir / "figures", f"predictions_{d.name}")
+        paths += save_figure(fig, rdir / "figures", f"predictions_{slug(cell) + '_' if cell else ''}{d.name}")
     return [p for p in paths if p.suffix == ".png"]
 
 

@@ -326,3 +326,22 @@ def test_shipped_sweeps_expand_and_validate(tmp_path, name, cells, extractions):
     assert sweep.name == name and len(sweep.cells) == cells
     assert len(plan_sweep(sweep).extractions) == extractions
     assert max(c.config.data.max_train or 10**9 for c in sweep.cells) <= 64  # runs in minutes offline
+
+
+def test_analyzing_a_sweep_directory_sees_every_cells_heads(tmp_path):
+    import analysis.common
+    import probebench.sweep
+    from analysis.report import plot_predictions
+
+    assert analysis.common.CELLS_DIR == probebench.sweep.CELLS_DIR
+    sweep = load_sweep(write_sweep(tmp_path, axes={"probes.0.params.lambdas": [[0.1], [1.0]]}))
+    assert run_sweep(sweep, progress=False, report=False).ok
+    sweep_dir = tmp_path / "results" / "tiny"
+    dirs = analysis.common.head_dirs(sweep_dir)
+    assert sorted(analysis.common.cell_of(d) for d in dirs) == sorted(c.name for c in sweep.cells)
+    figs = plot_predictions(sweep_dir)
+    assert len(figs) == 2 and all(f.is_file() for f in figs)
+    for (
+        cell
+    ) in sweep.cells:  # one figure per cell, named after it: the same model in two cells never collides
+        assert sum(analysis.common.slug(cell.name) in f.name for f in figs) == 1
