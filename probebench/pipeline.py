@@ -277,10 +277,17 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
         return caches[i]
 
     for i, b in enumerate(cfg.backbones):
-        if b.cells_from is not None and not (0 <= b.cells_from < len(cfg.backbones) and b.cells_from != i):
+        if b.cells_from is None:
+            continue
+        if not (0 <= b.cells_from < len(cfg.backbones) and b.cells_from != i):
             raise ProbebenchError(
                 f"Backbone {i}: cells_from {b.cells_from} must be the index of another backbone "
                 f"(0..{len(cfg.backbones) - 1})."
+            )
+        if cfg.backbones[b.cells_from].cells_from is not None:
+            raise ProbebenchError(
+                f"Backbone {i}: cells_from {b.cells_from} points at a backbone that itself has cells_from; "
+                "point it at a backbone with its own layers and timesteps."
             )
     for st in cfg.probes:
         for i in [*(st.backbones or []), *(st.select or [])]:

@@ -120,6 +120,11 @@ def test_cells_from_needs_another_backbone(tmp_path):
     cfg = load_config(None, ["backbones.3.cells_from=3", f"output_dir={tmp_path}"])
     with pytest.raises(ProbebenchError, match="cells_from 3 must be the index of another backbone"):
         run(cfg, progress=False)
+    chained = load_config(None, ["backbones.4.cells_from=3", f"output_dir={tmp_path}"])
+    with pytest.raises(
+        ProbebenchError, match="Backbone 4: cells_from 3 points at a backbone that itself has"
+    ):
+        run(chained, progress=False)
 
 
 def test_cells_from_needs_ridge_results_first(tmp_path):
