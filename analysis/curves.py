@@ -70,8 +70,8 @@ def chosen_cells(
     """(model, task) → (layer, timestep) of the best cell on the **val** split: the cell a figure marks as best,
     as the report chooses cells (marking the best cell of the test split would select on test). Empty when the
     results have no val rows."""
-    try:
-        v = curve_table(df, split="val", probe=probe, metric=metric)
+    try:  # every single cell on val: diffusion (layer, timestep) cells and clean-image (layer, none) ones
+        v = seed_mean(single_cells(main_metric_rows(select(df, probe=probe, split="val"), metric=metric)))
     except ProbebenchError:
         return {}
     return {
@@ -196,18 +196,6 @@ def plot_log_snr_comparison(
     all_models = sorted(set(table["model"]) | set(clean["model"]))
     colors = colors_for(all_models)
     chosen = chosen_cells(df, probe=probe, metric=metric)
-    try:
-        val_rows = main_metric_rows(select(df, probe=probe, split="val"), metric=metric)
-        val_clean = seed_mean(single_cells(val_rows[val_rows["timestep"] == "none"]))
-    except ProbebenchError:  # no val split: the figure marks the best cell of the split it shows
-        val_clean = pd.DataFrame(columns=["model", "task", "layer", "value", "metric"])
-    chosen.update(
-        {
-            (model, task): (str(b["layer"]), "none")
-            for (model, task), g in val_clean.groupby(["model", "task"], sort=False)
-            for b in [_best(g)]
-        }
-    )
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(
         1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False, layout="constrained"

@@ -83,20 +83,19 @@ def fusion_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
                     f"(gain {gn:+.3f})"
                 )
         if parts:
-            note = ""
             ctrl = d[(d["probe"] == "fusion-noise-control") & (d["model"] == model) & (d["task"] == task)]
-            snr = pd.to_numeric(ctrl["log_snr"], errors="coerce")
-            if len(ctrl) and snr.notna().all() and np.isinf(snr).all() and (snr > 0).all():
-                note = (
-                    " The noise control sits at a clean-image cell (log-SNR +∞), where every noise draw gives the "
-                    "same features: there it controls only for the fusion's width, not for noise diversity"
-                )
+            clean = len(ctrl) and (pd.to_numeric(ctrl["log_snr"], errors="coerce") == np.inf).all()
+            note = (
+                " The noise control sits at a clean-image cell (log-SNR +∞), where every noise draw gives the "
+                "same features: there it controls only for the fusion's width, not for noise diversity."
+                if clean
+                else ""
+            )
             out.append(
                 f"- (b) {task}, {model}: fusion-spatial {s['metric']} {_fmt(s[v])} "
                 + "; ".join(parts)
                 + "."
                 + note
-                + ("." if note else "")
             )
     return out
 

@@ -110,6 +110,9 @@ class FeatureInfo:
     log_snr: float | None
     stem: str
     shape: tuple[int, ...]
+    nbytes: tuple[int, ...] | None = (
+        None  # size of each shard file (None: written before sizes were recorded)
+    )
 
     @property
     def key(self) -> FeatureKey:
@@ -139,7 +142,14 @@ class FeatureCache:
                 f"expected {expect_hash}."
             )
         self.features = [
-            FeatureInfo(f["layer"], f["timestep"], f["log_snr"], f["stem"], tuple(f["shape"]))
+            FeatureInfo(
+                f["layer"],
+                f["timestep"],
+                f["log_snr"],
+                f["stem"],
+                tuple(f["shape"]),
+                tuple(f["bytes"]) if "bytes" in f else None,
+            )
             for f in self.manifest["features"]
         ]
 
@@ -170,8 +180,7 @@ class FeatureCache:
         files = [
             self.path / "shards" / info.stem / f"{s:05d}.npy" for s in range(self.manifest["num_shards"])
         ]
-        sizes = next(f.get("bytes") for f in self.manifest["features"] if f["stem"] == info.stem)
-        for f, size in zip(files, sizes or []):  # caches written before sizes were recorded are not checked
+        for f, size in zip(files, info.nbytes or ()):  # caches written before sizes were recorded: unchecked
             have = f.stat().st_size if f.is_file() else None
             if have != size:
                 raise ProbebenchError(
