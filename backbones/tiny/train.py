@@ -487,9 +487,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
         p.error(f"unknown config fields: {sorted(unknown)}")
     if args.new_phase and not args.resume:
         p.error("--new-phase needs --resume")
-    args.explicit = dict(
-        values
-    )  # what --config and the flags set (a resume fills the rest from its checkpoint)
+    # what --config and the flags set (a resume fills the rest from its checkpoint)
+    args.explicit = dict(values)
     return TrainConfig(**values), args
 
 
