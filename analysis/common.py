@@ -62,6 +62,16 @@ def higher_is_better(metric: str) -> bool:
     return HIGHER_IS_BETTER[metric]
 
 
+def best_index(values: pd.Series, higher: bool) -> Any:
+    """Index label of the best value: the largest if ``higher`` (mIoU, maxF), else the smallest (RMSE)."""
+    return values.idxmax() if higher else values.idxmin()
+
+
+def best_row(frame: pd.DataFrame, higher: bool, column: str = "value") -> pd.Series:
+    """The row of ``frame`` with the best ``column`` (first one on ties)."""
+    return frame.loc[best_index(frame[column], higher)]
+
+
 def model_label(df: pd.DataFrame) -> pd.Series:
     """ "backbone (weights)" — every legend names both."""
     return df["backbone"].astype(str) + " (" + df["weights"].astype(str) + ")"

@@ -19,6 +19,7 @@ import seaborn as sns
 from analysis.common import (
     FUSION_PREFIX,
     PER_CELL_PROBES,
+    best_row,
     colors_for,
     is_multi,
     main_metric_rows,
@@ -74,7 +75,7 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 def _pick(g: pd.DataFrame, higher: bool) -> pd.Series:
     """The best row of ``g`` by ``value``; ties go to the first row in (layer, timestep) order."""
     g = g.sort_values(["probe", "layer", "timestep"], kind="stable")
-    return g.loc[g["value"].idxmax() if higher else g["value"].idxmin()]
+    return best_row(g, higher)
 
 
 def best_cells(

@@ -19,6 +19,7 @@ from analysis.common import (
     NATIVE_T_LABEL,
     SEQUENTIAL,
     SnrAxis,
+    best_row,
     cell_probe,
     colors_for,
     main_metric_rows,
@@ -61,7 +62,7 @@ def _tasks(d: pd.DataFrame) -> list[str]:
 
 def _best(g: pd.DataFrame) -> pd.Series:
     higher = HIGHER_IS_BETTER.get(g["metric"].iloc[0], True)
-    return g.loc[g["value"].idxmax() if higher else g["value"].idxmin()]
+    return best_row(g, higher)
 
 
 def chosen_cells(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.common import best_index, best_row
 from analysis.compare import best_cells, gain, with_model
 from tasks.base import MAIN_METRIC
 
@@ -35,11 +36,11 @@ def timestep_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
             val, test = t[t["split"] == "val"], t[t["split"] == split]
             if val.empty or test.empty:
                 continue
-            cell = val.loc[val["value"].idxmax() if higher else val["value"].idxmin()]
+            cell = best_row(val, higher)
             curve = test[test["layer"] == cell["layer"]].copy()
             curve["t"] = curve["timestep"].astype(float)
             curve = curve.groupby("t")["value"].mean().sort_index()
-            best = curve.idxmax() if higher else curve.idxmin()
+            best = best_index(curve, higher)
             best_t[task] = best
             spread = float(curve.max() - curve.min())
             ref = float(curve.max() if higher else curve.min())
@@ -140,7 +141,7 @@ def _curve_by_timestep(g: pd.DataFrame, higher: bool, split: str) -> pd.Series:
         val, test = gt[gt["split"] == "val"], gt[gt["split"] == split]
         if val.empty or test.empty:
             continue
-        layer = val.loc[val["value"].idxmax() if higher else val["value"].idxmin(), "layer"]
+        layer = best_row(val, higher)["layer"]
         at = test[test["layer"] == layer]["value"]
         if len(at):
             out[float(t)] = float(at.mean())
@@ -170,7 +171,7 @@ def twin_gain_by_timestep_findings(df: pd.DataFrame, split: str = "test") -> lis
                 f"- (d) {task}, {backbone} ({weights}) − random twin by timestep ({split} {metric}, ridge): "
                 + ", ".join(f"t={t:g} {x:+.3f}" for t, x in gains.items())
                 + f" — largest at t={gains.idxmax():g}; the raw score peaks at t="
-                + f"{(mine.idxmax() if higher else mine.idxmin()):g}."
+                + f"{best_index(mine, higher):g}."
             )
     return out
 

@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from analysis.common import (
     METRIC_LABELS,  # noqa: F401  (re-exported: older callers import it from here)
     PER_CELL_PROBES,
+    best_row,
     cell_of,
     colors_for,
     fmt_cell,
@@ -120,7 +121,7 @@ def plot_layer_curves(df: pd.DataFrame, out: Path, split: str = "test") -> list[
     rows = []
     for _, g in d.groupby(["model", "task", "layer_index"], sort=True):
         higher = MAIN_METRIC.get(g["task"].iloc[0], ("", True))[1]
-        rows.append(g.loc[g["value"].idxmax() if higher else g["value"].idxmin()])
+        rows.append(best_row(g, higher))
     d = pd.DataFrame(rows)
     tasks = [t for t in MAIN_METRIC if t in set(d["task"])]
     sns.set_theme(style="whitegrid", context="notebook")
@@ -231,7 +232,7 @@ def best_per_task(best: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, g in best.groupby(["dataset", "task"], sort=True):
         higher = bool(g["higher_is_better"].iloc[0])
-        rows.append(g.loc[g[sel].idxmax() if higher else g[sel].idxmin()])
+        rows.append(best_row(g, higher, sel))
     return pd.DataFrame(rows).reset_index(drop=True)
 
 
