@@ -1,9 +1,10 @@
 """``tiny-mmdit``: the project's own small MM-DiT (diffusers ``SD3Transformer2DModel``), trained with rectified
 flow on the scene dataset (``backbones/tiny/``), so a real generative model can be probed offline.
 
-It goes through the SD3 adapter unchanged: the only difference is that it diffuses *pixels* (32×32, in
-[-1, 1]) instead of VAE latents, which :class:`PixelSpace` expresses as an identity "VAE" with scaling 1 and
-shift 0. Conditioning is the empty caption by default (as real backbones use the empty prompt: a caption that
+It goes through the SD3 adapter unchanged, with its own small diffusers ``AutoencoderKL`` (64 px images →
+16×16×4 latents, shipped in the same weight file, scaling and shift factors in its config) in place of SD3's
+VAE. A pixel-space weight file (no autoencoder in it) runs with :class:`PixelSpace`, an identity "VAE" with
+scaling 1 and shift 0. Conditioning is the empty caption by default (as real backbones use the empty prompt: a caption that
 lists the classes present would leak the labels into the features); ``caption=[class names]`` gives
 caption-conditioned features, and the caption is part of the adapter fingerprint and of every cache hash.
 """
@@ -46,10 +47,13 @@ ARCHITECTURE = {
     "num_heads": 2,
     "head_dim": 64,
     "text_dim": 128,
-    "resolution": 32,
-    "patch_size": 2,
+    "resolution": 16,
+    "patch_size": 1,
+    "in_channels": 4,
 }
-"""The shipped model's size (``backbones.tiny.model.model_config`` arguments); loading checks the file agrees."""
+"""The shipped DiT's size (``backbones.tiny.model.model_config`` arguments): what ``weights="random"`` builds."""
+VAE_ARCHITECTURE = {"resolution": 64, "channels": (32, 64, 64), "latent_channels": 4}
+"""The shipped autoencoder's size (``backbones.tiny.autoencoder.vae_config`` arguments)."""
 
 
 def _weights_path(weights: str) -> Path:
@@ -69,7 +73,20 @@ def _weights_path(weights: str) -> Path:
     "tiny-mmdit",
     kind="diffusion (MM-DiT, flow)",
     source="shipped: backbones/tiny/weights",
-    notes="SD3-class MM-DiT trained here on scenes (32 px, pixel space); caption=[...] optional",
+    notes="SD3-class MM-DiT + small VAE trained here on scenes (64 px); caption=[...] optional",
+    family="sd3",
+    meta=BackboneMeta(
+        name="tiny-mmdit",
+        family="sd3",
+        source="backbones/tiny/weights/tiny_mmdit.safetensors",
+        num_layers=ARCHITECTURE["num_layers"],
+        width=ARCHITECTURE["num_heads"] * ARCHITECTURE["head_dim"],
+        patch_size=ARCHITECTURE["patch_size"],
+        image_size=VAE_ARCHITECTURE["resolution"],
+        timestep_convention="flow",
+        license="Apache-2.0 (trained by this project)",
+        notes="latent-space rectified-flow MM-DiT trained on the scene dataset",
+    ),
     test_name="tiny-mmdit",
     test_kwargs={},
 )
@@ -83,11 +100,14 @@ def create_tiny_mmdit(
     compute_batch: int = 8,
 ) -> SD3Adapter:
     """The trained model (``weights="default"`` or a path) or its untrained twin (``weights="random"``)."""
+    from backbones.tiny.autoencoder import vae_config
     from backbones.tiny.model import (
         VOCAB,
         build,
+        build_vae,
         caption_from_names,
         empty_conditioning,
+        load_vae,
         load_weights,
         model_config,
     )
@@ -96,10 +116,12 @@ def create_tiny_mmdit(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             transformer, caption_enc = build(model_config(**ARCHITECTURE), seed=0)
+            vae = build_vae(vae_config(**VAE_ARCHITECTURE), seed=0)
         weights_id, meta_file, path = "random:seed0", {}, Path("random")
     else:
         path = _weights_path(weights)
         transformer, caption_enc, meta_file = load_weights(path)
+        vae = load_vae(path)
         weights_id = f"file:sha256:{file_sha256(path)[:16]}"
     transformer.eval().requires_grad_(False)
     caption_enc.eval().requires_grad_(False)
@@ -116,7 +138,8 @@ def create_tiny_mmdit(
         hidden, pooled = empty_conditioning(caption_enc)
         text = TextConditioning(hidden.float(), pooled.float(), None, source="empty-caption")
     cfg = transformer.config
-    size = int(cfg.sample_size)
+    latent = vae is not None
+    size = int(cfg.sample_size) * (2 ** (len(vae.config.block_out_channels) - 1) if latent else 1)
     meta = BackboneMeta(
         name=name,
         family="sd3",
@@ -127,12 +150,12 @@ def create_tiny_mmdit(
         image_size=size,
         timestep_convention="flow",
         license="Apache-2.0 (trained by this project)",
-        notes="pixel-space rectified-flow MM-DiT trained on the scene dataset",
-        extra={"training": meta_file.get("extra", {}), "pixel_space": True},
+        notes=f"{'latent' if latent else 'pixel'}-space rectified-flow MM-DiT trained on the scene dataset",
+        extra={"training": meta_file.get("extra", {}), "pixel_space": not latent},
     )
     return SD3Adapter(
         meta,
-        DiffusionModules(transformer, PixelSpace()),
+        DiffusionModules(transformer, vae if latent else PixelSpace()),
         schedule=FlowSchedule(1000.0),
         text=text,
         prompt=" ".join(caption or []),

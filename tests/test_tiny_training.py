@@ -138,3 +138,135 @@ def test_new_phase_restarts_the_schedule_and_keeps_the_history(tmp_path: Path) -
     # a plain --resume of the new phase takes its config from the checkpoint
     tt.main([*common, "--resume"])
     assert json.loads((tmp_path / "config.json").read_text())["training"]["start_step"] == 6
+
+
+# ------------------------------------------------------------------------------------ latent space (autoencoder)
+
+
+@pytest.fixture(scope="module")
+def small_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-level AutoencoderKL (16 px → 8×8×4) with non-trivial latent factors, as a vae file."""
+    from backbones.tiny.autoencoder import save_vae, vae_config
+
+    vae = tiny.build_vae(vae_config(16, (8, 8), 4), seed=0)
+    vae.register_to_config(shift_factor=0.1, scaling_factor=2.0)
+    return save_vae(tmp_path_factory.mktemp("vae") / "vae.safetensors", vae, {"note": "test"})
+
+
+def test_latent_pool_encodes_both_orientations(
+    pool: tuple[torch.Tensor, torch.Tensor], small_vae: Path
+) -> None:
+    vae = tiny.load_vae(small_vae)
+    assert (vae.config.shift_factor, vae.config.scaling_factor) == (0.1, 2.0)
+    latents = tt.encode_pool(vae, pool[0])
+    assert latents.shape == (2, 16, 4, 8, 8)
+    with torch.no_grad():
+        x = tt.to_model_space(pool[0][:2])
+        for k, img in enumerate((x, x.flip(-1))):
+            expected = (vae.encode(img).latent_dist.mean - 0.1) * 2.0
+            torch.testing.assert_close(latents[k, :2], expected)
+
+
+def test_latent_model_trains_deterministically_and_round_trips(
+    pool: tuple[torch.Tensor, torch.Tensor], small_vae: Path, tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    cfg = tt.TrainConfig(**{**SMALL, "patch_size": 1, "vae": str(small_vae)})
+    mc = cfg.model_config()
+    assert (mc["sample_size"], mc["in_channels"], mc["out_channels"]) == (8, 4, 4)
+    vae = tiny.load_vae(small_vae)
+    latents = tt.encode_pool(vae, pool[0])
+    runs = []
+    for _ in range(2):
+        trainer = tt.Trainer(cfg, pool[0][:0], pool[1], latents)
+        runs.append([trainer.step()[0] for _ in range(3)])
+    assert runs[0] == runs[1]
+    path = tiny.save_weights(
+        tmp_path / "w.safetensors", trainer.ema.transformer, trainer.ema.caption, mc, {}, vae=vae
+    )
+    meta = tiny.read_metadata(path)
+    assert meta["preprocessing"]["space"] == "latent" and meta["vae_config"]["latent_channels"] == 4
+    loaded = tiny.load_vae(path)
+    for (k, a), (_, b) in zip(vae.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(
+            a.half().float() if a.is_floating_point() and k.endswith(("weight", "bias")) else a, b
+        ), k
+    assert tiny.load_vae(tmp_path / "w.safetensors") is not None
+    out = tt.sample(trainer.ema, pool[1][:2], steps=2, vae=loaded)
+    assert out.shape == (2, 3, 16, 16) and out.min() >= 0 and out.max() <= 1  # decoded to RGB
+
+
+def test_pixel_weight_file_has_no_autoencoder(
+    pool: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    trainer, _ = run_steps(pool, 1)
+    cfg = tt.TrainConfig(**SMALL)
+    path = tiny.save_weights(
+        tmp_path / "p.safetensors", trainer.ema.transformer, trainer.ema.caption, cfg.model_config()
+    )
+    assert tiny.load_vae(path) is None and tiny.read_metadata(path)["preprocessing"]["space"] == "pixel"
+
+
+def test_adapter_encodes_through_the_files_autoencoder(
+    pool: tuple[torch.Tensor, torch.Tensor], small_vae: Path, tmp_path: Path
+) -> None:
+    import backbones
+
+    cfg = tt.TrainConfig(**{**SMALL, "patch_size": 1, "vae": str(small_vae)})
+    trainer = tt.Trainer(cfg, pool[0][:0], pool[1], tt.encode_pool(tiny.load_vae(small_vae), pool[0]))
+    vae = tiny.load_vae(small_vae)
+    path = tiny.save_weights(
+        tmp_path / "w.safetensors",
+        trainer.ema.transformer,
+        trainer.ema.caption,
+        cfg.model_config(),
+        {},
+        vae=vae,
+    )
+    adapter = backbones.create("tiny-mmdit", weights=str(path))
+    assert adapter.meta.image_size == 16 and adapter.meta.extra["pixel_space"] is False
+    x01 = pool[0][:2].float() / 255.0
+    with torch.no_grad():
+        expected = (tiny.load_vae(path).encode(x01 * 2 - 1).latent_dist.mean - 0.1) * 2.0
+    torch.testing.assert_close(adapter.encode(x01), expected)
+    feats = adapter.extract(x01, layers=[0, 1], timesteps=[0.0, 0.5])
+    assert feats[(1, 0.5)].shape == (2, cfg.num_heads * cfg.head_dim, 8, 8)
+
+
+def test_autoencoder_training_writes_a_loadable_file(tmp_path: Path) -> None:
+    from backbones.tiny.autoencoder import VAEConfig, train_vae
+
+    cfg = VAEConfig(
+        resolution=16, channels=(8, 8), pool_size=8, batch_size=4, steps=3, warmup=1, val_images=4
+    )
+    train_vae(cfg, tmp_path, max_minutes=5, threads=1)
+    vae = tiny.load_vae(tmp_path / "vae.safetensors")
+    z = tt.encode_pool(vae, tt.render_pool("train", 8, 16)[0])[0]
+    assert abs(float(z.mean())) < 1e-5 and float(z.std()) == pytest.approx(1.0, rel=1e-5)  # factors normalise
+    assert (tmp_path / "vae_recon.png").is_file() and (tmp_path / "vae_loss.csv").is_file()
+
+
+def test_shipped_weights_are_the_latent_model() -> None:
+    import backbones
+    from backbones.tiny_mmdit import ARCHITECTURE, VAE_ARCHITECTURE
+
+    adapter = backbones.create("tiny-mmdit")  # weights="default": the file in backbones/tiny/weights/
+    meta = tiny.read_metadata(tiny.DEFAULT_WEIGHTS)
+    assert meta["preprocessing"]["space"] == "latent"
+    assert meta["model_config"] == tiny.model_config(**ARCHITECTURE)  # the random twin has the same shape
+    assert meta["vae_config"]["block_out_channels"] == list(VAE_ARCHITECTURE["channels"])
+    vae = adapter.model.vae
+    assert vae.config.scaling_factor != 1.0 and vae.config.shift_factor != 0.0  # measured, not defaults
+    assert (
+        adapter.meta.image_size == VAE_ARCHITECTURE["resolution"]
+        and adapter.meta.extra["pixel_space"] is False
+    )
+    assert tiny.DEFAULT_WEIGHTS.stat().st_size < 20e6
+
+
+def test_missing_weight_file_is_named(tmp_path: Path) -> None:
+    import backbones
+    from probebench.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "nope.safetensors")):
+        backbones.create("tiny-mmdit", weights=str(tmp_path / "nope.safetensors"))

@@ -1,9 +1,11 @@
 """The tiny MM-DiT that probebench trains itself: architecture, caption conditioning and weight files.
 
 The denoiser is diffusers' real ``SD3Transformer2DModel`` (joint text/image attention blocks, each returning
-``(text, image)``, the last ``(None, image)``), run in pixel space: an RGB image in [0, 1] is mapped to
-x0 = 2·rgb − 1 and patchified by the model itself. It is a rectified-flow model like SD3:
-x_σ = (1−σ)·x0 + σ·ε, the transformer predicts v = ε − x0 and takes ``timestep = σ·1000``.
+``(text, image)``, the last ``(None, image)``). The shipped model runs on the latent of a small diffusers
+``AutoencoderKL`` stored in the same file (:func:`load_vae`): an RGB image in [0, 1] is mapped to 2·rgb − 1,
+encoded (posterior mean), shifted and scaled by the autoencoder's ``shift_factor`` / ``scaling_factor``; a
+weight file without an autoencoder is a pixel-space model (x0 = 2·rgb − 1). It is a rectified-flow model like
+SD3: x_σ = (1−σ)·x0 + σ·ε, the transformer predicts v = ε − x0 and takes ``timestep = σ·1000``.
 
 Text conditioning is a caption listing the classes visible in a scene, as tokens of a tiny vocabulary (the
 8 scene class names plus ``<pad>``) embedded by a learned :class:`CaptionEncoder`. The empty caption (all
@@ -11,8 +13,9 @@ Text conditioning is a caption listing the classes visible in a scene, as tokens
 its ``encoder_hidden_states`` and ``pooled_projections``.
 
 One safetensors file holds everything (parameters fp16, buffers fp32): ``transformer.*`` (the SD3 module's
-state dict), ``caption.embedding.weight`` (the token embedding), and in its metadata the model config,
-vocabulary and preprocessing, so :func:`load_weights` needs nothing else. No training code here.
+state dict), ``caption.embedding.weight`` (the token embedding), ``vae.*`` (the autoencoder), and in its
+metadata the model config, vocabulary, preprocessing and the autoencoder's config, so :func:`load_weights` and
+:func:`load_vae` need nothing else. No training code here.
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ PREPROCESSING: dict[str, Any] = {
     "objective": "rectified flow: x_sigma = (1 - sigma) * x0 + sigma * eps, target v = eps - x0",
     "timestep": "sigma * 1000",
 }
+# The same for a latent-space model: the image goes through the shipped autoencoder first.
+LATENT_PREPROCESSING: dict[str, Any] = {
+    "space": "latent",
+    "scale": 2.0,  # x = rgb * scale + shift in [-1, 1] is the autoencoder's input
+    "shift": -1.0,
+    "latent": "x0 = (vae.encode(x).latent_dist.mean - vae.shift_factor) * vae.scaling_factor",
+    "objective": PREPROCESSING["objective"],
+    "timestep": PREPROCESSING["timestep"],
+}
 
 
 def model_config(
@@ -53,16 +65,20 @@ def model_config(
     num_heads: int = 2,
     head_dim: int = 64,
     text_dim: int = 128,
+    in_channels: int = 3,
 ) -> dict[str, Any]:
-    """Keyword arguments of ``SD3Transformer2DModel`` for a pixel-space RGB model of this size."""
+    """Keyword arguments of ``SD3Transformer2DModel`` for a model of this size.
+
+    ``resolution`` is the side of the diffused array: the image (pixel space, 3 channels) or the latent
+    (``in_channels`` = the autoencoder's latent channels)."""
     if resolution % patch_size:
         raise ValueError(f"resolution {resolution} is not a multiple of patch_size {patch_size}")
     inner = num_heads * head_dim
     return {
         "sample_size": resolution,
         "patch_size": patch_size,
-        "in_channels": 3,
-        "out_channels": 3,
+        "in_channels": in_channels,
+        "out_channels": in_channels,
         "num_layers": num_layers,
         "attention_head_dim": head_dim,
         "num_attention_heads": num_heads,
@@ -170,8 +186,10 @@ def save_weights(
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
+    vae: nn.Module | None = None,
 ) -> Path:
-    """Write transformer + token embedding as one safetensors file (atomically: temp file + os.replace).
+    """Write transformer + token embedding (+ the autoencoder of a latent model) as one safetensors file,
+    atomically (temp file + os.replace).
 
     Parameters are stored in ``dtype`` (fp16: the file stays small), buffers in float32.
     """
@@ -193,9 +211,13 @@ def save_weights(
         "model_config": json.dumps(config, sort_keys=True),
         "vocab": json.dumps(list(VOCAB)),
         "max_tokens": str(MAX_TOKENS),
-        "preprocessing": json.dumps(PREPROCESSING, sort_keys=True),
+        "preprocessing": json.dumps(PREPROCESSING if vae is None else LATENT_PREPROCESSING, sort_keys=True),
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
+    if vae is not None:
+        vt, meta["vae_config"] = vae_tensors(vae, dtype)
+        tensors.update(vt)
+        meta["vae_class"] = "diffusers.AutoencoderKL"
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -211,7 +233,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if "model_config" not in raw:
         raise ValueError(f"{path} is not a tiny MM-DiT weight file (no model_config in its metadata)")
     out: dict[str, Any] = {
-        k: json.loads(raw[k]) for k in ("model_config", "vocab", "preprocessing", "extra") if k in raw
+        k: json.loads(raw[k])
+        for k in ("model_config", "vocab", "preprocessing", "extra", "vae_config")
+        if k in raw
     }
     out["max_tokens"] = int(raw.get("max_tokens", MAX_TOKENS))
     return out
@@ -250,3 +274,40 @@ def load_weights(
             m.to(dtype)
         m.eval().requires_grad_(False)
     return transformer, caption, meta
+
+
+def build_vae(config: dict[str, Any], seed: int | None = 0) -> nn.Module:
+    """A diffusers ``AutoencoderKL`` of this config (seeded random weights)."""
+    from diffusers import AutoencoderKL
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return AutoencoderKL(**config)
+
+
+def load_vae(path: str | Path = DEFAULT_WEIGHTS, dtype: torch.dtype = torch.float32) -> nn.Module | None:
+    """The autoencoder stored in a weight file (``vae.*`` tensors, ``vae_config`` metadata), frozen, in eval
+    mode; ``None`` for a pixel-space model's file. Reads the DiT's file and ``vae.safetensors`` alike."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if "vae_config" not in raw:
+        return None
+    state = {k[len("vae.") :]: v.float() for k, v in load_file(str(path)).items() if k.startswith("vae.")}
+    vae = build_vae(json.loads(raw["vae_config"]), seed=None)
+    vae.load_state_dict(state, strict=True)
+    if dtype != torch.float32:
+        vae.to(dtype)
+    return vae.eval().requires_grad_(False)
+
+
+def vae_tensors(vae: nn.Module, dtype: torch.dtype = torch.float16) -> tuple[dict[str, torch.Tensor], str]:
+    """(``vae.*`` tensors: parameters in ``dtype``, buffers float32; its config as JSON) for a weight file."""
+    params = {k for k, _ in vae.named_parameters()}
+    tensors = {
+        f"vae.{k}": v.detach().to(dtype if k in params else torch.float32).contiguous().cpu()
+        for k, v in vae.state_dict().items()
+    }
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    return tensors, json.dumps(config, sort_keys=True, default=list)

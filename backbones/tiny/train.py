@@ -1,12 +1,15 @@
 """Train the tiny MM-DiT (``backbones.tiny.model``) on ``scenes`` with rectified flow, on a CPU, reproducibly.
 
-    python -m backbones.tiny.train --max-minutes 95            # train, write backbones/tiny/weights/
+    python -m backbones.tiny.train --vae backbones/tiny/weights/vae.safetensors --resolution 64 --patch-size 1
     python -m backbones.tiny.train --resume                    # continue from the last checkpoint
     python -m backbones.tiny.train --sample-only --samples-path /tmp/s.png   # render samples of the weights
 
 What: a fixed pool of ``scenes`` train renders (uint8, in memory, random horizontal flips), captions listing
 the classes visible in each image (20 % dropped to the empty caption), σ from a logit-normal (SD3), loss
 ‖v̂ − (ε − x0)‖², AdamW with warmup + cosine decay, an EMA of the weights (saved as the model), bf16 autocast.
+With ``--vae`` (an autoencoder trained by ``backbones.tiny.autoencoder``) the DiT diffuses its scaled latents:
+the pool is encoded once, both orientations, and the autoencoder is stored inside the weight file; without it
+the DiT diffuses pixels in [-1, 1].
 Why this way: see ``backbones/tiny/README.md``. All randomness comes from one seeded ``torch.Generator`` whose
 state is checkpointed, so a resumed run continues exactly as an uninterrupted one (on the same thread count).
 
@@ -38,6 +41,7 @@ from torch import nn
 
 from backbones.tiny.model import (
     DEFAULT_WEIGHTS,
+    LATENT_PREPROCESSING,
     MAX_TOKENS,
     PAD_ID,
     PREPROCESSING,
@@ -47,6 +51,7 @@ from backbones.tiny.model import (
     build,
     caption_ids,
     caption_text,
+    load_vae,
     load_weights,
     model_config,
     num_parameters,
@@ -81,6 +86,7 @@ class TrainConfig:
     hflip: bool = True
     caption_dropout: float = 0.2
     val_images: int = 32
+    vae: str = ""  # an autoencoder file (backbones.tiny.autoencoder): diffuse its latents; "" = pixel space
     # optimisation
     batch_size: int = 32
     steps: int = 4800
@@ -101,9 +107,25 @@ class TrainConfig:
     cfg_scale: float = 3.0
 
     def model_config(self) -> dict[str, Any]:
+        size, channels = self.resolution, 3
+        if self.vae:  # the DiT diffuses the autoencoder's latent: smaller, with its channels
+            vcfg = vae_config_of(self.vae)
+            size //= 2 ** (len(vcfg["block_out_channels"]) - 1)
+            channels = int(vcfg["latent_channels"])
         return model_config(
-            self.resolution, self.patch_size, self.num_layers, self.num_heads, self.head_dim, self.text_dim
+            size, self.patch_size, self.num_layers, self.num_heads, self.head_dim, self.text_dim, channels
         )
+
+
+def vae_config_of(path: str | Path) -> dict[str, Any]:
+    """The diffusers config stored in an autoencoder file (metadata only; the tensors are not read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if "vae_config" not in raw:
+        raise SystemExit(f"{path} is not an autoencoder file of backbones.tiny.autoencoder (no vae_config)")
+    return json.loads(raw["vae_config"])
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -141,9 +163,28 @@ def to_model_space(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.float() / 255.0 * PREPROCESSING["scale"] + PREPROCESSING["shift"]
 
 
-def to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Model space → RGB in [0, 1]."""
+def to_rgb(x: torch.Tensor, vae: nn.Module | None = None) -> torch.Tensor:
+    """Model space → RGB in [0, 1] (through the autoencoder's decoder for a latent model)."""
+    if vae is not None:
+        cfg = vae.config
+        with torch.no_grad():
+            x = vae.decode(x.float() / cfg.scaling_factor + cfg.shift_factor).sample
     return ((x.float() - PREPROCESSING["shift"]) / PREPROCESSING["scale"]).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def encode_pool(vae: nn.Module, images_u8: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """Scaled latents (2, N, C, h, w) of a uint8 image pool: [0] as rendered, [1] flipped horizontally."""
+    cfg = vae.config
+    out = []
+    for flip in (False, True):
+        parts = []
+        for i in range(0, images_u8.shape[0], batch):
+            x = to_model_space(images_u8[i : i + batch])
+            z = vae.encode(x.flip(-1) if flip else x).latent_dist.mean
+            parts.append((z.float() - cfg.shift_factor) * cfg.scaling_factor)
+        out.append(torch.cat(parts))
+    return torch.stack(out)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -186,8 +227,10 @@ def sample(
     cfg_scale: float = 1.0,
     seed: int = 0,
     bf16: bool = False,
+    vae: nn.Module | None = None,
 ) -> torch.Tensor:
-    """Euler sampler of the flow ODE from σ = 1 (noise) to σ = 0; returns RGB in [0, 1], (B, 3, R, R).
+    """Euler sampler of the flow ODE from σ = 1 (noise) to σ = 0; returns RGB in [0, 1], (B, 3, R, R)
+    (decoded by ``vae`` for a latent model).
 
     ``cfg_scale`` ≠ 1 applies classifier-free guidance v = v_empty + s·(v_caption − v_empty).
     """
@@ -206,7 +249,7 @@ def sample(
             vc, vu = v.chunk(2)
             v = vu + cfg_scale * (vc - vu)
         x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return to_rgb(x)
+    return to_rgb(x, vae)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -215,8 +258,11 @@ def sample(
 class Trainer:
     """Model, EMA, optimiser and RNG for one run; ``step()`` does one optimisation step on the pool."""
 
-    def __init__(self, cfg: TrainConfig, images: torch.Tensor, ids: torch.Tensor):
-        self.cfg, self.images, self.ids = cfg, images, ids
+    def __init__(
+        self, cfg: TrainConfig, images: torch.Tensor, ids: torch.Tensor, latents: torch.Tensor | None = None
+    ):
+        """``images`` uint8 (pixel space) or ``latents`` (2, N, C, h, w) from :func:`encode_pool`."""
+        self.cfg, self.images, self.ids, self.latents = cfg, images, ids, latents
         transformer, caption = build(cfg.model_config(), seed=cfg.seed)
         self.net = Denoiser(transformer, caption)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
@@ -244,11 +290,19 @@ class Trainer:
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, caption ids, σ, ε) for one step, all drawn from the run's generator."""
         c, g = self.cfg, self.gen
-        idx = torch.randint(self.images.shape[0], (c.batch_size,), generator=g)
-        x0 = to_model_space(self.images[idx])
-        if c.hflip:
-            flip = torch.rand(c.batch_size, generator=g) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+        idx = torch.randint(self.ids.shape[0], (c.batch_size,), generator=g)
+        if self.latents is not None:  # both orientations were encoded: pick one per image
+            flip = (
+                torch.rand(c.batch_size, generator=g) < 0.5
+                if c.hflip
+                else torch.zeros(c.batch_size, dtype=torch.bool)
+            )
+            x0 = self.latents[flip.long(), idx]
+        else:
+            x0 = to_model_space(self.images[idx])
+            if c.hflip:
+                flip = torch.rand(c.batch_size, generator=g) < 0.5
+                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
         ids = self.ids[idx].clone()
         ids[torch.rand(c.batch_size, generator=g) < c.caption_dropout] = PAD_ID
         sigma = torch.sigmoid(torch.randn(c.batch_size, generator=g) * c.logit_std + c.logit_mean)
@@ -308,15 +362,15 @@ class Trainer:
 @torch.no_grad()
 def validation_loss(
     net: Denoiser,
-    images: torch.Tensor,
+    x0: torch.Tensor,
     ids: torch.Tensor,
     bf16: bool = True,
     levels: int = 8,
     seed: int = 1234,
 ) -> float:
-    """Loss on fixed val images at a fixed σ grid and fixed noise (captioned): a low-variance signal."""
+    """Loss on fixed val images (in model space) at a fixed σ grid and fixed noise (captioned): a
+    low-variance signal."""
     gen = torch.Generator().manual_seed(seed)
-    x0 = to_model_space(images)
     total = 0.0
     net.eval()
     for k in range(levels):
@@ -352,18 +406,21 @@ def sample_figure(
     steps: int,
     cfg_scale: float,
     seed: int = 0,
-    scale: int = 3,
+    scale: int | None = None,
+    vae: nn.Module | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labelled sample grid: real val images, samples with their captions (guidance 1 and ``cfg_scale``),
     and two rows with the empty caption. Returns (uint8 image, row labels)."""
     from PIL import Image, ImageDraw
 
     n = real.shape[0]
+    scale = scale or max(1, 96 // real.shape[-1])
+    empty = torch.full((2 * n, ids.shape[1]), PAD_ID)
     rows = [
         ("real (val)", real.float() / 255.0 if real.dtype == torch.uint8 else real),
-        ("caption, cfg 1", sample(net, ids, steps, 1.0, seed)),
-        (f"caption, cfg {cfg_scale:g}", sample(net, ids, steps, cfg_scale, seed)),
-        ("empty caption", sample(net, torch.full((2 * n, ids.shape[1]), PAD_ID), steps, 1.0, seed + 1)),
+        ("caption, cfg 1", sample(net, ids, steps, 1.0, seed, vae=vae)),
+        (f"caption, cfg {cfg_scale:g}", sample(net, ids, steps, cfg_scale, seed, vae=vae)),
+        ("empty caption", sample(net, empty, steps, 1.0, seed + 1, vae=vae)),
     ]
     labels = [rows[0][0], rows[1][0], rows[2][0], rows[3][0], rows[3][0]]
     grid = image_grid(torch.cat([r[1] for r in rows]), nrow=n, pad=2, scale=scale)
@@ -516,7 +573,7 @@ def run_config(
         "background included where sky shows), sorted by class id, padded with <pad>",
         "empty_caption": "all <pad>: encoder_hidden_states = embedding(<pad>) repeated max_tokens times, "
         "pooled_projections = embedding(<pad>) (mean over the max_tokens slots)",
-        "preprocessing": PREPROCESSING,
+        "preprocessing": LATENT_PREPROCESSING if cfg.vae else PREPROCESSING,
         "data": {
             "dataset": "scenes",
             "split": "train",
@@ -527,6 +584,7 @@ def run_config(
             "caption_dropout": cfg.caption_dropout,
             "val": {"split": "val", "images": cfg.val_images},
         },
+        "autoencoder": autoencoder_record(cfg.vae) if cfg.vae else None,
         "noise_sampling": {"kind": "logit_normal", "mean": cfg.logit_mean, "std": cfg.logit_std},
         "training": dataclasses.asdict(cfg),
         "seed": cfg.seed,
@@ -538,6 +596,24 @@ def run_config(
             "python": sys.version.split()[0],
         },
         **(extra or {}),
+    }
+
+
+def autoencoder_record(path: str | Path) -> dict[str, Any]:
+    """What config.json records of the autoencoder a latent model was trained on."""
+    from safetensors import safe_open
+
+    from backbones.base import file_sha256
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    return {
+        "file": str(path),
+        "sha256": file_sha256(path),
+        "model_class": raw.get("vae_class"),
+        "config": json.loads(raw.get("vae_config", "{}")),
+        "training": json.loads(raw.get("extra", "{}")),
+        "stored": "inside tiny_mmdit.safetensors (vae.* tensors, vae_config metadata)",
     }
 
 
@@ -556,10 +632,10 @@ def write_log(path: Path, rows: list[dict[str, str]]) -> None:
         w.writerows(rows)
 
 
-def render_samples(cfg: TrainConfig, net: Denoiser, out_png: Path) -> None:
+def render_samples(cfg: TrainConfig, net: Denoiser, out_png: Path, vae: nn.Module | None = None) -> None:
     """Sample grid for the first 8 val images (real row + captioned + empty-caption samples)."""
     real, ids = render_pool("val", 8, cfg.resolution, cfg.data_seed)
-    image, _ = sample_figure(net, real, ids, cfg.sample_steps, cfg.cfg_scale, seed=cfg.seed)
+    image, _ = sample_figure(net, real, ids, cfg.sample_steps, cfg.cfg_scale, seed=cfg.seed, vae=vae)
     save_png(out_png, image)
     print("captions of the sampled row:", " | ".join(caption_text(i) for i in ids), flush=True)
 
@@ -571,7 +647,7 @@ def sample_only(cfg: TrainConfig, args: argparse.Namespace) -> None:
     if saved:
         cfg = TrainConfig(**{**saved, "sample_steps": cfg.sample_steps, "cfg_scale": cfg.cfg_scale})
     out_png = args.samples_path or args.out / "samples.png"
-    render_samples(cfg, Denoiser(transformer, caption), out_png)
+    render_samples(cfg, Denoiser(transformer, caption), out_png, load_vae(weights))
     print(f"wrote {out_png} from {weights} (step {meta.get('extra', {}).get('step')})", flush=True)
     csv_path = weights.parent / "loss.csv"
     if csv_path.exists() and args.samples_path is None:
@@ -610,8 +686,17 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
         prev_wall = float(ck["wall_time_s"])
     images, ids = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
     val_images, val_ids = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
+    vae = latents = None
+    val_x0 = to_model_space(val_images)
+    if cfg.vae:  # a latent model: encode the pool once (both orientations) with the frozen autoencoder
+        vae = load_vae(cfg.vae)
+        if vae is None:
+            raise SystemExit(f"--vae {cfg.vae}: no autoencoder in that file")
+        latents = encode_pool(vae, images)
+        val_x0 = encode_pool(vae, val_images)[0]
+        images = images[:0]
     print(f"pool ready in {time.perf_counter() - t_start:.0f}s", flush=True)
-    trainer = Trainer(cfg, images, ids)
+    trainer = Trainer(cfg, images, ids, latents)
     print(
         f"model: {num_parameters(trainer.net.transformer) / 1e6:.3f}M transformer + "
         f"{num_parameters(trainer.net.caption)} embedding parameters",
@@ -640,10 +725,15 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
         nonlocal last_val
         from safetensors.torch import save_file
 
-        last_val = validation_loss(trainer.ema, val_images, val_ids, cfg.bf16)
+        last_val = validation_loss(trainer.ema, val_x0, val_ids, cfg.bf16)
         extra = {"step": trainer.step_count, "training": dataclasses.asdict(cfg)}
         save_weights(
-            out / WEIGHTS_NAME, trainer.ema.transformer, trainer.ema.caption, cfg.model_config(), extra
+            out / WEIGHTS_NAME,
+            trainer.ema.transformer,
+            trainer.ema.caption,
+            cfg.model_config(),
+            extra,
+            vae=vae,
         )
         tmp = out / (STATE_NAME + ".tmp")
         save_file(trainer.state_tensors(), str(tmp))
@@ -723,7 +813,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
         f"training wall {wall() / 60:.1f} min",
         flush=True,
     )
-    render_samples(cfg, trainer.ema, args.samples_path or out / "samples.png")
+    render_samples(cfg, trainer.ema, args.samples_path or out / "samples.png", vae)
     plot_loss(csv_path, out / "loss.png")
     write_json(
         out / "config.json",

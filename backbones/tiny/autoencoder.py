@@ -1,0 +1,208 @@
+"""The tiny MM-DiT's autoencoder: a small diffusers ``AutoencoderKL`` trained here on ``scenes``.
+
+    python -m backbones.tiny.autoencoder --max-minutes 14        # train, write backbones/tiny/weights/vae.*
+
+Why: a pixel-space DiT spends its capacity on pixel detail and draws blotchy patch mosaics; an autoencoder
+hands the detail to a convolutional decoder, so the DiT models a smooth 16×16×4 latent of a 64×64 image (as
+SD3/FLUX model 8×-downsampled VAE latents). Factor 4 (64 px → 16×16), 4 latent channels, three encoder/decoder
+levels of 32/64/64 channels (0.95 M parameters), one ResNet block per level, GroupNorm of 8 groups, the
+mid-block attention of diffusers' VAE.
+
+Loss: L1 reconstruction of x ∈ [-1, 1] from a posterior *sample* (so the decoder tolerates latent noise) plus
+1e-6 · KL (SD's weight: it keeps the latent scale bounded without blurring). AdamW, warmup + cosine, bf16
+autocast, one seeded ``torch.Generator`` for batches, flips and posterior samples. After training, the latent
+``shift_factor`` and ``scaling_factor`` (SD3/FLUX convention: z = (mean − shift) · scaling has zero mean and unit
+variance over the pool) are written into the model config, so diffusers-style code encodes with them.
+
+Outputs in ``--out``: ``vae.safetensors`` (fp16 parameters, fp32 buffers; the diffusers config and the training
+settings in the metadata), ``vae_loss.csv`` and ``vae_recon.png`` (val images over their reconstructions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from backbones.tiny.model import WEIGHTS_DIR, build_vae, vae_tensors
+
+VAE_NAME = "vae.safetensors"
+DEFAULT_VAE = WEIGHTS_DIR / VAE_NAME
+
+
+def vae_config(
+    resolution: int = 64, channels: Sequence[int] = (32, 64, 64), latent_channels: int = 4
+) -> dict[str, Any]:
+    """Keyword arguments of diffusers ``AutoencoderKL``: downsampling 2^(len(channels) − 1)."""
+    n = len(channels)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(channels),
+        "layers_per_block": 1,
+        "latent_channels": latent_channels,
+        "norm_num_groups": 8,
+        "sample_size": resolution,
+        "scaling_factor": 1.0,
+        "shift_factor": 0.0,
+    }
+
+
+def save_vae(path: str | Path, vae: nn.Module, extra: dict[str, Any] | None = None) -> Path:
+    """``vae.*`` tensors (parameters fp16, buffers fp32) and the config in the metadata, written atomically;
+    :func:`backbones.tiny.model.load_vae` reads it back."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors, config = vae_tensors(vae)
+    meta = {"format": "pt", "vae_class": "diffusers.AutoencoderKL", "vae_config": config}
+    meta["extra"] = json.dumps(extra or {}, sort_keys=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class VAEConfig:
+    """Every setting that changes the trained autoencoder."""
+
+    seed: int = 0
+    resolution: int = 64
+    channels: tuple[int, ...] = (32, 64, 64)
+    latent_channels: int = 4
+    pool_size: int = 20000
+    data_seed: int = 0
+    val_images: int = 64
+    batch_size: int = 32
+    steps: int = 2000
+    lr: float = 1e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.05
+    kl_weight: float = 1e-6
+    bf16: bool = True
+
+
+def lr_at(cfg: VAEConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB → [-1, 1] float32 (the autoencoder's input space)."""
+    return images_u8.float() / 127.5 - 1.0
+
+
+@torch.no_grad()
+def latent_factors(vae: nn.Module, images_u8: torch.Tensor, batch: int = 256) -> tuple[float, float]:
+    """(shift, scaling) with (mean − shift) · scaling of zero mean and unit std over ``images_u8`` (posterior
+    means, float32, as the DiT's training pool and the adapter encode)."""
+    z = torch.cat(
+        [
+            vae.encode(to_unit(images_u8[i : i + batch])).latent_dist.mean
+            for i in range(0, len(images_u8), batch)
+        ]
+    )
+    return float(z.mean()), float(1.0 / z.std())
+
+
+def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -> nn.Module:
+    from backbones.tiny.train import image_grid, render_pool, save_png
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    deadline = t0 + max_minutes * 60.0
+    out.mkdir(parents=True, exist_ok=True)
+    images, _ = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
+    val, _ = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
+    vae = build_vae(vae_config(cfg.resolution, cfg.channels, cfg.latent_channels), seed=cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows, window, step = [], [], 0
+    t_train = time.perf_counter()
+    vae.train()
+    while step < cfg.steps and time.perf_counter() < deadline:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        idx = torch.randint(images.shape[0], (cfg.batch_size,), generator=gen)
+        x = to_unit(images[idx])
+        flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+            rec = vae.decode(z).sample
+        l1 = (rec.float() - x).abs().mean()
+        kl = post.kl().float().mean()
+        loss = l1 + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        window.append(float(l1.detach()))
+        if step % 25 == 0:
+            rows.append(
+                {
+                    "step": step,
+                    "wall_s": f"{time.perf_counter() - t_train:.1f}",
+                    "l1": f"{sum(window) / len(window):.5f}",
+                }
+            )
+            window.clear()
+            print(
+                f"vae step {step} l1 {rows[-1]['l1']} ({step / (time.perf_counter() - t_train):.2f} steps/s)",
+                flush=True,
+            )
+    wall = time.perf_counter() - t_train
+    vae.eval()
+    for p in vae.parameters():  # the factors are measured on the weights as shipped (fp16-rounded)
+        p.data = p.data.half().float()
+    shift, scaling = latent_factors(vae, images[:2048])
+    vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(to_unit(val)).latent_dist.mean).sample.float()
+    val_l1 = float((rec - to_unit(val)).abs().mean())
+    extra = {"training": asdict(cfg), "steps_done": step, "wall_time_s": round(wall, 1), "val_l1": val_l1}
+    save_vae(out / VAE_NAME, vae, extra)
+    with open(out / "vae_loss.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "wall_s", "l1"])
+        w.writeheader()
+        w.writerows(rows)
+    pair = torch.cat([val[:16].float() / 255.0, ((rec[:16] + 1) / 2).clamp(0, 1)])
+    save_png(out / "vae_recon.png", image_grid(pair, nrow=16, scale=2))
+    print(
+        f"vae: {step} steps in {wall / 60:.1f} min, val L1 {val_l1:.4f} (on [-1, 1]), shift {shift:.4f}, scaling {scaling:.4f}",
+        flush=True,
+    )
+    return vae
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train the tiny MM-DiT's autoencoder on scenes.")
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    p.add_argument("--max-minutes", type=float, default=14.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=VAEConfig.steps)
+    p.add_argument("--pool-size", type=int, default=VAEConfig.pool_size)
+    p.add_argument("--seed", type=int, default=VAEConfig.seed)
+    a = p.parse_args(argv)
+    train_vae(VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size), a.out, a.max_minutes, a.threads)
+
+
+if __name__ == "__main__":
+    main()
