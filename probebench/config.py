@@ -96,7 +96,7 @@ QUICKSTART_TIMESTEPS = [0.0, 0.1, 0.2, 0.35, 0.5, 0.7]
 
 
 def _default_data() -> DataConfig:
-    return DataConfig(max_train=160, max_val=48, max_test=48, options={"resolution": 32, "seed": 0})
+    return DataConfig(max_train=160, max_val=48, max_test=48, options={"resolution": 64, "seed": 0})
 
 
 def _default_backbones() -> list[BackboneConfig]:
