@@ -193,13 +193,29 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train the tiny MM-DiT's autoencoder on scenes.")
-    p.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    p.add_argument("--max-minutes", type=float, default=14.0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--steps", type=int, default=VAEConfig.steps)
-    p.add_argument("--pool-size", type=int, default=VAEConfig.pool_size)
-    p.add_argument("--seed", type=int, default=VAEConfig.seed)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output directory (default: %(default)s)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=14.0,
+        help="wall budget of this invocation, rendering included (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument(
+        "--steps", type=int, default=VAEConfig.steps, help="optimisation steps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        default=VAEConfig.pool_size,
+        help="train renders in memory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=VAEConfig.seed, help="seed of init and batches (default: %(default)s)"
+    )
     a = p.parse_args(argv)
     train_vae(VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size), a.out, a.max_minutes, a.threads)
 
