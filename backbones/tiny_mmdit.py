@@ -20,7 +20,7 @@ from torch import nn
 
 from backbones._registry import BACKBONES
 from backbones.base import BackboneMeta, file_sha256
-from backbones.diffusion import DiffusionModules, FlowSchedule, TextConditioning
+from backbones.diffusion import DiffusionModules, FlowSchedule, TextConditioning, vae_downsample
 from backbones.mmdit import SD3Adapter
 from probebench.errors import ProbebenchError, WeightsNotFoundError
 
@@ -139,7 +139,8 @@ def create_tiny_mmdit(
         text = TextConditioning(hidden.float(), pooled.float(), None, source="empty-caption")
     cfg = transformer.config
     latent = vae is not None
-    size = int(cfg.sample_size) * (2 ** (len(vae.config.block_out_channels) - 1) if latent else 1)
+    modules = DiffusionModules(transformer, vae if latent else PixelSpace())
+    size = int(cfg.sample_size) * vae_downsample(modules.vae)  # PixelSpace: 1
     meta = BackboneMeta(
         name=name,
         family="sd3",
@@ -155,7 +156,7 @@ def create_tiny_mmdit(
     )
     return SD3Adapter(
         meta,
-        DiffusionModules(transformer, vae if latent else PixelSpace()),
+        modules,
         schedule=FlowSchedule(1000.0),
         text=text,
         prompt=" ".join(caption or []),

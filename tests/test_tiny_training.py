@@ -270,3 +270,20 @@ def test_missing_weight_file_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "nope.safetensors")):
         backbones.create("tiny-mmdit", weights=str(tmp_path / "nope.safetensors"))
+
+
+def test_bad_vae_file_fails_before_rendering(tmp_path: Path) -> None:
+    common = ["--out", str(tmp_path / "out"), "--resolution", "16", "--patch-size", "1", "--steps", "1"]
+    with pytest.raises(SystemExit, match="no such file"):
+        tt.main([*common, "--vae", str(tmp_path / "missing.safetensors")])
+    (tmp_path / "notes.txt").write_text("not a weight file")
+    with pytest.raises(SystemExit, match="not a safetensors file"):
+        tt.main([*common, "--vae", str(tmp_path / "notes.txt")])
+    assert not (tmp_path / "out" / "loss.csv").exists()  # nothing was trained or written
+
+
+def test_autoencoder_cli_rejects_empty_runs() -> None:
+    from backbones.tiny.autoencoder import main
+
+    with pytest.raises(SystemExit):
+        main(["--steps", "0"])

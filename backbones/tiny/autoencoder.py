@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones.tiny.model import WEIGHTS_DIR, build_vae, vae_tensors
+from backbones.tiny.model import WEIGHTS_DIR, build_vae, vae_tensors, write_safetensors
+from backbones.tiny.train import image_grid, render_pool, save_png, warmup_cosine
 
 VAE_NAME = "vae.safetensors"
 DEFAULT_VAE = WEIGHTS_DIR / VAE_NAME
@@ -63,16 +62,10 @@ def vae_config(
 def save_vae(path: str | Path, vae: nn.Module, extra: dict[str, Any] | None = None) -> Path:
     """``vae.*`` tensors (parameters fp16, buffers fp32) and the config in the metadata, written atomically;
     :func:`backbones.tiny.model.load_vae` reads it back."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors, config = vae_tensors(vae)
     meta = {"format": "pt", "vae_class": "diffusers.AutoencoderKL", "vae_config": config}
     meta["extra"] = json.dumps(extra or {}, sort_keys=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return write_safetensors(path, tensors, meta)
 
 
 @dataclass
@@ -95,13 +88,6 @@ class VAEConfig:
     bf16: bool = True
 
 
-def lr_at(cfg: VAEConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 RGB → [-1, 1] float32 (the autoencoder's input space)."""
     return images_u8.float() / 127.5 - 1.0
@@ -121,8 +107,6 @@ def latent_factors(vae: nn.Module, images_u8: torch.Tensor, batch: int = 256) ->
 
 
 def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -> nn.Module:
-    from backbones.tiny.train import image_grid, render_pool, save_png
-
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     deadline = t0 + max_minutes * 60.0
@@ -137,7 +121,7 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
     vae.train()
     while step < cfg.steps and time.perf_counter() < deadline:
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
+            group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
         idx = torch.randint(images.shape[0], (cfg.batch_size,), generator=gen)
         x = to_unit(images[idx])
         flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
@@ -217,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--seed", type=int, default=VAEConfig.seed, help="seed of init and batches (default: %(default)s)"
     )
     a = p.parse_args(argv)
+    for name in ("steps", "pool_size", "threads"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     train_vae(VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size), a.out, a.max_minutes, a.threads)
 
 

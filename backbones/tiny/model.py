@@ -193,7 +193,6 @@ def save_weights(
 
     Parameters are stored in ``dtype`` (fp16: the file stays small), buffers in float32.
     """
-    import os
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,18 +217,34 @@ def save_weights(
         vt, meta["vae_config"] = vae_tensors(vae, dtype)
         tensors.update(vt)
         meta["vae_class"] = "diffusers.AutoencoderKL"
+    return write_safetensors(path, tensors, meta)
+
+
+def write_safetensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None
+) -> Path:
+    """Write a safetensors file atomically (temp file + ``os.replace``): a killed process leaves the old file or
+    the new one, never half of one."""
+    import os
+
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
     return path
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Decoded metadata of a tiny-MM-DiT weight file (model_config, vocab, preprocessing, ...)."""
+def file_metadata(path: str | Path) -> dict[str, str]:
+    """The raw (string) metadata of a safetensors file; reads no tensors."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+        return f.metadata() or {}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Decoded metadata of a tiny-MM-DiT weight file (model_config, vocab, preprocessing, ...)."""
+    raw = file_metadata(path)
     if "model_config" not in raw:
         raise ValueError(f"{path} is not a tiny MM-DiT weight file (no model_config in its metadata)")
     out: dict[str, Any] = {
@@ -288,10 +303,7 @@ def build_vae(config: dict[str, Any], seed: int | None = 0) -> nn.Module:
 def load_vae(path: str | Path = DEFAULT_WEIGHTS, dtype: torch.dtype = torch.float32) -> nn.Module | None:
     """The autoencoder stored in a weight file (``vae.*`` tensors, ``vae_config`` metadata), frozen, in eval
     mode; ``None`` for a pixel-space model's file. Reads the DiT's file and ``vae.safetensors`` alike."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    raw = file_metadata(path)
     if "vae_config" not in raw:
         return None
     state = {k[len("vae.") :]: v.float() for k, v in load_file(str(path)).items() if k.startswith("vae.")}

@@ -51,11 +51,13 @@ from backbones.tiny.model import (
     build,
     caption_ids,
     caption_text,
+    file_metadata,
     load_vae,
     load_weights,
     model_config,
     num_parameters,
     save_weights,
+    write_safetensors,
 )
 
 WEIGHTS_NAME = DEFAULT_WEIGHTS.name
@@ -119,10 +121,12 @@ class TrainConfig:
 
 def vae_config_of(path: str | Path) -> dict[str, Any]:
     """The diffusers config stored in an autoencoder file (metadata only; the tensors are not read)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    if not Path(path).is_file():
+        raise SystemExit(f"--vae {path}: no such file (train one with python -m backbones.tiny.autoencoder)")
+    try:
+        raw = file_metadata(path)
+    except Exception as e:  # safetensors raises its own error types for a file of another format
+        raise SystemExit(f"--vae {path}: not a safetensors file ({e})") from None
     if "vae_config" not in raw:
         raise SystemExit(f"{path} is not an autoencoder file of backbones.tiny.autoencoder (no vae_config)")
     return json.loads(raw["vae_config"])
@@ -188,6 +192,15 @@ def encode_pool(vae: nn.Module, images_u8: torch.Tensor, batch: int = 250) -> to
 
 
 # ------------------------------------------------------------------------------------------------ model
+
+
+def warmup_cosine(step: int, lr: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Learning rate at ``step`` (0-based): linear warmup over ``warmup`` steps, then cosine decay to
+    ``min_ratio``·lr at ``total`` (held there after)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 class Denoiser(nn.Module):
@@ -281,11 +294,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """Linear warmup from ``start_step``, then cosine decay to ``min_lr_ratio``·lr at ``steps``."""
         c = self.cfg
-        step -= c.start_step
-        if step < c.warmup:
-            return c.lr * (step + 1) / c.warmup
-        frac = min(1.0, (step - c.warmup) / max(1, c.steps - c.start_step - c.warmup))
-        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+        return warmup_cosine(step - c.start_step, c.lr, c.warmup, c.steps - c.start_step, c.min_lr_ratio)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, caption ids, σ, ε) for one step, all drawn from the run's generator."""
@@ -601,12 +610,9 @@ def run_config(
 
 def autoencoder_record(path: str | Path) -> dict[str, Any]:
     """What config.json records of the autoencoder a latent model was trained on."""
-    from safetensors import safe_open
-
     from backbones.base import file_sha256
 
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    raw = file_metadata(path)
     return {
         "file": str(path),
         "sha256": file_sha256(path),
@@ -684,6 +690,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
                     f"--resume: the config differs from the checkpoint's ({out / 'checkpoint.json'})"
                 )
         prev_wall = float(ck["wall_time_s"])
+    cfg.model_config()  # a bad --vae file or size fails here, before the pool is rendered
     images, ids = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
     val_images, val_ids = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
     vae = latents = None
@@ -723,8 +730,6 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
 
     def checkpoint(final: bool = False) -> None:
         nonlocal last_val
-        from safetensors.torch import save_file
-
         last_val = validation_loss(trainer.ema, val_x0, val_ids, cfg.bf16)
         extra = {"step": trainer.step_count, "training": dataclasses.asdict(cfg)}
         save_weights(
@@ -735,9 +740,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
             extra,
             vae=vae,
         )
-        tmp = out / (STATE_NAME + ".tmp")
-        save_file(trainer.state_tensors(), str(tmp))
-        os.replace(tmp, out / STATE_NAME)
+        write_safetensors(out / STATE_NAME, trainer.state_tensors())
         write_json(
             out / "checkpoint.json",
             {
