@@ -40,6 +40,7 @@ FUSION_PARAMS: dict[str, Any] = {
     "width": 64,
     "gate_width": None,
     "weight_lr_mult": 10.0,
+    "gate_entropy": 0.0,
     "group_by": "none",
     "head": "linear",
     "head_width": DEFAULT_WIDTH,
@@ -72,6 +73,7 @@ class TimestepFusion(nn.Module):
         groups: Sequence[Sequence[int]] | None = None,
         gate_width: int | None = None,
         weight_lr_mult: float = 10.0,
+        gate_entropy: float = 0.0,
     ):
         super().__init__()
         if mode not in MODES or mode == "single":
@@ -79,6 +81,13 @@ class TimestepFusion(nn.Module):
                 f"Unknown fusion mode {mode!r}. Valid: {', '.join(m for m in MODES if m != 'single')}."
             )
         self.mode, self.width = mode, width
+        if gate_entropy < 0:
+            raise ProbebenchError(f"fusion: gate_entropy must be ≥ 0, got {gate_entropy}")
+        # weight of the mean per-pixel entropy of the spatial weights, subtracted from the training loss: it keeps
+        # a gate that would saturate early (one-hot on one input at every pixel) spread until the data pay for
+        # a sharper choice
+        self.gate_entropy = float(gate_entropy)
+        self._entropy: list[torch.Tensor] = []
         self.groups = [list(g) for g in (groups or [list(range(len(in_dims)))])]
         self.proj = nn.ModuleList([nn.Conv2d(int(c), width, 1) for c in in_dims])
         self.norm = ChannelNorm()
@@ -121,8 +130,20 @@ class TimestepFusion(nn.Module):
                 out.append(torch.cat([p[k] for k in g], 1))
                 continue
             ps = torch.stack([p[k] for k in g], 1)
-            out.append((self.group_weights(gi, ps).unsqueeze(2) * ps).sum(1))
+            weights = self.group_weights(gi, ps)
+            if self.training and self.mode == "spatial" and self.gate_entropy > 0:
+                self._entropy.append(-(weights * torch.log(weights.clamp_min(1e-12))).sum(1).mean())
+            out.append((weights.unsqueeze(2) * ps).sum(1))
         return out
+
+    def regularization(self) -> torch.Tensor | None:
+        """−gate_entropy × the mean entropy of the spatial weights of the forward passes since the last call
+        (training mode only); ``None`` when there is nothing to add."""
+        if not self._entropy:
+            return None
+        h = torch.stack(self._entropy).mean()
+        self._entropy.clear()
+        return -self.gate_entropy * h
 
     def weight_maps(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-pixel weight of every input, (B, K, h, w): each group's softmax in its inputs' slots."""
@@ -156,17 +177,22 @@ class FusionNet(nn.Module):
         groups: Sequence[Sequence[int]] | None = None,
         gate_width: int | None = None,
         weight_lr_mult: float = 10.0,
+        gate_entropy: float = 0.0,
         head: str = "linear",
         head_width: int = DEFAULT_WIDTH,
         dropout: float = 0.0,
         rates: Sequence[int] = (6, 12, 18),
     ):
         super().__init__()
-        self.fusion = TimestepFusion(in_dims, mode, width, groups, gate_width, weight_lr_mult)
+        self.fusion = TimestepFusion(in_dims, mode, width, groups, gate_width, weight_lr_mult, gate_entropy)
         self.head = make_head(head, self.fusion.out_dims, out, width=head_width, dropout=dropout, rates=rates)
 
     def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.head(self.fusion(xs))
+
+    def regularization(self) -> torch.Tensor | None:
+        """The term the trainer adds to the task loss (see :meth:`TimestepFusion.regularization`)."""
+        return self.fusion.regularization()
 
 
 def layer_groups(inputs: Sequence[Input], group_by: str) -> list[list[int]]:
@@ -239,7 +265,8 @@ def fusion_probe(
 
     Params: ``mode`` (spatial | global | mean | concat | single), ``width`` (projection width, 64),
     ``gate_width`` (spatial weight net width, default ``width // 4``: a small gate overfits less),
-    ``weight_lr_mult`` (lr factor of the ``global`` logits, 10), ``group_by`` (none | layer), ``head``
+    ``weight_lr_mult`` (lr factor of the ``global`` logits, 10), ``gate_entropy`` (weight of an entropy bonus
+    on the ``spatial`` weights, 0 = none), ``group_by`` (none | layer), ``head``
     (linear | deeplab | dpt | auto), ``head_width`` (light heads, 32; 256 = MMDiff scale), ``rates``,
     ``dropout`` (0), ``extra_keys``, and the training parameters of :class:`probes.training.TrainConfig`
     (``lr`` defaults to 1e-2 here).
@@ -277,6 +304,7 @@ def fusion_probe(
                 groups=groups,
                 gate_width=p["gate_width"],
                 weight_lr_mult=p["weight_lr_mult"],
+                gate_entropy=p["gate_entropy"],
                 head=head,
                 head_width=p["head_width"],
                 dropout=p["dropout"],

@@ -527,6 +527,9 @@ def fit(
             y = ys.batch(idx).to(device)
             out = upsample_to(objective.prepare(model([x.to(device) for x in xs.batch(idx)])), y.shape[-2:])
             loss = objective.loss(out, y)
+            reg = model.regularization() if hasattr(model, "regularization") else None
+            if reg is not None:  # a probe's own training-only term (e.g. the fusion gate's entropy bonus)
+                loss = loss + reg
             if not torch.isfinite(loss):
                 bar.close()
                 raise ProbebenchError(

@@ -134,6 +134,38 @@ def test_fusion_modules_are_uniform_at_init_and_shape_preserving():
         TimestepFusion([5], "spatiall")
 
 
+def test_gate_entropy_term_is_the_weights_entropy_in_training_only():
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 5, 6, 6) for _ in range(3)]
+    net = FusionNet([5, 5, 5], 3, mode="spatial", width=4, gate_entropy=0.5)
+    net.fusion.gates[0][-1].weight.data.normal_()  # non-uniform weights
+    net.train()
+    net(xs)
+    w = net.fusion.weight_maps(xs)
+    expected = -0.5 * (-(w * w.log()).sum(1).mean())
+    torch.testing.assert_close(net.regularization(), expected)
+    assert net.regularization() is None  # consumed; nothing was run since
+    net.eval()
+    net(xs)
+    assert net.regularization() is None  # evaluation adds nothing
+    plain = FusionNet([5, 5, 5], 3, mode="spatial", width=4)
+    plain.train()
+    plain(xs)
+    assert plain.regularization() is None  # off by default
+    with pytest.raises(ProbebenchError, match="gate_entropy must be ≥ 0"):
+        TimestepFusion([5], "spatial", gate_entropy=-1.0)
+
+
+def test_gate_entropy_keeps_the_spatial_weights_spread(signal):
+    def entropy(out):
+        w = out.artifacts["fusion_weights/segmentation"]
+        return float(-(w * np.log(np.clip(w, 1e-12, None))).sum(1).mean())
+
+    sharp = fusion_probe(*signal, ["segmentation"], mode="spatial", **FAST)
+    spread = fusion_probe(*signal, ["segmentation"], mode="spatial", gate_entropy=1.0, **FAST)
+    assert entropy(spread) > entropy(sharp) + 0.2  # uniform over the 4 keys: log 4 = 1.39
+
+
 def test_bad_params_are_clear_errors(signal):
     with pytest.raises(
         ProbebenchError, match=r"unknown mode 'spacial'. Valid: spatial, global, mean, concat"
