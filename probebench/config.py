@@ -120,16 +120,14 @@ def _default_probes() -> list[ProbeConfig]:
             params={"lambdas": [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0], "class_balanced": True},
         ),
         ProbeConfig("linear", cells="best", select=[0, 1, 2]),
-        ProbeConfig(
-            "fusion", cells="best-layer", select=[0, 1], params={"mode": "spatial", "gate_entropy": 0.05}
-        ),
+        ProbeConfig("fusion", cells="best-layer", select=[0, 1], params={"mode": "spatial"}),
         ProbeConfig("fusion", cells="best-layer", select=[0, 1], params={"mode": "single"}),
         ProbeConfig(
             "fusion",
             cells="best",
             backbones=[0, 3, 4, 5, 6, 7],
             label="fusion-noise-control",
-            params={"mode": "spatial", "gate_entropy": 0.05},
+            params={"mode": "spatial"},
         ),
         ProbeConfig("combine", cells="best", backbones=[0, 2]),
     ]
