@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,6 @@ def test_cli_config_layering(tmp_path: Path) -> None:
 
 def test_new_phase_restarts_the_schedule_and_keeps_the_history(tmp_path: Path) -> None:
     import csv
-    import json
 
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "steps"]
     common = ["--out", str(tmp_path), "--val-images", "2", "--sample-steps", "1", "--log-every", "1"]
@@ -237,7 +237,7 @@ def test_autoencoder_training_writes_a_loadable_file(tmp_path: Path) -> None:
     from backbones.tiny.autoencoder import VAEConfig, train_vae
 
     cfg = VAEConfig(
-        resolution=16, channels=(8, 8), pool_size=8, batch_size=4, steps=3, warmup=1, val_images=4
+        resolution=16, channels=(8, 8), crop=8, pool_size=8, batch_size=4, steps=3, warmup=1, val_images=4
     )
     train_vae(cfg, tmp_path, max_minutes=5, threads=1)
     vae = tiny.load_vae(tmp_path / "vae.safetensors")
@@ -254,7 +254,11 @@ def test_shipped_weights_are_the_latent_model() -> None:
     meta = tiny.read_metadata(tiny.DEFAULT_WEIGHTS)
     assert meta["preprocessing"]["space"] == "latent"
     assert meta["model_config"] == tiny.model_config(**ARCHITECTURE)  # the random twin has the same shape
-    assert meta["vae_config"]["block_out_channels"] == list(VAE_ARCHITECTURE["channels"])
+    from backbones.tiny.autoencoder import vae_config
+
+    twin = json.loads(json.dumps(vae_config(**VAE_ARCHITECTURE)))  # the random twin's autoencoder
+    arch = {k: v for k, v in twin.items() if k not in ("scaling_factor", "shift_factor")}
+    assert {k: meta["vae_config"][k] for k in arch} == arch
     vae = adapter.model.vae
     assert vae.config.scaling_factor != 1.0 and vae.config.shift_factor != 0.0  # measured, not defaults
     assert (
@@ -287,3 +291,41 @@ def test_autoencoder_cli_rejects_empty_runs() -> None:
 
     with pytest.raises(SystemExit):
         main(["--steps", "0"])
+
+
+def test_autoencoder_crop_off_the_latent_grid_is_refused_before_rendering(tmp_path: Path) -> None:
+    from backbones.tiny.autoencoder import main
+
+    for crop in ("30", "128"):  # not a multiple of the factor 4; larger than the 64-px images
+        with pytest.raises(SystemExit):
+            main(["--crop", crop, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_autoencoder_crops_lie_on_the_latent_grid() -> None:
+    from backbones.tiny.autoencoder import crop_offsets
+
+    gen = torch.Generator().manual_seed(0)
+    offsets = {crop_offsets(gen, 64, 32, 4) for _ in range(2000)}
+    assert {o for pair in offsets for o in pair} == set(range(0, 33, 4))  # every grid position, nothing else
+    assert crop_offsets(gen, 64, 64, 4) == (0, 0)
+
+
+def test_autoencoder_trains_on_crops(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from backbones.tiny import autoencoder as ae
+
+    seen: list[tuple[int, ...]] = []
+    vae_class = type(tiny.build_vae(ae.vae_config(16, (8, 8), 4), seed=0))
+    real_encode = vae_class.encode
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(tuple(x.shape))
+        return real_encode(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(vae_class, "encode", spy)
+    cfg = ae.VAEConfig(
+        resolution=16, channels=(8, 8), crop=8, pool_size=8, batch_size=4, steps=4, warmup=1, val_images=4
+    )
+    ae.train_vae(cfg, tmp_path, max_minutes=5, threads=1)
+    assert seen[:4] == [(4, 3, 8, 8)] * 4  # training batches are crops
+    assert (4, 3, 16, 16) in seen[4:]  # validation and the latent factors use whole images

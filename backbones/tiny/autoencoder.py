@@ -5,8 +5,15 @@
 Why: a pixel-space DiT spends its capacity on pixel detail and draws blotchy patch mosaics; an autoencoder
 hands the detail to a convolutional decoder, so the DiT models a smooth 16×16×4 latent of a 64×64 image (as
 SD3/FLUX model 8×-downsampled VAE latents). Factor 4 (64 px → 16×16), 4 latent channels, three encoder/decoder
-levels of 32/64/64 channels (0.95 M parameters), one ResNet block per level, GroupNorm of 8 groups, the
-mid-block attention of diffusers' VAE.
+levels of 32/64/64 channels (0.92 M parameters), one ResNet block per level, GroupNorm of 8 groups, and no
+mid-block attention (``mid_block_add_attention=False``), so the autoencoder is fully convolutional.
+
+Training on random 32×32 crops (offsets on the 4-pixel latent grid) instead of whole 64×64 images: a fully
+convolutional autoencoder learns the same local code from a quarter of the pixels, and a step costs a quarter as
+much. Measured here (2 threads, 4 000 renders, same seed and 2 000 steps): 10.4 steps/s and val L1 0.083 in
+3.3 min, against 2.3 steps/s and val L1 0.082 in 14.6 min for whole images with mid-block attention — so the
+same minutes buy ~4.5× the steps. A 4× wider model (64/128/128) on crops reached only val L1 0.097 in the same
+3.5 min (3.8 steps/s).
 
 Loss: L1 reconstruction of x ∈ [-1, 1] from a posterior *sample* (so the decoder tolerates latent noise) plus
 1e-6 · KL (SD's weight: it keeps the latent scale bounded without blurring). AdamW, warmup + cosine, bf16
@@ -33,14 +40,17 @@ import torch
 from torch import nn
 
 from backbones.tiny.model import WEIGHTS_DIR, build_vae, vae_tensors, write_safetensors
-from backbones.tiny.train import image_grid, render_pool, save_png, warmup_cosine
+from backbones.tiny.train import image_grid, render_pool, save_png, to_model_space, warmup_cosine
 
 VAE_NAME = "vae.safetensors"
 DEFAULT_VAE = WEIGHTS_DIR / VAE_NAME
 
 
 def vae_config(
-    resolution: int = 64, channels: Sequence[int] = (32, 64, 64), latent_channels: int = 4
+    resolution: int = 64,
+    channels: Sequence[int] = (32, 64, 64),
+    latent_channels: int = 4,
+    mid_attention: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments of diffusers ``AutoencoderKL``: downsampling 2^(len(channels) − 1)."""
     n = len(channels)
@@ -53,6 +63,7 @@ def vae_config(
         "layers_per_block": 1,
         "latent_channels": latent_channels,
         "norm_num_groups": 8,
+        "mid_block_add_attention": mid_attention,
         "sample_size": resolution,
         "scaling_factor": 1.0,
         "shift_factor": 0.0,
@@ -76,21 +87,18 @@ class VAEConfig:
     resolution: int = 64
     channels: tuple[int, ...] = (32, 64, 64)
     latent_channels: int = 4
+    mid_attention: bool = False
+    crop: int = 32  # train on random crops of this size (on the latent grid); = resolution: whole images
     pool_size: int = 20000
     data_seed: int = 0
     val_images: int = 64
     batch_size: int = 32
-    steps: int = 2000
+    steps: int = 8000
     lr: float = 1e-3
     warmup: int = 100
     min_lr_ratio: float = 0.05
     kl_weight: float = 1e-6
     bf16: bool = True
-
-
-def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB → [-1, 1] float32 (the autoencoder's input space)."""
-    return images_u8.float() / 127.5 - 1.0
 
 
 @torch.no_grad()
@@ -99,21 +107,35 @@ def latent_factors(vae: nn.Module, images_u8: torch.Tensor, batch: int = 256) ->
     means, float32, as the DiT's training pool and the adapter encode)."""
     z = torch.cat(
         [
-            vae.encode(to_unit(images_u8[i : i + batch])).latent_dist.mean
+            vae.encode(to_model_space(images_u8[i : i + batch])).latent_dist.mean
             for i in range(0, len(images_u8), batch)
         ]
     )
     return float(z.mean()), float(1.0 / z.std())
 
 
+def crop_offsets(gen: torch.Generator, resolution: int, crop: int, factor: int) -> tuple[int, int]:
+    """(row, column) of a random crop×crop window in a resolution² image, both multiples of ``factor`` (so
+    the crop's latent cells are the image's)."""
+    oy, ox = (torch.randint(0, (resolution - crop) // factor + 1, (2,), generator=gen) * factor).tolist()
+    return oy, ox
+
+
 def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -> nn.Module:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     deadline = t0 + max_minutes * 60.0
+    factor = 2 ** (len(cfg.channels) - 1)
+    if cfg.crop % factor or not factor <= cfg.crop <= cfg.resolution:
+        raise ValueError(
+            f"crop {cfg.crop} must be a multiple of the downsampling factor {factor} and at most the resolution {cfg.resolution}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     images, _ = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
     val, _ = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
-    vae = build_vae(vae_config(cfg.resolution, cfg.channels, cfg.latent_channels), seed=cfg.seed)
+    vae = build_vae(
+        vae_config(cfg.resolution, cfg.channels, cfg.latent_channels, cfg.mid_attention), seed=cfg.seed
+    )
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows, window, step = [], [], 0
@@ -123,9 +145,12 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
         idx = torch.randint(images.shape[0], (cfg.batch_size,), generator=gen)
-        x = to_unit(images[idx])
+        x = to_model_space(images[idx])
         flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        if cfg.crop < cfg.resolution:  # one crop window per batch, on the latent grid
+            oy, ox = crop_offsets(gen, cfg.resolution, cfg.crop, factor)
+            x = x[:, :, oy : oy + cfg.crop, ox : ox + cfg.crop]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
@@ -159,8 +184,8 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
     shift, scaling = latent_factors(vae, images[:2048])
     vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
     with torch.no_grad():
-        rec = vae.decode(vae.encode(to_unit(val)).latent_dist.mean).sample.float()
-    val_l1 = float((rec - to_unit(val)).abs().mean())
+        rec = vae.decode(vae.encode(to_model_space(val)).latent_dist.mean).sample.float()
+    val_l1 = float((rec - to_model_space(val)).abs().mean())
     extra = {"training": asdict(cfg), "steps_done": step, "wall_time_s": round(wall, 1), "val_l1": val_l1}
     save_vae(out / VAE_NAME, vae, extra)
     with open(out / "vae_loss.csv", "w", newline="") as f:
@@ -200,11 +225,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--seed", type=int, default=VAEConfig.seed, help="seed of init and batches (default: %(default)s)"
     )
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=VAEConfig.crop,
+        help="train on random crops of this size; 64 = whole images (default: %(default)s)",
+    )
     a = p.parse_args(argv)
     for name in ("steps", "pool_size", "threads"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
-    train_vae(VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size), a.out, a.max_minutes, a.threads)
+    try:
+        cfg = VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size, crop=a.crop)
+        train_vae(cfg, a.out, a.max_minutes, a.threads)
+    except ValueError as e:
+        p.error(str(e))
 
 
 if __name__ == "__main__":
