@@ -170,7 +170,7 @@ def twin_gain_by_timestep_findings(df: pd.DataFrame, split: str = "test") -> lis
             out.append(
                 f"- (d) {task}, {backbone} ({weights}) − random twin by timestep ({split} {metric}, ridge): "
                 + ", ".join(f"t={t:g} {x:+.3f}" for t, x in gains.items())
-                + f" — largest at t={gains.idxmax():g}; the raw score peaks at t="
+                + f" — largest at t={gains.idxmax():g}; the raw score (each timestep at its best val layer) peaks at t="
                 + f"{best_index(mine, higher):g}."
             )
     return out

@@ -104,5 +104,8 @@ def test_gain_over_the_random_twin_by_timestep():
         )
     )
     (line,) = twin_gain_by_timestep_findings(df)
-    assert "t=0 +0.100, t=0.5 +0.350 — largest at t=0.5; the raw score peaks at t=0." in line
+    assert (
+        "t=0 +0.100, t=0.5 +0.350 — largest at t=0.5; the raw score (each timestep at its best val layer) peaks at t=0."
+        in line
+    )
     assert twin_gain_by_timestep_findings(df[df["weights"] != "random"]) == []
