@@ -248,14 +248,13 @@ def test_autoencoder_training_writes_a_loadable_file(tmp_path: Path) -> None:
 
 def test_shipped_weights_are_the_latent_model() -> None:
     import backbones
+    from backbones.tiny.autoencoder import vae_config
     from backbones.tiny_mmdit import ARCHITECTURE, VAE_ARCHITECTURE
 
     adapter = backbones.create("tiny-mmdit")  # weights="default": the file in backbones/tiny/weights/
     meta = tiny.read_metadata(tiny.DEFAULT_WEIGHTS)
     assert meta["preprocessing"]["space"] == "latent"
     assert meta["model_config"] == tiny.model_config(**ARCHITECTURE)  # the random twin has the same shape
-    from backbones.tiny.autoencoder import vae_config
-
     twin = json.loads(json.dumps(vae_config(**VAE_ARCHITECTURE)))  # the random twin's autoencoder
     arch = {k: v for k, v in twin.items() if k not in ("scaling_factor", "shift_factor")}
     assert {k: meta["vae_config"][k] for k in arch} == arch

@@ -73,8 +73,8 @@ def vae_config(
 def save_vae(path: str | Path, vae: nn.Module, extra: dict[str, Any] | None = None) -> Path:
     """``vae.*`` tensors (parameters fp16, buffers fp32) and the config in the metadata, written atomically;
     :func:`backbones.tiny.model.load_vae` reads it back."""
-    tensors, config = vae_tensors(vae)
-    meta = {"format": "pt", "vae_class": "diffusers.AutoencoderKL", "vae_config": config}
+    tensors, vmeta = vae_tensors(vae)
+    meta = {"format": "pt", **vmeta}
     meta["extra"] = json.dumps(extra or {}, sort_keys=True)
     return write_safetensors(path, tensors, meta)
 

@@ -214,9 +214,9 @@ def save_weights(
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
     if vae is not None:
-        vt, meta["vae_config"] = vae_tensors(vae, dtype)
+        vt, vmeta = vae_tensors(vae, dtype)
         tensors.update(vt)
-        meta["vae_class"] = "diffusers.AutoencoderKL"
+        meta.update(vmeta)
     return write_safetensors(path, tensors, meta)
 
 
@@ -314,12 +314,18 @@ def load_vae(path: str | Path = DEFAULT_WEIGHTS, dtype: torch.dtype = torch.floa
     return vae.eval().requires_grad_(False)
 
 
-def vae_tensors(vae: nn.Module, dtype: torch.dtype = torch.float16) -> tuple[dict[str, torch.Tensor], str]:
-    """(``vae.*`` tensors: parameters in ``dtype``, buffers float32; its config as JSON) for a weight file."""
+def vae_tensors(
+    vae: nn.Module, dtype: torch.dtype = torch.float16
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(``vae.*`` tensors: parameters in ``dtype``, buffers float32; the metadata entries that describe it:
+    ``vae_class`` and ``vae_config`` as JSON) for a weight file — the DiT's and ``vae.safetensors`` alike."""
     params = {k for k, _ in vae.named_parameters()}
     tensors = {
         f"vae.{k}": v.detach().to(dtype if k in params else torch.float32).contiguous().cpu()
         for k, v in vae.state_dict().items()
     }
     config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
-    return tensors, json.dumps(config, sort_keys=True, default=list)
+    return tensors, {
+        "vae_class": "diffusers.AutoencoderKL",
+        "vae_config": json.dumps(config, sort_keys=True, default=list),
+    }

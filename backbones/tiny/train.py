@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones.diffusion import encode_latents, vae_factors
 from backbones.tiny.model import (
     DEFAULT_WEIGHTS,
     LATENT_PREPROCESSING,
@@ -170,23 +171,22 @@ def to_model_space(images_u8: torch.Tensor) -> torch.Tensor:
 def to_rgb(x: torch.Tensor, vae: nn.Module | None = None) -> torch.Tensor:
     """Model space → RGB in [0, 1] (through the autoencoder's decoder for a latent model)."""
     if vae is not None:
-        cfg = vae.config
+        scale, shift = vae_factors(vae)
         with torch.no_grad():
-            x = vae.decode(x.float() / cfg.scaling_factor + cfg.shift_factor).sample
+            x = vae.decode(x.float() / scale + shift).sample
     return ((x.float() - PREPROCESSING["shift"]) / PREPROCESSING["scale"]).clamp(0.0, 1.0)
 
 
 @torch.no_grad()
 def encode_pool(vae: nn.Module, images_u8: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    """Scaled latents (2, N, C, h, w) of a uint8 image pool: [0] as rendered, [1] flipped horizontally."""
-    cfg = vae.config
+    """Scaled latents (2, N, C, h, w) of a uint8 image pool: [0] as rendered, [1] flipped horizontally —
+    through :func:`backbones.diffusion.encode_latents`, the probing adapter's own encode path."""
     out = []
     for flip in (False, True):
         parts = []
         for i in range(0, images_u8.shape[0], batch):
-            x = to_model_space(images_u8[i : i + batch])
-            z = vae.encode(x.flip(-1) if flip else x).latent_dist.mean
-            parts.append((z.float() - cfg.shift_factor) * cfg.scaling_factor)
+            x01 = images_u8[i : i + batch].float() / 255.0
+            parts.append(encode_latents(vae, x01.flip(-1) if flip else x01))
         out.append(torch.cat(parts))
     return torch.stack(out)
 
