@@ -37,7 +37,7 @@ import importlib.util
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -313,12 +313,13 @@ def vae_factors(vae: nn.Module) -> tuple[float, float]:
     return scale, float(shift) if shift is not None else 0.0
 
 
-def vae_downsample(vae: nn.Module) -> int:
-    """Spatial compression of a diffusers VAE (8 for AutoencoderKL with 4 levels, 32 for DC-AE f32)."""
-    cfg = vae.config
-    if hasattr(cfg, "encoder_block_out_channels"):  # AutoencoderDC: one down-sampling per level but the last
-        return 2 ** (len(cfg.encoder_block_out_channels) - 1)
-    return 2 ** (len(cfg.block_out_channels) - 1)
+def vae_downsample(vae: nn.Module | Mapping[str, Any]) -> int:
+    """Spatial compression of a diffusers VAE (8 for AutoencoderKL with 4 levels, 32 for DC-AE f32), from the
+    module or its config (e.g. a config dict read off a weights file before the module is built)."""
+    cfg = vae.config if isinstance(vae, nn.Module) else vae
+    # AutoencoderDC names its encoder's levels; both down-sample once per level but the last
+    channels = cfg.get("encoder_block_out_channels") or cfg["block_out_channels"]
+    return 2 ** (len(channels) - 1)
 
 
 def encode_latents(vae: nn.Module, images01: torch.Tensor) -> torch.Tensor:

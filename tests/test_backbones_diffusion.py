@@ -29,6 +29,7 @@ from backbones.diffusion import (
     require_transformers,
     stable_seed,
     unpack_latents_2x2,
+    vae_downsample,
 )
 from probebench.errors import ProbebenchError, WeightsNotFoundError
 
@@ -119,6 +120,23 @@ def test_vae_factors_match_the_published_configs():
         assert (extra["vae_scaling_factor"], extra["vae_shift_factor"]) == (scale, shift)
         a = make(BACKBONES.entry(name))  # the tiny VAE keeps the factors
         assert (a.vae_scale, a.vae_shift) == (scale, shift or 0.0)
+
+
+def test_vae_downsample_from_module_or_config():
+    from diffusers import AutoencoderKL
+
+    kl = {
+        "block_out_channels": [8, 8, 8],
+        "down_block_types": ["DownEncoderBlock2D"] * 3,
+        "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "norm_num_groups": 4,
+    }
+    vae = AutoencoderKL(**kl)
+    assert vae_downsample(vae) == vae_downsample(dict(vae.config)) == vae_downsample(kl) == 4
+    assert vae.encode(torch.zeros(1, 3, 16, 16)).latent_dist.mean.shape[-1] == 16 // 4
+    # DC-AE names its encoder's levels (the decoder's list may differ): f32 from six levels
+    dc = {"encoder_block_out_channels": [8] * 6, "decoder_block_out_channels": [8] * 2}
+    assert vae_downsample(dc) == 32
 
 
 # ----------------------------------------------------------------------------------------- diffusion adapters

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from backbones.diffusion import vae_downsample
 from backbones.tiny.model import WEIGHTS_DIR, build_vae, vae_tensors, write_safetensors
 from backbones.tiny.train import image_grid, render_pool, save_png, to_model_space, warmup_cosine
 
@@ -125,7 +126,8 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     deadline = t0 + max_minutes * 60.0
-    factor = 2 ** (len(cfg.channels) - 1)
+    arch = vae_config(cfg.resolution, cfg.channels, cfg.latent_channels, cfg.mid_attention)
+    factor = vae_downsample(arch)
     if cfg.crop % factor or not factor <= cfg.crop <= cfg.resolution:
         raise ValueError(
             f"crop {cfg.crop} must be a multiple of the downsampling factor {factor} and at most the resolution {cfg.resolution}"
@@ -133,9 +135,7 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
     out.mkdir(parents=True, exist_ok=True)
     images, _ = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
     val, _ = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
-    vae = build_vae(
-        vae_config(cfg.resolution, cfg.channels, cfg.latent_channels, cfg.mid_attention), seed=cfg.seed
-    )
+    vae = build_vae(arch, seed=cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows, window, step = [], [], 0

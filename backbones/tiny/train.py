@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbones.diffusion import encode_latents, vae_factors
+from backbones.diffusion import encode_latents, vae_downsample, vae_factors
 from backbones.tiny.model import (
     DEFAULT_WEIGHTS,
     LATENT_PREPROCESSING,
@@ -113,7 +113,7 @@ class TrainConfig:
         size, channels = self.resolution, 3
         if self.vae:  # the DiT diffuses the autoencoder's latent: smaller, with its channels
             vcfg = vae_config_of(self.vae)
-            size //= 2 ** (len(vcfg["block_out_channels"]) - 1)
+            size //= vae_downsample(vcfg)
             channels = int(vcfg["latent_channels"])
         return model_config(
             size, self.patch_size, self.num_layers, self.num_heads, self.head_dim, self.text_dim, channels
