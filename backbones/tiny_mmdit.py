@@ -44,11 +44,11 @@ class PixelSpace(nn.Module):
 
 ARCHITECTURE = {
     "num_layers": 6,
-    "num_heads": 2,
+    "num_heads": 3,
     "head_dim": 64,
     "text_dim": 128,
     "resolution": 16,
-    "patch_size": 1,
+    "patch_size": 2,
     "in_channels": 4,
 }
 """The shipped DiT's size (``backbones.tiny.model.model_config`` arguments): what ``weights="random"`` builds."""

@@ -163,9 +163,9 @@ def test_shapes_layers_by_timesteps_image_tokens_only(entry):
     for f in feats.values():
         assert f.shape == (3, a.meta.width, h, w) and f.dtype == torch.float32 and torch.isfinite(f).all()
     # tiny configs: 64 px / VAE 8 / patch 2 (Sana: 128 px / DC-AE 32 / patch 1) = a 4x4 grid of image tokens;
-    # tiny-mmdit at its real size: 64 px / VAE 4 / patch 1 = 16x16. The text tokens (which FLUX single-stream
+    # tiny-mmdit at its real size: 64 px / VAE 4 / patch 2 = 8x8. The text tokens (which FLUX single-stream
     # and SD3 joint blocks carry along) never reach the map
-    assert (h, w) == ((16, 16) if entry in SHIPPED else (4, 4))
+    assert (h, w) == ((8, 8) if entry in SHIPPED else (4, 4))
     if isinstance(a, TextConditionedAdapter):
         assert a.text.embeds.shape[1] not in (0, 16)
 
