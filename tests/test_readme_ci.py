@@ -39,3 +39,5 @@ def test_ci_uses_a_fresh_venv_offline():
     assert "python3 -m venv" in text and "mktemp -d" in text
     assert "HF_HUB_OFFLINE=1" in text and "MPLBACKEND=Agg" in text
     assert "set -euo pipefail" in text  # pytest's exit code 5 (no tests) fails CI
+    # the ~6 GB venv goes away on exit, pass or fail (every run used to leave one in /tmp until the disk filled)
+    assert "trap '" in text and 'rm -rf "$WORK"\' EXIT' in text and 'VENV="$WORK/venv"' in text
