@@ -183,9 +183,10 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
         p.data = p.data.half().float()
     shift, scaling = latent_factors(vae, images[:2048])
     vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
+    xv = to_model_space(val)
     with torch.no_grad():
-        rec = vae.decode(vae.encode(to_model_space(val)).latent_dist.mean).sample.float()
-    val_l1 = float((rec - to_model_space(val)).abs().mean())
+        rec = vae.decode(vae.encode(xv).latent_dist.mean).sample.float()
+    val_l1 = float((rec - xv).abs().mean())
     extra = {"training": asdict(cfg), "steps_done": step, "wall_time_s": round(wall, 1), "val_l1": val_l1}
     save_vae(out / VAE_NAME, vae, extra)
     with open(out / "vae_loss.csv", "w", newline="") as f:
