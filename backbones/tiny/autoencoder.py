@@ -130,7 +130,7 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
     factor = vae_downsample(arch)
     if cfg.crop % factor or not factor <= cfg.crop <= cfg.resolution:
         raise ValueError(
-            f"crop {cfg.crop} must be a multiple of the downsampling factor {factor} and at most the resolution {cfg.resolution}"
+            f"crop {cfg.crop} must be a multiple of the downsampling factor {factor} from {factor} to the resolution {cfg.resolution}"
         )
     out.mkdir(parents=True, exist_ok=True)
     images, _ = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
