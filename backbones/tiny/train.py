@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from backbones.diffusion import encode_latents, vae_downsample, vae_factors
 from backbones.tiny.model import (
@@ -63,6 +64,9 @@ from backbones.tiny.model import (
 
 WEIGHTS_NAME = DEFAULT_WEIGHTS.name
 STATE_NAME = "train_state.safetensors"
+# Attention kernel for training on a CPU: the math kernel, not the fused flash kernel, whose backward was a
+# third of a step at the shipped shape (72 tokens); a step is ~1.26x faster (benchmarks/bench_tiny_train.py).
+CPU_TRAIN_ATTENTION = SDPBackend.MATH
 CSV_FIELDS = ("step", "wall_s", "lr", "loss", "val_loss")
 # TrainConfig fields a new schedule phase (``--resume --new-phase``) may change; the rest define the model/data
 PHASE_FIELDS = frozenset(
@@ -227,7 +231,10 @@ def flow_loss(
     """Rectified-flow loss: mean ‖net(x_σ) − (ε − x0)‖² with x_σ = (1−σ)·x0 + σ·ε."""
     s = sigma.view(-1, 1, 1, 1)
     xt = (1.0 - s) * x0 + s * noise
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+        sdpa_kernel(CPU_TRAIN_ATTENTION) if xt.device.type == "cpu" else contextlib.nullcontext(),
+    ):
         pred = net(xt, sigma, ids)
     return (pred.float() - (noise - x0)).pow(2).mean()
 
