@@ -7,7 +7,7 @@ the math kernel (the training default) and with the flash kernel forced, alterna
 rounds, and prints steps/s and their ratio. Random latents stand in for the encoded pool (time does not
 depend on the values).
 
-    python benchmarks/bench_tiny_train.py            # about a minute on two cores
+    python benchmarks/bench_tiny_train.py            # about 95 s on two cores
 """
 
 from __future__ import annotations
