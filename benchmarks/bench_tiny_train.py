@@ -25,11 +25,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import backbones.tiny.train as train_mod  # noqa: E402
+from backbones.tiny.model import DEFAULT_WEIGHTS, read_metadata  # noqa: E402
 from backbones.tiny.train import TrainConfig, Trainer  # noqa: E402
 
 DEFAULT = train_mod.CPU_TRAIN_ATTENTION
-
-VAE = ROOT / "backbones/tiny/weights/vae.safetensors"
 
 
 def steps_per_s(trainer: Trainer, steps: int, warmup: int, kernel: SDPBackend) -> float:
@@ -52,12 +51,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    for name in ("steps", "rounds", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        resolution=64, patch_size=2, num_layers=6, num_heads=3, vae=str(VAE), batch_size=32, steps=10**6
-    )
+    # the shipped run's training config (shape, batch, bf16), its autoencoder found from the repository root
+    shipped = read_metadata(DEFAULT_WEIGHTS)["extra"]["training"]
+    cfg = TrainConfig(**{**shipped, "vae": str(DEFAULT_WEIGHTS.parent / "vae.safetensors"), "steps": 10**6})
+    mc = cfg.model_config()
     g = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 1000, 4, 16, 16, generator=g)
+    latents = torch.randn(2, 1000, mc["in_channels"], mc["sample_size"], mc["sample_size"], generator=g)
     ids = torch.randint(1, 9, (1000, 8), generator=g)
     empty = torch.zeros(0, 3, 64, 64, dtype=torch.uint8)
     rates: dict[str, list[float]] = {"math (default)": [], "flash": []}
@@ -69,7 +72,9 @@ def main() -> None:
     for name, r in rates.items():
         print(f"{name:>15}: " + ", ".join(f"{x:.2f}" for x in r) + " steps/s")
     m, f = (sum(r) / len(r) for r in rates.values())
-    print(f"math / flash: {m / f:.2f}x (batch 32, {args.threads} threads, mean of {args.rounds} rounds)")
+    print(
+        f"math / flash: {m / f:.2f}x (batch {cfg.batch_size}, {args.threads} threads, mean of {args.rounds} rounds)"
+    )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ from backbones.tiny.model import (
 WEIGHTS_NAME = DEFAULT_WEIGHTS.name
 STATE_NAME = "train_state.safetensors"
 # Attention kernel for training on a CPU: the math kernel, not the fused flash kernel, whose backward was a
-# third of a step at the shipped shape (72 tokens); a step is ~1.26x faster (benchmarks/bench_tiny_train.py).
+# third of a step at the shipped shape (72 tokens); a step is ~1.28x faster (benchmarks/bench_tiny_train.py).
 CPU_TRAIN_ATTENTION = SDPBackend.MATH
 CSV_FIELDS = ("step", "wall_s", "lr", "loss", "val_loss")
 # TrainConfig fields a new schedule phase (``--resume --new-phase``) may change; the rest define the model/data
