@@ -9,8 +9,23 @@ import pytest
 import torch
 
 from backbones.tiny import sweep
-from backbones.tiny.model import load_weights
+from backbones.tiny import train as T
+from backbones.tiny.model import DEFAULT_WEIGHTS, MAX_TOKENS, VOCAB, load_weights, read_metadata
 from backbones.tiny.train import TrainConfig
+
+
+def _small_recipe(**over: object) -> TrainConfig:
+    """The shipped recipe (its autoencoder's latent shape) with a 1-block DiT: cheap steps."""
+    shipped = read_metadata(DEFAULT_WEIGHTS)["extra"]["training"]
+    vae = str(DEFAULT_WEIGHTS.parent / "vae.safetensors")
+    return TrainConfig(**{**shipped, "vae": vae, "num_layers": 1, "batch_size": 4, "warmup": 2, **over})
+
+
+def _fake_pool(n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, n, 4, 16, 16, generator=g)
+    ids = torch.randint(1, len(VOCAB), (n, MAX_TOKENS), generator=g)
+    return latents, ids
 
 
 def test_parse_variant_replaces_fields_and_names_bad_ones() -> None:
@@ -27,16 +42,81 @@ def test_parse_variant_replaces_fields_and_names_bad_ones() -> None:
         ("A:32:1e-3:logit_men=1", "'logit_men=1' is not field=value"),
         ("A:32:1e-3:hflip=maybe", "hflip must be true or false"),
         ("A:32:1e-3:warmup=ten", "warmup must be int"),
+        ("A:32:1e-3:num_heads=0", "num_heads must be ≥ 1, got 0"),
+        ("A:32:1e-3:warmup=-1", "warmup must be ≥ 0, got -1"),
+        ("A:32:1e-3:resolution=32", "resolution is shared by all variants"),
+        ("A:32:1e-3:pool_size=10", "pool_size is shared by all variants"),
+        ("A:32:1e-3:start_step=5", "start_step is shared by all variants"),
     ]:
         with pytest.raises(ValueError, match=says):
             sweep.parse_variant(bad, base)
 
 
-def test_cli_refuses_duplicate_names_and_unknown_saves() -> None:
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--variant", "A:8:1e-3"], "variant names must differ"),
+        (["--save-weights", "B"], "--save-weights names no variant: ['B']"),
+        (["--log-every", "0"], "--log-every must be at least 1, got 0"),
+        (["--pool-size", "-3"], "--pool-size must be at least 1, got -3"),
+        (["--stop-at", "0"], "--stop-at must be at least 1, got 0"),
+        (["--deadline-minutes", "-1"], "--deadline-minutes must be ≥ 0"),
+    ],
+)
+def test_cli_refuses_bad_arguments(extra: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        sweep.parse_args(["--out", "x", "--variant", "A:4:1e-3", "--variant", "A:8:1e-3"])
-    with pytest.raises(SystemExit):
-        sweep.parse_args(["--out", "x", "--variant", "A:4:1e-3", "--save-weights", "B"])
+        sweep.parse_args(["--out", "x", "--variant", "A:4:1e-3", *extra])
+    assert says in capsys.readouterr().err
+
+
+def test_a_bad_variant_fails_before_the_pool_is_rendered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def no_render(*a: object, **k: object) -> None:
+        raise AssertionError("rendered the pool before checking the variants")
+
+    monkeypatch.setattr(sweep, "render_parallel", no_render)
+    with pytest.raises(SystemExit, match="vae is shared by all variants"):
+        sweep.main(["--out", str(tmp_path), "--variant", "A:4:1e-3:vae=x.safetensors"])
+    with pytest.raises(SystemExit, match="variant A: resolution 16 is not a multiple of patch_size 3"):
+        sweep.main(["--out", str(tmp_path), "--variant", "A:4:1e-3:patch_size=3"])
+
+
+def test_a_variant_step_is_the_trainers_step() -> None:
+    """On the CPU a sweep variant draws the same batches as backbones.tiny.train's Trainer and takes the same
+    step (foreach AdamW and the sub/mul/add EMA agree with the trainer's to float rounding)."""
+    cfg = _small_recipe()
+    latents, ids = _fake_pool()
+    trainer = T.Trainer(cfg, torch.empty(0, 3, 64, 64, dtype=torch.uint8), ids, latents)
+    variant = sweep.Variant("A", cfg, 3, latents, ids, torch.device("cpu"))
+    losses = [trainer.step()[0] for _ in range(3)]
+    for _ in range(3):
+        variant.eager_step()
+    assert float(variant.loss_sum) == pytest.approx(sum(losses), rel=1e-4)
+    for name, mine, theirs in [("net", variant.net, trainer.net), ("ema", variant.ema, trainer.ema)]:
+        for (k, a), b in zip(mine.named_parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+    assert not torch.equal(
+        variant.net.transformer.proj_out.weight,
+        sweep.Variant("B", cfg, 3, latents, ids, torch.device("cpu")).net.transformer.proj_out.weight,
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_captured_graph_takes_the_eager_step() -> None:  # pragma: no cover - runs only on a GPU
+    cfg = _small_recipe()
+    latents, ids = (t.cuda() for t in _fake_pool())
+    dev = torch.device("cuda")
+    graphed, eager = (sweep.Variant(n, cfg, 8, latents, ids, dev) for n in "GE")
+    graphed.capture(warmup_steps=3)
+    assert graphed.graph is not None and graphed.step_count == 3
+    while not graphed.done:
+        graphed.step()
+    while not eager.done:
+        eager.eager_step()
+    torch.cuda.synchronize()
+    for a, b in zip(graphed.ema.parameters(), eager.ema.parameters()):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
 
 
 def test_variants_are_independent_and_scored_like_the_shipped_model(tmp_path: Path) -> None:

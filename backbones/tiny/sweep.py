@@ -47,6 +47,8 @@ from backbones.tiny import train as T
 from backbones.tiny.model import DEFAULT_WEIGHTS, PAD_ID, build, load_vae, read_metadata, save_weights
 
 _T0 = time.perf_counter()
+# fields every variant shares: the pool, its latents and the val set are made once, from the shipped run's config
+FIXED_FIELDS = frozenset({"resolution", "vae", "pool_size", "data_seed", "val_images", "start_step"})
 
 
 def _log(msg: str) -> None:
@@ -69,7 +71,12 @@ def parse_variant(spec: str, base: T.TrainConfig) -> tuple[str, T.TrainConfig]:
         if not sep or key not in fields:
             raise ValueError(
                 f"variant {spec!r}: {kv!r} is not field=value of a TrainConfig field "
-                f"(known: {', '.join(sorted(fields))})"
+                f"(known: {', '.join(sorted(set(fields) - FIXED_FIELDS))})"
+            )
+        if key in FIXED_FIELDS:
+            raise ValueError(
+                f"variant {spec!r}: {key} is shared by all variants (the pool, its latents and the val set "
+                f"are made once), fixed at {getattr(base, key)!r}"
             )
         kind = type(getattr(base, key))
         if kind is bool:
@@ -83,6 +90,11 @@ def parse_variant(spec: str, base: T.TrainConfig) -> tuple[str, T.TrainConfig]:
                 raise ValueError(f"variant {spec!r}: {key} must be {kind.__name__}, got {value!r}") from None
     if over["batch_size"] < 1 or not over["lr"] > 0:
         raise ValueError(f"variant {spec!r}: BATCH must be ≥ 1 and LR > 0")
+    for key, value in over.items():
+        if type(value) is int and value < (0 if key in ("warmup", "seed") else 1):
+            raise ValueError(
+                f"variant {spec!r}: {key} must be ≥ {0 if key in ('warmup', 'seed') else 1}, got {value}"
+            )
     return name, dataclasses.replace(base, **over)
 
 
@@ -254,7 +266,8 @@ class Variant:
         if self.loss_n:
             mean = float(self.loss_sum) / self.loss_n
             self.rows.append({"step": self.step_count, "wall_s": round(wall_s, 1), "loss": round(mean, 5)})
-            self.loss_sum.zero_()
+            with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+                self.loss_sum.zero_()
             self.loss_n = 0
 
     @property
@@ -279,10 +292,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--save-weights", default="", help="comma-separated variant names whose weights to write")
     p.add_argument("--log-every", type=int, default=2000, help="steps per training-loss row")
     args = p.parse_args(argv)
-    if args.stop_at is not None and args.stop_at < 1:
-        p.error(f"--stop-at must be at least 1, got {args.stop_at}")
-    if args.procs < 1:
-        p.error(f"--procs must be at least 1, got {args.procs}")
+    for flag in ("stop_at", "pool_size", "procs", "log_every"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if not args.deadline_minutes >= 0:
+        p.error(f"--deadline-minutes must be ≥ 0, got {args.deadline_minutes}")
     names = [v.split(":")[0] for v in args.variant]
     if len(set(names)) != len(names):
         p.error(f"variant names must differ, got {names}")
@@ -295,18 +310,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     meta = read_metadata(DEFAULT_WEIGHTS)["extra"]
-    base = T.TrainConfig(**meta["training"])
-    if args.pool_size:
+    # the shipped run's autoencoder, found beside the shipped weights (not from the working directory)
+    vae_file = DEFAULT_WEIGHTS.parent / Path(meta["training"]["vae"]).name
+    base = T.TrainConfig(**{**meta["training"], "vae": str(vae_file)})
+    if args.pool_size is not None:
         base = dataclasses.replace(base, pool_size=args.pool_size)
     try:
         variants_cfg = [parse_variant(spec, base) for spec in args.variant]
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    for name, cfg in variants_cfg:  # a model that cannot be built fails here, before the pool is rendered
+        try:
+            cfg.model_config()
+        except ValueError as e:
+            raise SystemExit(f"variant {name}: {e}") from None
     stop_at = args.stop_at or int(meta["step"])
     args.out.mkdir(parents=True, exist_ok=True)
     # render before the device is touched: the pool is forked
     images, ids = render_parallel("train", base.pool_size, base.resolution, base.data_seed, args.procs)
     dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # streams, capture and synchronize act on the current device
     _log(f"rendered {images.shape[0]} train images; device {dev}, torch {torch.__version__}")
     vae = load_vae(base.vae)
     if vae is None:
@@ -332,18 +356,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             torch.cuda.synchronize()
     t_train = time.perf_counter()
     deadline = t_train + args.deadline_minutes * 60.0
-    chunk = min(250, args.log_every)
+    # steps per turn: a GPU queues many graph replays between synchronisations; a CPU takes short turns so that
+    # the deadline is checked often; no turn crosses a log boundary
+    chunk = 250 if dev.type == "cuda" else 10
     active = [v for v in variants if not v.done]
     while active:
         for v in active:
+            n = min(chunk, v.stop_at - v.step_count, args.log_every - v.step_count % args.log_every)
             with torch.cuda.stream(v.stream) if v.stream is not None else contextlib.nullcontext():
-                for _ in range(min(chunk, v.stop_at - v.step_count)):
+                for _ in range(n):
                     v.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         now = time.perf_counter()
         for v in list(active):
-            if v.step_count % args.log_every < chunk or v.done:
+            if v.step_count % args.log_every == 0 or v.done:
                 v.flush_log(now - t_train)
             if v.done:
                 active.remove(v)
@@ -360,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"trained {total} steps in {train_s:.0f} s ({total / max(train_s, 1e-9):.0f} steps/s over all variants)"
     )
     save = set(filter(None, args.save_weights.split(",")))
+
+    def record(cfg: T.TrainConfig) -> dict[str, Any]:  # the config as the shipped run records it
+        return {**dataclasses.asdict(cfg), "vae": meta["training"]["vae"]}
+
     results: dict[str, Any] = {}
     for v in variants:
         net = v.ema.float().cpu()
@@ -375,13 +406,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 extra={
                     "step": v.step_count,
                     "val_loss": val,
-                    "training": dataclasses.asdict(v.cfg),
+                    "training": record(v.cfg),
                     "trained_on": str(dev),
                     "sweep": True,
                 },
             )
         results[v.name] = {
-            "config": dataclasses.asdict(v.cfg),
+            "config": record(v.cfg),
             "steps": v.step_count,
             "stopped_by": v.stopped_by,
             "val_loss": val,
