@@ -13,6 +13,7 @@ depend on the values).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import backbones.tiny.train as train_mod  # noqa: E402
-from backbones.tiny.model import DEFAULT_WEIGHTS, read_metadata  # noqa: E402
-from backbones.tiny.train import TrainConfig, Trainer  # noqa: E402
+from backbones.tiny.train import Trainer, shipped_config  # noqa: E402
 
 DEFAULT = train_mod.CPU_TRAIN_ATTENTION
 
@@ -55,9 +55,8 @@ def main() -> None:
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
-    # the shipped run's training config (shape, batch, bf16), its autoencoder found from the repository root
-    shipped = read_metadata(DEFAULT_WEIGHTS)["extra"]["training"]
-    cfg = TrainConfig(**{**shipped, "vae": str(DEFAULT_WEIGHTS.parent / "vae.safetensors"), "steps": 10**6})
+    # the shipped run's training config (shape, batch, bf16), its autoencoder found beside the shipped weights
+    cfg = dataclasses.replace(shipped_config(), steps=10**6)
     mc = cfg.model_config()
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 1000, mc["in_channels"], mc["sample_size"], mc["sample_size"], generator=g)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,15 +11,13 @@ import torch
 
 from backbones.tiny import sweep
 from backbones.tiny import train as T
-from backbones.tiny.model import DEFAULT_WEIGHTS, MAX_TOKENS, VOCAB, load_weights, read_metadata
+from backbones.tiny.model import MAX_TOKENS, VOCAB, load_weights
 from backbones.tiny.train import TrainConfig
 
 
 def _small_recipe(**over: object) -> TrainConfig:
     """The shipped recipe (its autoencoder's latent shape) with a 1-block DiT: cheap steps."""
-    shipped = read_metadata(DEFAULT_WEIGHTS)["extra"]["training"]
-    vae = str(DEFAULT_WEIGHTS.parent / "vae.safetensors")
-    return TrainConfig(**{**shipped, "vae": vae, "num_layers": 1, "batch_size": 4, "warmup": 2, **over})
+    return dataclasses.replace(T.shipped_config(), num_layers=1, batch_size=4, warmup=2, **over)
 
 
 def _fake_pool(n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:

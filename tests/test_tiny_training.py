@@ -328,3 +328,12 @@ def test_autoencoder_trains_on_crops(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     ae.train_vae(cfg, tmp_path, max_minutes=5, threads=1)
     assert seen[:4] == [(4, 3, 8, 8)] * 4  # training batches are crops
     assert (4, 3, 16, 16) in seen[4:]  # validation and the latent factors use whole images
+
+
+def test_shipped_config_finds_its_autoencoder_from_any_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = tt.shipped_config()
+    assert Path(cfg.vae).is_file() and Path(cfg.vae).parent == tiny.DEFAULT_WEIGHTS.parent
+    assert cfg.model_config()["sample_size"] == cfg.resolution // 4

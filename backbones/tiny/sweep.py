@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.attention import sdpa_kernel
 
 from backbones.tiny import train as T
 from backbones.tiny.model import DEFAULT_WEIGHTS, PAD_ID, build, load_vae, read_metadata, save_weights
@@ -115,21 +114,6 @@ def render_parallel(split: str, n: int, res: int, seed: int, procs: int) -> tupl
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-@torch.no_grad()
-def encode_both(
-    vae: nn.Module, images_u8: torch.Tensor, device: torch.device, batch: int = 1000
-) -> torch.Tensor:
-    """:func:`backbones.tiny.train.encode_pool` on ``device``: scaled latents (2, N, C, h, w), [1] flipped."""
-    out = []
-    for flip in (False, True):
-        parts = []
-        for x in images_u8.split(batch):
-            x01 = x.to(device).float() / 255.0
-            parts.append(T.encode_latents(vae, x01.flip(-1) if flip else x01))
-        out.append(torch.cat(parts))
-    return torch.stack(out)
-
-
 class Variant:
     """One recipe variant: model, EMA, AdamW, generator and static batch buffers on ``device``."""
 
@@ -149,14 +133,11 @@ class Variant:
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.params = list(self.net.parameters())
         self.ema_params = list(self.ema.parameters())
-        decay, no_decay = [], []
-        for pname, p in self.net.named_parameters():
-            (no_decay if p.ndim < 2 or "embedding" in pname or "pos_embed" in pname else decay).append(p)
         cuda = device.type == "cuda"
         # on a GPU the learning rate lives in a tensor, so the captured optimiser step reads each step's value
         self.lr_t = torch.tensor(cfg.lr, device=device) if cuda else None
         self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            T.adamw_param_groups(self.net, cfg.weight_decay),
             lr=self.lr_t if cuda else cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
             eps=1e-8,
@@ -204,21 +185,11 @@ class Variant:
         else:
             for group in self.opt.param_groups:
                 group["lr"] = lr
-        n = self.step_count + 1
-        self.ema_w.fill_(1.0 - min(c.ema_decay, (1 + n) / (10 + n)))  # the trainer's EMA warm-up
+        self.ema_w.fill_(1.0 - T.ema_decay_at(self.step_count + 1, c.ema_decay))
 
     def update(self) -> torch.Tensor:
         """Loss, backward, clipping, AdamW and EMA on the static buffers (the part a CUDA graph captures)."""
-        s = self.sigma.view(-1, 1, 1, 1)
-        xt = (1.0 - s) * self.x0 + s * self.noise
-        with (
-            torch.autocast(
-                self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16, cache_enabled=False
-            ),
-            sdpa_kernel(T.CPU_TRAIN_ATTENTION) if self.device.type == "cpu" else contextlib.nullcontext(),
-        ):
-            pred = self.net(xt, self.sigma, self.bids)
-        loss = (pred.float() - (self.noise - self.x0)).pow(2).mean()
+        loss = T.flow_loss(self.net, self.x0, self.bids, self.sigma, self.noise, self.cfg.bf16)
         loss.backward()
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
@@ -310,9 +281,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     meta = read_metadata(DEFAULT_WEIGHTS)["extra"]
-    # the shipped run's autoencoder, found beside the shipped weights (not from the working directory)
-    vae_file = DEFAULT_WEIGHTS.parent / Path(meta["training"]["vae"]).name
-    base = T.TrainConfig(**{**meta["training"], "vae": str(vae_file)})
+    base = T.shipped_config()
     if args.pool_size is not None:
         base = dataclasses.replace(base, pool_size=args.pool_size)
     try:
@@ -335,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     vae = load_vae(base.vae)
     if vae is None:
         raise SystemExit(f"{base.vae}: the shipped run's autoencoder file has no autoencoder")
-    latents = encode_both(vae.to(dev), images, dev)
+    latents = T.encode_pool(vae.to(dev), images, batch=1000)
     vae = vae.cpu()
     val_images, val_ids = T.render_pool("val", base.val_images, base.resolution, base.data_seed)
     val_x0 = T.encode_pool(vae, val_images)[0]

@@ -58,6 +58,7 @@ from backbones.tiny.model import (
     load_weights,
     model_config,
     num_parameters,
+    read_metadata,
     save_weights,
     write_safetensors,
 )
@@ -184,12 +185,14 @@ def to_rgb(x: torch.Tensor, vae: nn.Module | None = None) -> torch.Tensor:
 @torch.no_grad()
 def encode_pool(vae: nn.Module, images_u8: torch.Tensor, batch: int = 250) -> torch.Tensor:
     """Scaled latents (2, N, C, h, w) of a uint8 image pool: [0] as rendered, [1] flipped horizontally —
-    through :func:`backbones.diffusion.encode_latents`, the probing adapter's own encode path."""
+    through :func:`backbones.diffusion.encode_latents`, the probing adapter's own encode path — on the
+    autoencoder's device."""
+    device = next(vae.parameters()).device
     out = []
     for flip in (False, True):
         parts = []
         for i in range(0, images_u8.shape[0], batch):
-            x01 = images_u8[i : i + batch].float() / 255.0
+            x01 = images_u8[i : i + batch].to(device).float() / 255.0
             parts.append(encode_latents(vae, x01.flip(-1) if flip else x01))
         out.append(torch.cat(parts))
     return torch.stack(out)
@@ -232,7 +235,10 @@ def flow_loss(
     s = sigma.view(-1, 1, 1, 1)
     xt = (1.0 - s) * x0 + s * noise
     with (
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+        # on a GPU without autocast's weight-cast cache: a cached cast would be baked into a captured CUDA graph
+        torch.autocast(
+            xt.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=xt.device.type == "cpu"
+        ),
         sdpa_kernel(CPU_TRAIN_ATTENTION) if xt.device.type == "cpu" else contextlib.nullcontext(),
     ):
         pred = net(xt, sigma, ids)
@@ -275,6 +281,28 @@ def sample(
 # ------------------------------------------------------------------------------------------------ training
 
 
+def shipped_config() -> TrainConfig:
+    """The shipped run's training config (from the shipped weight file), its autoencoder found beside the
+    shipped weights rather than relative to the working directory."""
+    saved = read_metadata(DEFAULT_WEIGHTS)["extra"]["training"]
+    if not saved.get("vae"):
+        return TrainConfig(**saved)
+    return TrainConfig(**{**saved, "vae": str(DEFAULT_WEIGHTS.parent / Path(saved["vae"]).name)})
+
+
+def adamw_param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on vectors, embeddings and the position table."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or "pos_embed" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def ema_decay_at(steps_done: int, ema_decay: float) -> float:
+    """EMA decay after ``steps_done`` optimisation steps: warmed up as (1 + n) / (10 + n), capped at ``ema_decay``."""
+    return min(ema_decay, (1 + steps_done) / (10 + steps_done))
+
+
 class Trainer:
     """Model, EMA, optimiser and RNG for one run; ``step()`` does one optimisation step on the pool."""
 
@@ -286,11 +314,8 @@ class Trainer:
         transformer, caption = build(cfg.model_config(), seed=cfg.seed)
         self.net = Denoiser(transformer, caption)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
-        decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            (no_decay if p.ndim < 2 or "embedding" in name or "pos_embed" in name else decay).append(p)
         self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            adamw_param_groups(self.net, cfg.weight_decay),
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
             eps=1e-8,
@@ -339,7 +364,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.step_count += 1
-        decay = min(self.cfg.ema_decay, (1 + self.step_count) / (10 + self.step_count))
+        decay = ema_decay_at(self.step_count, self.cfg.ema_decay)
         with torch.no_grad():
             for pe, p in zip(self.ema.parameters(), self.net.parameters()):
                 pe.lerp_(p, 1.0 - decay)
