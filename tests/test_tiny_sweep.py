@@ -17,7 +17,9 @@ from backbones.tiny.train import TrainConfig
 
 def _small_recipe(**over: object) -> TrainConfig:
     """The shipped recipe (its autoencoder's latent shape) with a 1-block DiT: cheap steps."""
-    return dataclasses.replace(T.shipped_config(), num_layers=1, batch_size=4, warmup=2, **over)
+    return dataclasses.replace(
+        T.shipped_config(), num_layers=1, batch_size=4, warmup=2, slg_scale=0.0, **over
+    )
 
 
 def _fake_pool(n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +81,8 @@ def test_a_bad_variant_fails_before_the_pool_is_rendered(
         sweep.main(["--out", str(tmp_path), "--variant", "A:4:1e-3:vae=x.safetensors"])
     with pytest.raises(SystemExit, match="variant A: resolution 16 is not a multiple of patch_size 3"):
         sweep.main(["--out", str(tmp_path), "--variant", "A:4:1e-3:patch_size=3"])
+    with pytest.raises(SystemExit, match="slg_layer 6 is not a block of a 6-block model"):
+        sweep.main(["--out", str(tmp_path), "--variant", "A:4:1e-3:slg_layer=6"])
 
 
 def test_a_variant_step_is_the_trainers_step() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -106,6 +107,81 @@ def test_sample_grid_shape(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
     assert grid.shape == (2 * (32 + 2) + 2, 2 * (32 + 2) + 2, 3)
     fig, labels = tt.sample_figure(trainer.ema, images[:4], ids[:4], steps=2, cfg_scale=2.0, scale=1)
     assert len(labels) == 5 and fig.shape[0] == 5 * (16 + 2) + 2 and fig.shape[2] == 3
+    guided = tt.Guidance(1.0, (1,))
+    fig, labels = tt.sample_figure(
+        trainer.ema, images[:4], ids[:4], steps=2, cfg_scale=2.0, scale=1, guidance=guided
+    )
+    assert labels[5:] == ["empty, skip 1 w1"] * 2 and fig.shape[0] == 7 * (16 + 2) + 2
+
+
+class _ZeroGuide(torch.nn.Module):
+    """A guide that predicts v = 0, with the model's config: guidance then scales v by (1 + w)."""
+
+    def __init__(self, net: tt.Denoiser):
+        super().__init__()
+        self.transformer = net.transformer
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def test_guidance_formula_and_interval(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """One Euler step from σ = 1: x1 = x0 − v; guided by a zero guide: x1 = x0 − (1 + w)·v (with CFG on the
+    caption too); a σ interval that excludes σ = 1 leaves the step unguided; guiding by the model itself
+    changes nothing; skipping a trained block changes the samples."""
+    torch.set_num_threads(1)
+    trainer, _ = run_steps(pool, 3)
+    net = trainer.ema.eval()
+    ids = pool[1][:3]
+    x0 = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        vc = net(x0, torch.ones(3), ids)
+        vu = net(x0, torch.ones(3), torch.full_like(ids, tiny.PAD_ID))
+    plain = tt.sample(net, ids, steps=1, cfg_scale=2.0)
+    expected = ((x0 - (vu + 2.0 * (vc - vu))).clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(plain, expected)
+    zero = _ZeroGuide(net)
+    guided = tt.sample(net, ids, steps=1, cfg_scale=2.0, guidance=tt.Guidance(0.5, (), zero))
+    expected = ((x0 - (vu + 2.0 * (vc - vu) + 0.5 * vc)).clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(guided, expected)
+    outside = tt.Guidance(0.5, (), zero, sigma_max=0.9)
+    assert torch.equal(tt.sample(net, ids, steps=1, cfg_scale=2.0, guidance=outside), plain)
+    itself = tt.Guidance(3.0, (), net)
+    assert torch.equal(tt.sample(net, ids, steps=4, guidance=itself), tt.sample(net, ids, steps=4))
+
+    # skip-layer guidance: the weak prediction is the model without that block (weights perturbed so that no
+    # block is the identity of its adaLN-zero initialisation)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    pruned = copy.deepcopy(net)
+    del pruned.transformer.transformer_blocks[0]
+    slg = tt.Guidance(1.0, (0,))
+    with torch.no_grad():
+        weak = slg.weak(net, x0, torch.full((3,), 0.5), ids)
+        torch.testing.assert_close(weak, pruned(x0, torch.full((3,), 0.5), ids))
+        assert not torch.allclose(weak, net(x0, torch.full((3,), 0.5), ids), atol=1e-2)
+
+
+def test_guidance_input_is_checked(
+    pool: tuple[torch.Tensor, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer, _ = run_steps(pool, 1)
+    ids = pool[1][:1]
+    with pytest.raises(ValueError, match=r"blocks \[2\] do not exist \(the model has blocks 0..1\)"):
+        tt.sample(trainer.ema, ids, steps=1, guidance=tt.Guidance(1.0, (2,)))
+    with pytest.raises(ValueError, match="σ interval"):
+        tt.Guidance(1.0, (1,), sigma_min=0.5, sigma_max=0.2)
+    with pytest.raises(ValueError, match="skip_layers or a guide"):
+        tt.Guidance(1.0, ())
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--num-layers", "2", "--slg-layer", "2"])
+    assert "slg_layer 2 is not a block of a 2-block model" in capsys.readouterr().err
+    tt.parse_args(["--num-layers", "2", "--slg-layer", "2", "--slg-scale", "0"])  # off: any layer
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--guide-weights", str(tmp_path / "g.safetensors")])
+    assert "--guide-weights needs --sample-only" in capsys.readouterr().err
 
 
 def test_cli_config_layering(tmp_path: Path) -> None:
@@ -138,6 +214,12 @@ def test_new_phase_restarts_the_schedule_and_keeps_the_history(tmp_path: Path) -
     # a plain --resume of the new phase takes its config from the checkpoint
     tt.main([*common, "--resume"])
     assert json.loads((tmp_path / "config.json").read_text())["training"]["start_step"] == 6
+    # samples with autoguidance (here by the model itself): two more rows
+    from PIL import Image
+
+    w = tmp_path / "tiny_mmdit.safetensors"
+    tt.main([*common, "--sample-only", "--guide-weights", str(w), "--samples-path", str(tmp_path / "g.png")])
+    assert Image.open(tmp_path / "g.png").height == 7 * (16 * 6 + 2) + 2
 
 
 # ------------------------------------------------------------------------------------ latent space (autoencoder)

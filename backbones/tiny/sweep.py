@@ -90,11 +90,13 @@ def parse_variant(spec: str, base: T.TrainConfig) -> tuple[str, T.TrainConfig]:
     if over["batch_size"] < 1 or not over["lr"] > 0:
         raise ValueError(f"variant {spec!r}: BATCH must be ≥ 1 and LR > 0")
     for key, value in over.items():
-        if type(value) is int and value < (0 if key in ("warmup", "seed") else 1):
-            raise ValueError(
-                f"variant {spec!r}: {key} must be ≥ {0 if key in ('warmup', 'seed') else 1}, got {value}"
-            )
-    return name, dataclasses.replace(base, **over)
+        low = 0 if key in ("warmup", "seed", "slg_layer") else 1
+        if type(value) is int and value < low:
+            raise ValueError(f"variant {spec!r}: {key} must be ≥ {low}, got {value}")
+    try:
+        return name, dataclasses.replace(base, **over)
+    except ValueError as e:
+        raise ValueError(f"variant {spec!r}: {e}") from None
 
 
 def _render_chunk(job: tuple[str, int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,7 @@ CSV_FIELDS = ("step", "wall_s", "lr", "loss", "val_loss")
 # TrainConfig fields a new schedule phase (``--resume --new-phase``) may change; the rest define the model/data
 PHASE_FIELDS = frozenset(
     {"steps", "start_step", "lr", "min_lr_ratio", "warmup", "grad_clip", "ema_decay"}
-    | {"logit_mean", "logit_std", "sample_steps", "cfg_scale"}
+    | {"logit_mean", "logit_std", "sample_steps", "cfg_scale", "slg_scale", "slg_layer"}
 )
 
 
@@ -113,6 +113,16 @@ class TrainConfig:
     # sampling (for the sample grid)
     sample_steps: int = 40
     cfg_scale: float = 3.0
+    # skip-layer guidance rows of the sample grid (:class:`Guidance`; 0 = no such rows)
+    slg_scale: float = 1.0
+    slg_layer: int = 1
+
+    def __post_init__(self) -> None:
+        if self.slg_scale > 0 and not 0 <= self.slg_layer < self.num_layers:
+            raise ValueError(
+                f"slg_layer {self.slg_layer} is not a block of a {self.num_layers}-block model "
+                "(0..num_layers-1; slg_scale 0 turns skip-layer guidance off)"
+            )
 
     def model_config(self) -> dict[str, Any]:
         size, channels = self.resolution, 3
@@ -218,9 +228,18 @@ class Denoiser(nn.Module):
         self.transformer = transformer
         self.caption = caption
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        ids: torch.Tensor,
+        skip_layers: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """``skip_layers``: indices of transformer blocks to leave out (diffusers' ``skip_layers``, as SD3.5's
+        skip-layer guidance does)."""
         hidden, pooled = self.caption(ids)
-        return self.transformer(x, hidden, pooled, sigma * 1000.0, return_dict=False)[0]
+        kwargs = {"skip_layers": list(skip_layers)} if skip_layers else {}
+        return self.transformer(x, hidden, pooled, sigma * 1000.0, return_dict=False, **kwargs)[0]
 
 
 def flow_loss(
@@ -245,6 +264,47 @@ def flow_loss(
     return (pred.float() - (noise - x0)).pow(2).mean()
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Guidance by a weaker prediction: v ← v + scale·(v_caption − v_weak) at the steps whose σ lies in
+    [``sigma_min``, ``sigma_max``], with v_weak from the same caption as v_caption.
+
+    v_weak is the model itself with the blocks ``skip_layers`` left out (skip-layer guidance, as SD3.5's
+    reference sampler), or, when ``guide`` is given, that model (autoguidance, Karras et al. 2024: a
+    less-trained or smaller version of the same model, e.g. an early checkpoint of the same run). Either
+    sharpens what the model already draws; it adds nothing it has not learned."""
+
+    scale: float = 1.0
+    skip_layers: tuple[int, ...] = (1,)
+    guide: nn.Module | None = None
+    sigma_min: float = 0.0
+    sigma_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.sigma_min <= self.sigma_max <= 1.0):
+            raise ValueError(
+                f"guidance σ interval must satisfy 0 ≤ min ≤ max ≤ 1, got [{self.sigma_min}, {self.sigma_max}]"
+            )
+        if self.guide is None and not self.skip_layers:
+            raise ValueError("guidance needs skip_layers or a guide model")
+
+    def check(self, net: Denoiser) -> None:
+        n = len(net.transformer.transformer_blocks)
+        if self.guide is None:
+            bad = [k for k in self.skip_layers if not 0 <= k < n]
+            if bad:
+                raise ValueError(
+                    f"skip-layer guidance: blocks {bad} do not exist (the model has blocks 0..{n - 1})"
+                )
+        elif self.guide.transformer.config.sample_size != net.transformer.config.sample_size:
+            raise ValueError("autoguidance: the guide model diffuses a different sample size than the model")
+
+    def weak(self, net: Denoiser, x: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.guide is not None:
+            return self.guide(x, sigma, ids)
+        return net(x, sigma, ids, skip_layers=self.skip_layers)
+
+
 @torch.no_grad()
 def sample(
     net: Denoiser,
@@ -254,14 +314,18 @@ def sample(
     seed: int = 0,
     bf16: bool = False,
     vae: nn.Module | None = None,
+    guidance: Guidance | None = None,
 ) -> torch.Tensor:
     """Euler sampler of the flow ODE from σ = 1 (noise) to σ = 0; returns RGB in [0, 1], (B, 3, R, R)
     (decoded by ``vae`` for a latent model).
 
-    ``cfg_scale`` ≠ 1 applies classifier-free guidance v = v_empty + s·(v_caption − v_empty).
+    ``cfg_scale`` ≠ 1 applies classifier-free guidance v = v_empty + s·(v_caption − v_empty); ``guidance``
+    adds skip-layer guidance or autoguidance on top (:class:`Guidance`).
     """
     cfg = net.transformer.config
     b, r = ids.shape[0], int(cfg.sample_size)
+    if guidance is not None:
+        guidance.check(net)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, int(cfg.in_channels), r, r, generator=gen)
     sigmas = torch.linspace(1.0, 0.0, steps + 1)
@@ -271,9 +335,11 @@ def sample(
         s = sigmas[i].expand(both.shape[0])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             v = net(torch.cat([x, x]) if guided else x, s, both).float()
-        if guided:
-            vc, vu = v.chunk(2)
-            v = vu + cfg_scale * (vc - vu)
+            vc = v[:b]
+            if guided:
+                v = v[b:] + cfg_scale * (vc - v[b:])
+            if guidance is not None and guidance.sigma_min <= float(sigmas[i]) <= guidance.sigma_max:
+                v = v + guidance.scale * (vc - guidance.weak(net, x, s[:b], ids).float())
         x = x + (sigmas[i + 1] - sigmas[i]) * v
     return to_rgb(x, vae)
 
@@ -449,9 +515,11 @@ def sample_figure(
     seed: int = 0,
     scale: int | None = None,
     vae: nn.Module | None = None,
+    guidance: Guidance | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labelled sample grid: real val images, samples with their captions (guidance 1 and ``cfg_scale``),
-    and two rows with the empty caption. Returns (uint8 image, row labels)."""
+    two rows with the empty caption and, with ``guidance``, the same two rows (same noise) guided.
+    Returns (uint8 image, row labels)."""
     from PIL import Image, ImageDraw
 
     n = real.shape[0]
@@ -464,8 +532,17 @@ def sample_figure(
         ("empty caption", sample(net, empty, steps, 1.0, seed + 1, vae=vae)),
     ]
     labels = [rows[0][0], rows[1][0], rows[2][0], rows[3][0], rows[3][0]]
+    if guidance is not None:
+        what = (
+            "autoguidance"
+            if guidance.guide is not None
+            else f"skip {','.join(map(str, guidance.skip_layers))}"
+        )
+        label = f"empty, {what} w{guidance.scale:g}"
+        rows.append((label, sample(net, empty, steps, 1.0, seed + 1, vae=vae, guidance=guidance)))
+        labels += [label, label]
     grid = image_grid(torch.cat([r[1] for r in rows]), nrow=n, pad=2, scale=scale)
-    margin = 110
+    margin = 140
     canvas = Image.new("RGB", (grid.shape[1] + margin, grid.shape[0]), "white")
     canvas.paste(Image.fromarray(grid), (margin, 0))
     draw = ImageDraw.Draw(canvas)
@@ -560,6 +637,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
         "--weights", type=Path, help="weights for --sample-only (default: OUT/tiny_mmdit.safetensors)"
     )
     p.add_argument("--samples-path", type=Path, help="PNG for the sample grid (default: OUT/samples.png)")
+    p.add_argument(
+        "--guide-weights",
+        type=Path,
+        help="with --sample-only: guided rows by autoguidance with these weights (e.g. an early checkpoint of "
+        "the same run, --stop-at-step) instead of skip-layer guidance",
+    )
+    p.add_argument("--guide-scale", type=float, default=1.0, help="autoguidance scale (default: %(default)s)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -585,9 +669,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
         p.error(f"unknown config fields: {sorted(unknown)}")
     if args.new_phase and not args.resume:
         p.error("--new-phase needs --resume")
+    if args.guide_weights and not args.sample_only:
+        p.error("--guide-weights needs --sample-only")
     # what --config and the flags set (a resume fills the rest from its checkpoint)
     args.explicit = dict(values)
-    return TrainConfig(**values), args
+    try:
+        return TrainConfig(**values), args
+    except ValueError as e:
+        p.error(str(e))
 
 
 def run_config(
@@ -670,10 +759,21 @@ def write_log(path: Path, rows: list[dict[str, str]]) -> None:
         w.writerows(rows)
 
 
-def render_samples(cfg: TrainConfig, net: Denoiser, out_png: Path, vae: nn.Module | None = None) -> None:
-    """Sample grid for the first 8 val images (real row + captioned + empty-caption samples)."""
+def render_samples(
+    cfg: TrainConfig,
+    net: Denoiser,
+    out_png: Path,
+    vae: nn.Module | None = None,
+    guidance: Guidance | None = None,
+) -> None:
+    """Sample grid for the first 8 val images (real row + captioned + empty-caption samples, and the
+    empty-caption rows again with ``guidance``; by default skip-layer guidance unless ``cfg.slg_scale`` is 0)."""
     real, ids = render_pool("val", 8, cfg.resolution, cfg.data_seed)
-    image, _ = sample_figure(net, real, ids, cfg.sample_steps, cfg.cfg_scale, seed=cfg.seed, vae=vae)
+    if guidance is None and cfg.slg_scale > 0:
+        guidance = Guidance(cfg.slg_scale, (cfg.slg_layer,))
+    image, _ = sample_figure(
+        net, real, ids, cfg.sample_steps, cfg.cfg_scale, seed=cfg.seed, vae=vae, guidance=guidance
+    )
     save_png(out_png, image)
     print("captions of the sampled row:", " | ".join(caption_text(i) for i in ids), flush=True)
 
@@ -683,9 +783,14 @@ def sample_only(cfg: TrainConfig, args: argparse.Namespace) -> None:
     transformer, caption, meta = load_weights(weights)
     saved = meta.get("extra", {}).get("training")
     if saved:
-        cfg = TrainConfig(**{**saved, "sample_steps": cfg.sample_steps, "cfg_scale": cfg.cfg_scale})
+        sampling = ("sample_steps", "cfg_scale", "slg_scale", "slg_layer")
+        cfg = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in sampling}})
+    guidance = None
+    if args.guide_weights:  # autoguidance rows instead of skip-layer guidance
+        g_transformer, g_caption, _ = load_weights(args.guide_weights)
+        guidance = Guidance(args.guide_scale, (), Denoiser(g_transformer, g_caption))
     out_png = args.samples_path or args.out / "samples.png"
-    render_samples(cfg, Denoiser(transformer, caption), out_png, load_vae(weights))
+    render_samples(cfg, Denoiser(transformer, caption), out_png, load_vae(weights), guidance)
     print(f"wrote {out_png} from {weights} (step {meta.get('extra', {}).get('step')})", flush=True)
     csv_path = weights.parent / "loss.csv"
     if csv_path.exists() and args.samples_path is None:
