@@ -300,8 +300,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # render before the device is touched: the pool is forked
     images, ids = render_parallel("train", base.pool_size, base.resolution, base.data_seed, args.procs)
     dev = torch.device(args.device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)  # streams, capture and synchronize act on the current device
+    if dev.type == "cuda":  # streams, capture and synchronize act on the current device
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
     _log(f"rendered {images.shape[0]} train images; device {dev}, torch {torch.__version__}")
     vae = load_vae(base.vae)
     if vae is None:
