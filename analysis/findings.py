@@ -24,6 +24,18 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
+def _pm(value: float, std: float) -> str:
+    """``0.477 ± 0.012`` (std over probe seeds), or ``0.477`` for one seed."""
+    return f"{value:.3f} ± {std:.3f}" if np.isfinite(std) else _fmt(value)
+
+
+def _versus(gn: float, std_a: float, std_b: float) -> str:
+    """The verdict of a gain, flagged when it is smaller than the larger seed std of the two sides."""
+    verdict = "beats" if gn > 0 else "does not beat"
+    spread = np.nanmax([std_a, std_b]) if np.isfinite([std_a, std_b]).any() else np.nan
+    return verdict + (" (within the seed std)" if np.isfinite(spread) and abs(gn) < spread else "")
+
+
 def timestep_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
     """(a): per diffusion model, the best timestep per task (ridge, best layer chosen on val) and the spread."""
     d = with_model(df)
@@ -75,14 +87,13 @@ def fusion_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
             continue
         s = by.loc["fusion-spatial"]
         higher = bool(s["higher_is_better"])
+        sd = f"{split}_std"
         parts = []
         for base in ("fusion-single", "fusion-noise-control"):
             if base in by.index:
-                gn = gain(s[v], by.loc[base][v], higher)
-                parts.append(
-                    f"{'beats' if gn > 0 else 'does not beat'} {base} {_fmt(by.loc[base][v])} "
-                    f"(gain {gn:+.3f})"
-                )
+                b = by.loc[base]
+                gn = gain(s[v], b[v], higher)
+                parts.append(f"{_versus(gn, s[sd], b[sd])} {base} {_pm(b[v], b[sd])} (gain {gn:+.3f})")
         if parts:
             ctrl = d[(d["probe"] == "fusion-noise-control") & (d["model"] == model) & (d["task"] == task)]
             clean = len(ctrl) and (pd.to_numeric(ctrl["log_snr"], errors="coerce") == np.inf).all()
@@ -92,8 +103,9 @@ def fusion_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
                 if clean
                 else ""
             )
+            seeds = f" ({int(s['n_seeds'])} probe seeds)" if int(s["n_seeds"]) > 1 else ""
             out.append(
-                f"- (b) {task}, {model}: fusion-spatial {s['metric']} {_fmt(s[v])} "
+                f"- (b) {task}, {model}: fusion-spatial {s['metric']} {_pm(s[v], s[sd])}{seeds} "
                 + "; ".join(parts)
                 + "."
                 + note
@@ -106,7 +118,8 @@ def combination_findings(combos: pd.DataFrame) -> list[str]:
     out = []
     for (task, combo), g in combos.groupby(["task", "combination"], sort=True) if len(combos) else []:
         parts = [
-            f"{'beats' if r['gain'] > 0 else 'does not beat'} {r['member']} ({r['gain']:+.3f} {r['metric']})"
+            f"{_versus(r['gain'], r['combination_std'], r['member_std'])} {r['member']} "
+            f"{_pm(r['member_value'], r['member_std'])} ({r['gain']:+.3f} {r['metric']})"
             for _, r in g.iterrows()
         ]
         out.append(f"- (c) {task}, {combo}: " + "; ".join(parts) + ".")
@@ -125,11 +138,11 @@ def random_twin_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
         for _, r in g[g["weights"] != "random"].iterrows():
             if rand.empty:
                 continue
-            gn = gain(r[v], rand.iloc[0][v], bool(r["higher_is_better"]))
+            rr, sd = rand.iloc[0], f"{split}_std"
+            gn = gain(r[v], rr[v], bool(r["higher_is_better"]))
             out.append(
-                f"- (d) {task}, {backbone}: {r['weights']} weights {r['metric']} {_fmt(r[v])} vs random "
-                f"{_fmt(rand.iloc[0][v])} → {'beats' if gn > 0 else 'does not beat'} its random twin "
-                f"({gn:+.3f})."
+                f"- (d) {task}, {backbone}: {r['weights']} weights {r['metric']} {_pm(r[v], r[sd])} vs random "
+                f"{_pm(rr[v], rr[sd])} → {_versus(gn, r[sd], rr[sd])} its random twin ({gn:+.3f})."
             )
     return out
 

@@ -140,6 +140,10 @@ class RunConfig:
 
     name: str = "quickstart"
     seed: int = 0
+    # seeds of the trained probes (initialisation, shuffling, dropout): each trained probe stage is fitted once
+    # per seed, rows carry it, the analysis reports mean ± std over them. Extraction noise keeps ``seed``;
+    # closed-form probes (ridge) run once. ``null`` = ``[seed]``.
+    probe_seeds: list[int] | None = field(default_factory=lambda: [0, 1, 2])
     output_dir: str = "results"
     data: DataConfig = field(default_factory=_default_data)
     backbones: list[BackboneConfig] = field(default_factory=_default_backbones)

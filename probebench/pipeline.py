@@ -84,17 +84,38 @@ def extract_backbone(
     return caches
 
 
-def stage_hash(cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig]) -> str:
-    """Hash of everything that changes a probe stage's numbers: data, seed, the backbone(s) and the stage."""
-    return stable_hash(
-        {
-            "data": to_dict(cfg.data),
-            "seed": cfg.seed,
-            "backbones": [to_dict(b) for b in models],
-            "probe": to_dict(stage),
-        },
-        12,
-    )
+def stage_hash(
+    cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig], probe_seed: int | None = None
+) -> str:
+    """Hash of everything that changes a probe stage's numbers: data, seed, the backbone(s), the stage and the
+    probe's seed (left out when it is the run's seed, so such hashes stay those of one-seed runs)."""
+    d = {
+        "data": to_dict(cfg.data),
+        "seed": cfg.seed,
+        "backbones": [to_dict(b) for b in models],
+        "probe": to_dict(stage),
+    }
+    if probe_seed is not None and probe_seed != cfg.seed:
+        d["probe_seed"] = probe_seed
+    return stable_hash(d, 12)
+
+
+def probe_seeds(cfg: RunConfig) -> list[int]:
+    """The run's probe seeds (``probe_seeds``, else ``[seed]``), checked."""
+    seeds = [cfg.seed] if cfg.probe_seeds is None else list(cfg.probe_seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ProbebenchError(
+            f"probe_seeds must be a non-empty list of distinct integers, got {cfg.probe_seeds}."
+        )
+    return seeds
+
+
+def stage_seeds(cfg: RunConfig, stage: ProbeConfig) -> list[int]:
+    """The seeds a stage is fitted with: the probe seeds for a trained probe, the run's seed for a closed-form
+    one (its numbers do not depend on a seed)."""
+    if not PROBES.entry(stage.name).kind.startswith("trained"):
+        return [cfg.seed]
+    return probe_seeds(cfg)
 
 
 def backbone_label(b: BackboneConfig) -> str:
@@ -252,6 +273,7 @@ def checked_probe(stage: ProbeConfig):
 
 def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress: bool = True) -> Path:
     """Run the pipeline for ``cfg``; returns the run's output directory. Reruns do only what is missing."""
+    probe_seeds(cfg)  # a bad list fails before anything is written
     out = Path(cfg.output_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -296,10 +318,13 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     f"Probe {st.name!r}: backbone index {i} out of range 0..{len(cfg.backbones) - 1}."
                 )
     for st, probe in stages:
-        for group in stage_groups(cfg, st):
+        seeds = stage_seeds(cfg, st)
+        for group, seed in ((g, s) for g in stage_groups(cfg, st) for s in seeds):
             models = [cfg.backbones[i] for i in group]
-            chash = stage_hash(cfg, st, models)
-            label = "{} ({})".format(*model_label(models))
+            chash = stage_hash(cfg, st, models, seed)
+            label = "{} ({})".format(*model_label(models)) + (
+                f", probe seed {seed}" if len(seeds) > 1 else ""
+            )
             done = done_cells(results, chash)
             todo = [k for k in cfg.tasks if (*model_label(models), k) not in done]
             if not todo:
@@ -351,11 +376,15 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     data[0]["test"],
                     kinds,
                     keys=keys,
-                    seed=cfg.seed,
+                    seed=seed,
                     progress=progress,
                     **kwargs,
                     **st.params,
                 )
+                for r in output.records:
+                    r["seed"] = seed
+                if seed != seeds[0]:  # heads, predictions and weight maps: those of the first seed
+                    output.state_dicts, output.artifacts, output.artifact_meta = {}, {}, {}
                 save_outputs(
                     out,
                     models,

@@ -12,7 +12,8 @@ input contributes). Then, per group of inputs (all together, or one group per la
   softmax → weighted sum;
 - ``global`` (Diffusion Hyperfeatures): one learned logit per input → softmax → weighted sum;
 - ``mean``: uniform weights;  ``concat``: the projections concatenated;
-- ``single``: one model per input, the best on the validation split is reported (best single timestep).
+- ``single``: one model per input, each recorded at its own cell; the analysis reports the best on the
+  validation split (best single timestep).
 
 The fused map(s) go to a head: ``linear`` (BN + 1×1 conv; default), or a light head (``deeplab``, ``dpt``,
 ``auto``), which takes one level per group — so ``group_by="layer"`` with ``head="dpt"`` is MMDiff's depth model.
@@ -348,19 +349,22 @@ def _single(
     meta: dict[str, Any],
     fields: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """One model per input; the best on val is recorded (and scored on test), every val score is an artifact."""
+    """One model per input, each recorded at its own cell (val and test), so the analysis picks the best single
+    input on val — by the mean over probe seeds when there are several; the best of this seed's heads is
+    saved, and every val score is an artifact."""
     spec = run.specs[kind]
-    best: tuple[Fitted, Any, Input] | None = None
-    scores = []
+    best: tuple[Fitted, Input] | None = None
+    scores, records = [], []
     for inp in inputs:
         feats = run.features([inp], grid="first")
         fitted = run.train(build([inp.dim], None, "mean"), feats, kind, variant, [inp])
         score = fitted.val_scores[spec.main_metric]
         scores.append(score)
+        records += run.records(fitted, feats, kind, variant, [inp], **fields)
         if best is None or is_better(score, best[0].val_scores[spec.main_metric], spec.higher_is_better):
-            best = (fitted, feats, inp)
+            best = (fitted, inp)
     assert best is not None  # inputs is never empty
-    fitted, feats, inp = best
+    fitted, inp = best
     name = f"single_val_scores/{kind}"
     out.artifacts[name] = np.asarray(scores, dtype=np.float32)
     out.artifact_meta[name] = {
@@ -370,4 +374,4 @@ def _single(
         "axes": "input",
     }
     out.state_dicts[run.state_dict_name(variant, kind, [inp])] = cpu_state(fitted.model)
-    return run.records(fitted, feats, kind, variant, [inp], **fields)
+    return records

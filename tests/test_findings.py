@@ -109,3 +109,24 @@ def test_gain_over_the_random_twin_by_timestep():
         in line
     )
     assert twin_gain_by_timestep_findings(df[df["weights"] != "random"]) == []
+
+
+def test_findings_over_probe_seeds_give_mean_std_and_flag_gains_within_the_std():
+    """Three probe seeds: the findings report mean ± std (ddof 1) and say when a gain is below the larger std."""
+
+    def seeded(probe, cell, vals):
+        return [
+            {**r, "seed": s}
+            for s, v in enumerate(vals)
+            for r in rows("m", "default", probe, "segmentation", "mIoU", [cell], [(v, v)])
+        ]
+
+    df = pd.DataFrame(
+        seeded("fusion-spatial", (1, "0+0.5"), [0.60, 0.62, 0.64])
+        + seeded("fusion-single", (1, "0.5"), [0.55, 0.60, 0.65])
+        + seeded("fusion-noise-control", (1, "0.5"), [0.50, 0.50, 0.50])
+    )
+    (f,) = fusion_findings(df)
+    assert "fusion-spatial mIoU 0.620 ± 0.020 (3 probe seeds)" in f
+    assert "beats (within the seed std) fusion-single 0.600 ± 0.050 (gain +0.020)" in f
+    assert "beats fusion-noise-control 0.500 ± 0.000 (gain +0.120)" in f

@@ -98,9 +98,13 @@ def test_single_picks_the_best_key_on_val(signal):
     meta = out.artifact_meta["single_val_scores/segmentation"]
     best = int(np.argmax(scores))
     assert scores.shape == (len(KEYS),) and meta["chosen"] == best == KEYS.index(SIGNAL)
-    recs = out.records
-    assert {(r["layer"], r["timestep"]) for r in recs} == {SIGNAL}
-    assert val_score(out) == pytest.approx(float(scores[best]), abs=1e-6)
+    recs = out.records  # every input at its own cell, val and test: the analysis picks the best on val
+    assert {(r["layer"], r["timestep"]) for r in recs} == set(KEYS)
+    main = {
+        (r["layer"], r["timestep"]): r["value"] for r in recs if r["split"] == "val" and r["metric"] == "mIoU"
+    }
+    assert [main[k] for k in KEYS] == pytest.approx(scores.tolist(), abs=1e-6)
+    assert max(main, key=main.get) == SIGNAL
     assert {r["probe"] for r in recs} == {"fusion-single"} and {r["split"] for r in recs} == {"val", "test"}
 
 

@@ -110,3 +110,39 @@ def test_cli_run_with_overrides(tmp_path, capsys):
     df = read_results(tmp_path / "r" / "quickstart")
     assert set(df["task"]) == {"depth"} and set(df["layer"]) == {"3"}
     assert capsys.readouterr().out.strip().endswith("REPORT.md")
+
+
+def test_trained_probes_run_once_per_probe_seed_and_ridge_once(tmp_path, capsys):
+    from probebench.cli import main
+
+    args = [
+        "run",
+        "--no-progress",
+        "data.max_train=8",
+        "data.max_val=4",
+        "data.max_test=4",
+        "data.options.resolution=16",
+        "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [2, 3]}]",
+        "probes=[{name: ridge}, {name: linear, cells: best, params: {epochs: 2}}]",
+        "tasks=[depth]",
+        "probe_seeds=[0, 5]",
+        f"extract.cache_dir={tmp_path / 'c'}",
+        f"output_dir={tmp_path / 'r'}",
+    ]
+    assert main(args) == 0
+    df = read_results(tmp_path / "r" / "quickstart")
+    ridge, linear = df[df["probe"] == "ridge"], df[df["probe"] == "linear"]
+    assert set(ridge["seed"]) == {0} and set(linear["seed"]) == {0, 5}
+    assert (
+        linear.groupby("seed")["config_hash"].nunique().eq(1).all() and linear["config_hash"].nunique() == 2
+    )
+    rmse = linear[(linear["metric"] == "rmse") & (linear["split"] == "test")].set_index("seed")["value"]
+    assert len(rmse) == 2 and rmse[0] != rmse[5]  # another initialisation and shuffling
+    assert "probe seed 5" in capsys.readouterr().err
+    heads = list((tmp_path / "r" / "quickstart" / "heads").rglob("linear_*.safetensors"))
+    assert len(heads) == 1  # the first seed's linear head only (beside the ridge head)
+    assert main([*args, "--no-progress"]) == 0  # rerun: nothing missing
+    assert len(read_results(tmp_path / "r" / "quickstart")) == len(df)
+    assert "probe seed 5: all results present" in capsys.readouterr().err
+    assert main([*args, "probe_seeds=[1, 1]"]) != 0
+    assert "probe_seeds must be a non-empty list of distinct integers, got [1, 1]" in capsys.readouterr().err
