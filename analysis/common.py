@@ -234,15 +234,20 @@ CELL_KEYS = [
 
 
 def seed_mean(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell (``CELL_KEYS``): mean, std (ddof=1, NaN for one seed) and count over seeds."""
+    """One row per cell (``CELL_KEYS``): mean, std (ddof=1, NaN for one seed) and count over seeds.
+
+    A replicate is a (run, seed) pair: a sweep with a ``seed`` axis runs each cell under its own run name, and
+    within a run the trained probes' rows carry their probe seeds."""
     df = with_model(df)
     if df.empty:
         return pd.DataFrame(columns=[*CELL_KEYS, "log_snr", "value", "std", "n_seeds"])
+    run = df["run"].astype(str) if "run" in df else ""
+    df = df.assign(_replicate=run + "#" + df["seed"].astype(str))
     g = df.groupby(CELL_KEYS, sort=True, dropna=False)
     out = g.agg(
         value=("value", "mean"),
         std=("value", "std"),
-        n_seeds=("seed", "nunique"),
+        n_seeds=("_replicate", "nunique"),
         log_snr=("log_snr", "first"),
     ).reset_index()
     return out

@@ -97,6 +97,9 @@ def stage_hash(
     }
     if probe_seed is not None and probe_seed != cfg.seed:
         d["probe_seed"] = probe_seed
+    rows = getattr(PROBES.get(stage.name), "rows_version", None)
+    if rows is not None:  # the probe changed which rows it writes: earlier rows are not "done"
+        d["rows_version"] = rows
     return stable_hash(d, 12)
 
 

@@ -341,9 +341,10 @@ def _validate_cell(cfg: RunConfig) -> None:
     import backbones
     import tasks
     from probebench.errors import UnknownNameError
-    from probebench.pipeline import checked_probe
+    from probebench.pipeline import checked_probe, probe_seeds
     from tasks.base import MAIN_METRIC
 
+    probe_seeds(cfg)
     for st in cfg.probes:
         checked_probe(st)
         for i in [*(st.backbones or []), *(getattr(st, "select", None) or [])]:
@@ -537,15 +538,18 @@ def stage_groups(cfg: RunConfig) -> Iterator[tuple[Any, list[Any]]]:
 def missing_parts(cfg: RunConfig, results: Path | None = None) -> list[tuple[str, str, str]]:
     """(probe, model, task) triples of ``cfg`` without rows in its results file: the pipeline's only-missing
     rule (rows keyed by the stage hash), so an empty list means ``pipeline.run(cfg)`` would skip everything."""
-    from probebench.pipeline import model_label, stage_hash
+    from probebench.pipeline import model_label, stage_hash, stage_seeds
     from probes.results import RESULTS_FILE, done_cells
 
     results = results or Path(cfg.output_dir) / cfg.name / RESULTS_FILE
     out = []
     for st, models in stage_groups(cfg):
-        done = done_cells(results, stage_hash(cfg, st, models))
-        label = model_label(models)
-        out += [(st.name, "{} ({})".format(*label), t) for t in cfg.tasks if (*label, t) not in done]
+        seeds = stage_seeds(cfg, st)
+        for seed in seeds:
+            done = done_cells(results, stage_hash(cfg, st, models, seed))
+            label = model_label(models)
+            name = st.name if len(seeds) == 1 else f"{st.name} (probe seed {seed})"
+            out += [(name, "{} ({})".format(*label), t) for t in cfg.tasks if (*label, t) not in done]
     return out
 
 
@@ -555,7 +559,9 @@ def cell_done(cfg: RunConfig) -> bool:
 
 
 def _parts_count(cfg: RunConfig) -> int:
-    return sum(len(cfg.tasks) for _ in stage_groups(cfg))
+    from probebench.pipeline import stage_seeds
+
+    return sum(len(cfg.tasks) * len(stage_seeds(cfg, st)) for st, _ in stage_groups(cfg))
 
 
 # -- results files: merge into the sweep table, delete a cell's rows ------------------------------------------

@@ -314,6 +314,12 @@ def fusion_probe(
 
         meta = {"task": kind, "mode": mode, "group_by": group_by, **_keys_meta(inputs)}
         if mode == "single":
+            if any(i.source for i in inputs):
+                raise ProbebenchError(
+                    "fusion probe: mode 'single' fits one model per input and records each at its (layer, "
+                    "timestep), which does not name its backbone; run it on each backbone alone (select:) "
+                    "instead of with extra caches."
+                )
             out.records += _single(run, inputs, kind, variant, build, out, meta, fields)
             continue
         dims, groups = [i.dim for i in inputs], layer_groups(inputs, group_by)
@@ -375,3 +381,8 @@ def _single(
     }
     out.state_dicts[run.state_dict_name(variant, kind, [inp])] = cpu_state(fitted.model)
     return records
+
+
+# 2: mode "single" records every input at its own cell (1 recorded only the val-best input): rows of stages run
+# before are not taken as done (see probebench.pipeline.stage_hash)
+fusion_probe.rows_version = 2  # type: ignore[attr-defined]

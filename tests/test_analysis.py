@@ -12,7 +12,7 @@ import pytest
 from analysis_fakes import fake_results_dir, frame, row, synthetic_rows, write_cache
 
 import analysis.common
-from analysis.common import SnrAxis, select
+from analysis.common import SnrAxis, seed_mean, select
 from analysis.compare import (
     BASELINE_BEST_CELL,
     BASELINE_FUSION_SINGLE,
@@ -587,3 +587,11 @@ def test_asking_for_a_metric_split_or_backbone_not_in_the_results_lists_what_is_
         "timestep_curves_flux.1-dev-default.png",
         "timestep_curves_flux.1-dev-default.pdf",
     ]
+
+
+def test_replicates_are_run_and_seed_pairs():
+    """A sweep's seed axis runs each cell under its own run name, with the same probe seeds inside: two runs ×
+    one probe seed are two replicates, not one."""
+    rows = [{**seg("enc", "1", "test", 0, v), "run": r} for r, v in (("s0", 0.4), ("s1", 0.6))]
+    m = seed_mean(frame(rows))
+    assert m["n_seeds"].tolist() == [2] and m["value"].tolist() == pytest.approx([0.5])

@@ -222,3 +222,26 @@ def test_combine_two_backbones_on_different_grids(tmp_path):
     wrong = {"train": [other["val"]], "val": [other["val"]]}
     with pytest.raises(ProbebenchError, match="other images"):
         combine_probe(main["train"], main["val"], None, ["segmentation"], extra=wrong, progress=False)
+
+
+def test_single_mode_refuses_extra_caches(tmp_path):
+    """'single' records each input at its (layer, timestep); inputs of other caches would share those cells."""
+    key = [(1, 500)]
+    caches = [
+        synthetic_splits(tmp_path, key, signal=None, sizes={"train": 4, "val": 2}, seed=s) for s in range(2)
+    ]
+    extra = {role: [caches[1][role]] for role in ("train", "val")}
+    with pytest.raises(ProbebenchError, match="run it on each backbone alone"):
+        fusion_probe(caches[0]["train"], caches[0]["val"], None, ["segmentation"], mode="single", extra=extra,
+                     **{**FAST, "epochs": 1})  # fmt: skip
+
+
+def test_a_change_of_the_rows_a_probe_writes_changes_its_stage_hash(monkeypatch):
+    from probebench.config import RunConfig
+    from probebench.pipeline import stage_hash
+
+    cfg = RunConfig()
+    st = cfg.probes[3]  # fusion, mode single
+    before = stage_hash(cfg, st, [cfg.backbones[0]])
+    monkeypatch.setattr(fusion_probe, "rows_version", 99, raising=False)
+    assert stage_hash(cfg, st, [cfg.backbones[0]]) != before

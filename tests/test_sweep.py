@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import yaml
 
 from probebench import pipeline
 from probebench.cli import main
+from probebench.config import load_config
 from probebench.errors import ProbebenchError
 from probebench.sweep import _expand_axis, load_sweep, missing_parts, run_sweep
 from probes.results import IDENTITY, read_results
@@ -345,3 +347,28 @@ def test_analyzing_a_sweep_directory_sees_every_cells_heads(tmp_path):
         cell
     ) in sweep.cells:  # one figure per cell, named after it: the same model in two cells never collides
         assert sum(analysis.common.slug(cell.name) in f.name for f in figs) == 1
+
+
+def test_a_cell_is_done_only_when_every_probe_seed_has_its_rows(tmp_path):
+    """missing_parts (cell_done, the plan, --dry-run) keys trained probes' rows by probe seed, as the pipeline."""
+    cfg = load_config(
+        None,
+        [
+            "data.max_train=8",
+            "data.max_val=4",
+            "data.max_test=4",
+            "data.options.resolution=16",
+            "backbones=[{name: 'timm:efficientnet_lite0', weights: random, image_size: 32, layers: [1]}]",
+            "probes=[{name: ridge}, {name: linear, cells: all, params: {epochs: 1}}]",
+            "tasks=[depth]",
+            "probe_seeds=[0, 4]",
+            f"extract.cache_dir={tmp_path / 'c'}",
+            f"output_dir={tmp_path / 'r'}",
+        ],
+    )
+    assert len(missing_parts(cfg)) == 3  # ridge, linear seed 0, linear seed 4
+    partial = replace(cfg, probe_seeds=[0])
+    pipeline.run(partial, progress=False, analyze=False)
+    assert missing_parts(cfg) == [("linear (probe seed 4)", "timm:efficientnet_lite0 (random)", "depth")]
+    pipeline.run(cfg, progress=False, analyze=False)
+    assert missing_parts(cfg) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,25 @@ def test_guidance_input_is_checked(
     with pytest.raises(SystemExit):
         tt.parse_args(["--guide-weights", str(tmp_path / "g.safetensors")])
     assert "--guide-weights needs --sample-only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--sample-only", "--guide-scale", "2"])
+    assert "--guide-scale needs --guide-weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--slg-scale", "-1"])
+    assert "slg_scale must be ≥ 0" in capsys.readouterr().err
+    # a saved config decides for --sample-only / --resume: a deeper model's block passes the parser
+    tt.parse_args(["--sample-only", "--slg-layer", "8"])
+    # the interval's ends count, up to float32 rounding of the σ grid
+    assert tt.Guidance(1.0, (1,), sigma_max=0.2).applies(float(torch.tensor(0.2)))
+    assert tt.Guidance(1.0, (1,), sigma_min=0.9).applies(float(torch.tensor(0.9)))
+    assert not tt.Guidance(1.0, (1,), sigma_max=0.2).applies(0.25)
+    # an autoguidance model must diffuse the same latent with the same captions
+    net = trainer.ema
+    other = types.SimpleNamespace(
+        transformer=types.SimpleNamespace(config={**net.transformer.config, "in_channels": 4})
+    )
+    with pytest.raises(ValueError, match="guide model's in_channels is 4, the model's 3"):
+        tt.sample(net, ids, steps=1, guidance=tt.Guidance(1.0, (), other))
 
 
 def test_cli_config_layering(tmp_path: Path) -> None:
@@ -220,6 +240,11 @@ def test_new_phase_restarts_the_schedule_and_keeps_the_history(tmp_path: Path) -
     w = tmp_path / "tiny_mmdit.safetensors"
     tt.main([*common, "--sample-only", "--guide-weights", str(w), "--samples-path", str(tmp_path / "g.png")])
     assert Image.open(tmp_path / "g.png").height == 7 * (16 * 6 + 2) + 2
+    # a flag not given keeps the saved value; an impossible block of the saved 2-block model is one message
+    tt.main([*common, "--sample-only", "--slg-scale", "0", "--samples-path", str(tmp_path / "n.png")])
+    assert Image.open(tmp_path / "n.png").height == 5 * (16 * 6 + 2) + 2
+    with pytest.raises(SystemExit, match="slg_layer 5 is not a block of a 2-block model"):
+        tt.main([*common, "--sample-only", "--slg-layer", "5", "--samples-path", str(tmp_path / "x.png")])
 
 
 # ------------------------------------------------------------------------------------ latent space (autoencoder)

@@ -93,10 +93,12 @@ def parse_variant(spec: str, base: T.TrainConfig) -> tuple[str, T.TrainConfig]:
         low = 0 if key in ("warmup", "seed", "slg_layer") else 1
         if type(value) is int and value < low:
             raise ValueError(f"variant {spec!r}: {key} must be ≥ {low}, got {value}")
+    cfg = dataclasses.replace(base, **over)
     try:
-        return name, dataclasses.replace(base, **over)
+        cfg.check()
     except ValueError as e:
         raise ValueError(f"variant {spec!r}: {e}") from None
+    return name, cfg
 
 
 def _render_chunk(job: tuple[str, int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,7 +117,11 @@ class TrainConfig:
     slg_scale: float = 1.0
     slg_layer: int = 1
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Settings that can only be judged together (raises ValueError); run on the final config, after a
+        checkpoint's or weight file's saved config has been merged in."""
+        if self.slg_scale < 0:
+            raise ValueError(f"slg_scale must be ≥ 0 (0 = no skip-layer guidance rows), got {self.slg_scale}")
         if self.slg_scale > 0 and not 0 <= self.slg_layer < self.num_layers:
             raise ValueError(
                 f"slg_layer {self.slg_layer} is not a block of a {self.num_layers}-block model "
@@ -267,7 +271,8 @@ def flow_loss(
 @dataclass(frozen=True)
 class Guidance:
     """Guidance by a weaker prediction: v ← v + scale·(v_caption − v_weak) at the steps whose σ lies in
-    [``sigma_min``, ``sigma_max``], with v_weak from the same caption as v_caption.
+    [``sigma_min``, ``sigma_max``], with v_weak from the same caption as v_caption (``scale`` = Karras et al.'s
+    w − 1 for autoguidance; SD3.5's skip-layer scale).
 
     v_weak is the model itself with the blocks ``skip_layers`` left out (skip-layer guidance, as SD3.5's
     reference sampler), or, when ``guide`` is given, that model (autoguidance, Karras et al. 2024: a
@@ -296,8 +301,19 @@ class Guidance:
                 raise ValueError(
                     f"skip-layer guidance: blocks {bad} do not exist (the model has blocks 0..{n - 1})"
                 )
-        elif self.guide.transformer.config.sample_size != net.transformer.config.sample_size:
-            raise ValueError("autoguidance: the guide model diffuses a different sample size than the model")
+        else:
+            mine, theirs = net.transformer.config, self.guide.transformer.config
+            for key in ("sample_size", "in_channels", "pooled_projection_dim", "joint_attention_dim"):
+                if mine[key] != theirs[key]:
+                    raise ValueError(
+                        f"autoguidance: the guide model's {key} is {theirs[key]}, the model's {mine[key]} "
+                        "(the guide must diffuse the same latent with the same captions)"
+                    )
+
+    def applies(self, sigma: float) -> bool:
+        """Whether the step at ``sigma`` is guided (the interval's ends included, up to float32 rounding of the
+        sampler's σ grid)."""
+        return self.sigma_min - 1e-6 <= sigma <= self.sigma_max + 1e-6
 
     def weak(self, net: Denoiser, x: torch.Tensor, sigma: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if self.guide is not None:
@@ -338,7 +354,7 @@ def sample(
             vc = v[:b]
             if guided:
                 v = v[b:] + cfg_scale * (vc - v[b:])
-            if guidance is not None and guidance.sigma_min <= float(sigmas[i]) <= guidance.sigma_max:
+            if guidance is not None and guidance.applies(float(sigmas[i])):
                 v = v + guidance.scale * (vc - guidance.weak(net, x, s[:b], ids).float())
         x = x + (sigmas[i + 1] - sigmas[i]) * v
     return to_rgb(x, vae)
@@ -643,7 +659,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
         help="with --sample-only: guided rows by autoguidance with these weights (e.g. an early checkpoint of "
         "the same run, --stop-at-step) instead of skip-layer guidance",
     )
-    p.add_argument("--guide-scale", type=float, default=1.0, help="autoguidance scale (default: %(default)s)")
+    p.add_argument(
+        "--guide-scale",
+        type=float,
+        help="autoguidance scale w in v + w·(v − v_guide), i.e. Karras et al.'s w − 1 (default: 1)",
+    )
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -673,10 +693,15 @@ def parse_args(argv: Sequence[str] | None) -> tuple[TrainConfig, argparse.Namesp
         p.error("--guide-weights needs --sample-only")
     # what --config and the flags set (a resume fills the rest from its checkpoint)
     args.explicit = dict(values)
-    try:
-        return TrainConfig(**values), args
-    except ValueError as e:
-        p.error(str(e))
+    if args.guide_scale is not None and not args.guide_weights:
+        p.error("--guide-scale needs --guide-weights")
+    cfg = TrainConfig(**values)
+    if not (args.resume or args.sample_only):  # those merge a saved config first (checked there)
+        try:
+            cfg.check()
+        except ValueError as e:
+            p.error(str(e))
+    return cfg, args
 
 
 def run_config(
@@ -784,11 +809,17 @@ def sample_only(cfg: TrainConfig, args: argparse.Namespace) -> None:
     saved = meta.get("extra", {}).get("training")
     if saved:
         sampling = ("sample_steps", "cfg_scale", "slg_scale", "slg_layer")
-        cfg = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in sampling}})
+        given = getattr(args, "explicit", {})
+        cfg = TrainConfig(**{**saved, **{k: given[k] for k in sampling if k in given}})
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise SystemExit(f"--sample-only: {e}") from None
     guidance = None
     if args.guide_weights:  # autoguidance rows instead of skip-layer guidance
         g_transformer, g_caption, _ = load_weights(args.guide_weights)
-        guidance = Guidance(args.guide_scale, (), Denoiser(g_transformer, g_caption))
+        scale = 1.0 if args.guide_scale is None else args.guide_scale
+        guidance = Guidance(scale, (), Denoiser(g_transformer, g_caption))
     out_png = args.samples_path or args.out / "samples.png"
     render_samples(cfg, Denoiser(transformer, caption), out_png, load_vae(weights), guidance)
     print(f"wrote {out_png} from {weights} (step {meta.get('extra', {}).get('step')})", flush=True)
@@ -827,6 +858,10 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
                     f"--resume: the config differs from the checkpoint's ({out / 'checkpoint.json'})"
                 )
         prev_wall = float(ck["wall_time_s"])
+        try:
+            cfg.check()
+        except ValueError as e:
+            raise SystemExit(f"--resume: {e}") from None
     cfg.model_config()  # a bad --vae file or size fails here, before the pool is rendered
     images, ids = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
     val_images, val_ids = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
