@@ -321,7 +321,11 @@ def plot_weight_distributions(
             top = float(np.nanmax(np.r_[s["mean_weight"] + s["std_over_images"], s["argmax_fraction"]]))
             ax.set_ylim(0, 1.45 * top)
             ax.legend(fontsize=7, loc="upper right")
-        fig.suptitle(f"{model}: learned per-pixel fusion weights (fusion-spatial, validation images)")
+        seeds = sorted({a.meta["probe_seed"] for a in group if "probe_seed" in a.meta})
+        of_seed = f", probe seed {', '.join(map(str, seeds))}" if seeds else ""
+        fig.suptitle(
+            f"{model}: learned per-pixel fusion weights\n(fusion-spatial, validation images{of_seed})"
+        )
         paths += save_figure(fig, out_dir, f"fusion_weights_{slug(model)}")
     return paths
 

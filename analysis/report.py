@@ -115,6 +115,8 @@ def best_cells(df: pd.DataFrame, split: str = "test", select_split: str = "val")
 def plot_layer_curves(df: pd.DataFrame, out: Path, split: str = "test") -> list[Path]:
     """Main metric vs layer (best timestep per layer), one panel per task, one line per model; PNG and PDF."""
     d = single_cells(main_metric_rows(df, split))
+    if d.empty:  # only multi-key cells (fusion over layers, combinations): no per-layer score
+        return []
     probes = [p for p in PER_CELL_PROBES if (d["probe"] == p).any()] or sorted(d["probe"].unique())
     d = seed_mean(d[d["probe"] == probes[0]])
     d["layer_index"] = d["layer"].astype(int)

@@ -116,8 +116,11 @@ def probe_seeds(cfg: RunConfig) -> list[int]:
 def stage_seeds(cfg: RunConfig, stage: ProbeConfig) -> list[int]:
     """The seeds a stage is fitted with: the probe seeds for a trained probe, the run's seed for a closed-form
     one (its numbers do not depend on a seed)."""
-    if not PROBES.entry(stage.name).kind.startswith("trained"):
-        return [cfg.seed]
+    entry = PROBES.entry(stage.name)
+    if not entry.kind.startswith("trained") or not getattr(PROBES.get(stage.name), "needs_cache", True):
+        return [
+            cfg.seed
+        ]  # closed form, or fitted while streaming the extraction (its seed is the noise seed)
     return probe_seeds(cfg)
 
 
@@ -388,6 +391,9 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     r["seed"] = seed
                 if seed != seeds[0]:  # heads, predictions and weight maps: those of the first seed
                     output.state_dicts, output.artifacts, output.artifact_meta = {}, {}, {}
+                elif len(seeds) > 1:  # say which seed they are
+                    for meta in output.artifact_meta.values():
+                        meta["probe_seed"] = seed
                 save_outputs(
                     out,
                     models,

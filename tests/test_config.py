@@ -75,3 +75,15 @@ def test_config_hash_ignores_runtime_only_fields_only():
     assert config_hash(load_config(None, ["extract.batch_size=3", "output_dir=/elsewhere", "name=x"])) == base
     assert config_hash(load_config(None, ["seed=1"])) != base
     assert config_hash(load_config(None, ["probes.0.params.lambdas=[1.0]"])) != base
+
+
+def test_probe_seeds_apply_to_trained_cached_probes_only():
+    from probebench.config import ProbeConfig
+    from probebench.pipeline import stage_seeds
+
+    cfg = load_config(None, ["seed=7", "probe_seeds=[1, 2]"])
+    assert stage_seeds(cfg, ProbeConfig("linear")) == [1, 2]
+    assert stage_seeds(cfg, ProbeConfig("fusion")) == [1, 2]
+    assert stage_seeds(cfg, ProbeConfig("ridge")) == [7]
+    assert stage_seeds(cfg, ProbeConfig("ridge-stream")) == [7]
+    assert stage_seeds(load_config(None, ["seed=7", "probe_seeds=null"]), ProbeConfig("linear")) == [7]

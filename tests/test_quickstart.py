@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -146,3 +147,25 @@ def test_trained_probes_run_once_per_probe_seed_and_ridge_once(tmp_path, capsys)
     assert "probe seed 5: all results present" in capsys.readouterr().err
     assert main([*args, "probe_seeds=[1, 1]"]) != 0
     assert "probe_seeds must be a non-empty list of distinct integers, got [1, 1]" in capsys.readouterr().err
+
+
+def test_saved_weight_maps_name_their_probe_seed(tmp_path):
+    from probebench.cli import main
+
+    args = [
+        "run",
+        "--no-progress",
+        "data.max_train=8",
+        "data.max_val=4",
+        "data.max_test=4",
+        "data.options.resolution=16",
+        "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [2, 3]}]",
+        "probes=[{name: fusion, cells: all, params: {mode: spatial, epochs: 1}}]",
+        "tasks=[segmentation]",
+        "probe_seeds=[3, 0]",
+        f"extract.cache_dir={tmp_path / 'c'}",
+        f"output_dir={tmp_path / 'r'}",
+    ]
+    assert main(args) == 0
+    metas = list((tmp_path / "r" / "quickstart" / "heads").rglob("fusion_weights_*.json"))
+    assert metas and all(json.loads(m.read_text())["probe_seed"] == 3 for m in metas)
