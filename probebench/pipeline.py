@@ -116,12 +116,17 @@ def probe_seeds(cfg: RunConfig) -> list[int]:
 def stage_seeds(cfg: RunConfig, stage: ProbeConfig) -> list[int]:
     """The seeds a stage is fitted with: the probe seeds for a trained probe, the run's seed for a closed-form
     one (its numbers do not depend on a seed)."""
-    entry = PROBES.entry(stage.name)
-    if not entry.kind.startswith("trained") or not getattr(PROBES.get(stage.name), "needs_cache", True):
-        return [
-            cfg.seed
-        ]  # closed form, or fitted while streaming the extraction (its seed is the noise seed)
+    trained = PROBES.entry(stage.name).kind.startswith("trained")
+    # a closed-form probe, or one fitted while streaming the extraction (its seed is the noise seed): once
+    if not trained or not getattr(PROBES.get(stage.name), "needs_cache", True):
+        return [cfg.seed]
     return probe_seeds(cfg)
+
+
+def stage_keys(cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig]) -> list[tuple[int, str]]:
+    """(probe seed, stage hash) of each fit of ``stage`` on ``models``: what its result rows are keyed by (the
+    pipeline's only-missing rule and the sweep's plan both read this)."""
+    return [(seed, stage_hash(cfg, stage, models, seed)) for seed in stage_seeds(cfg, stage)]
 
 
 def backbone_label(b: BackboneConfig) -> str:
@@ -157,7 +162,10 @@ def result_rows(
     cache_hash: str,
     chash: str,
     prov: dict[str, Any],
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
+    """Tidy result rows of a stage's records; ``seed``: the probe seed of this fit (default: the run's)."""
+    seed = cfg.seed if seed is None else seed
     backbone, weights = model_label(models)
     rows = []
     for r in records:
@@ -174,7 +182,7 @@ def result_rows(
                 "layer": fmt_layers(r["layer"]),
                 "timestep": fmt_timestep(r["timestep"]),
                 "log_snr": snr if isinstance(snr, (int, float)) else None,
-                "seed": r.get("seed", cfg.seed),
+                "seed": r.get("seed", seed),
                 "metric": r["metric"],
                 "value": r["value"],
                 "higher_is_better": HIGHER_IS_BETTER.get(r["metric"]),
@@ -325,9 +333,13 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                 )
     for st, probe in stages:
         seeds = stage_seeds(cfg, st)
-        for group, seed in ((g, s) for g in stage_groups(cfg, st) for s in seeds):
+        fits = [
+            (g, seed, chash)
+            for g in stage_groups(cfg, st)
+            for seed, chash in stage_keys(cfg, st, [cfg.backbones[i] for i in g])
+        ]
+        for group, seed, chash in fits:
             models = [cfg.backbones[i] for i in group]
-            chash = stage_hash(cfg, st, models, seed)
             label = "{} ({})".format(*model_label(models)) + (
                 f", probe seed {seed}" if len(seeds) > 1 else ""
             )
@@ -387,8 +399,6 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     **kwargs,
                     **st.params,
                 )
-                for r in output.records:
-                    r["seed"] = seed
                 if seed != seeds[0]:  # heads, predictions and weight maps: those of the first seed
                     output.state_dicts, output.artifacts, output.artifact_meta = {}, {}, {}
                 elif len(seeds) > 1:  # say which seed they are
@@ -405,7 +415,9 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                 )
                 n = append_results(
                     results,
-                    result_rows(output.records, cfg, st, models, data[0]["train"].cache.hash, chash, prov),
+                    result_rows(
+                        output.records, cfg, st, models, data[0]["train"].cache.hash, chash, prov, seed
+                    ),
                 )
                 say(f"[probebench] {st.name} on {label}, {', '.join(kinds)}: {n} result rows → {results}")
     if analyze:

@@ -538,17 +538,16 @@ def stage_groups(cfg: RunConfig) -> Iterator[tuple[Any, list[Any]]]:
 def missing_parts(cfg: RunConfig, results: Path | None = None) -> list[tuple[str, str, str]]:
     """(probe, model, task) triples of ``cfg`` without rows in its results file: the pipeline's only-missing
     rule (rows keyed by the stage hash), so an empty list means ``pipeline.run(cfg)`` would skip everything."""
-    from probebench.pipeline import model_label, stage_hash, stage_seeds
+    from probebench.pipeline import model_label, stage_keys
     from probes.results import RESULTS_FILE, done_cells
 
     results = results or Path(cfg.output_dir) / cfg.name / RESULTS_FILE
     out = []
     for st, models in stage_groups(cfg):
-        seeds = stage_seeds(cfg, st)
-        for seed in seeds:
-            done = done_cells(results, stage_hash(cfg, st, models, seed))
-            label = model_label(models)
-            name = st.name if len(seeds) == 1 else f"{st.name} (probe seed {seed})"
+        label, keys = model_label(models), stage_keys(cfg, st, models)
+        for seed, chash in keys:
+            done = done_cells(results, chash)
+            name = st.name if len(keys) == 1 else f"{st.name} (probe seed {seed})"
             out += [(name, "{} ({})".format(*label), t) for t in cfg.tasks if (*label, t) not in done]
     return out
 
