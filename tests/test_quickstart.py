@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _runs import small_run
 
 from analysis.report import best_cells
 from probebench.config import load_config
@@ -96,15 +97,12 @@ def test_cli_run_with_overrides(tmp_path, capsys):
         [
             "run",
             "--no-progress",
-            "data.max_train=8",
-            "data.max_val=4",
-            "data.max_test=4",
-            "data.options.resolution=16",
-            "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [3]}]",
-            "probes=[{name: ridge}]",
-            "tasks=[depth]",
-            f"extract.cache_dir={tmp_path / 'c'}",
-            f"output_dir={tmp_path / 'r'}",
+            *small_run(
+                tmp_path,
+                "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [3]}]",
+                "probes=[{name: ridge}]",
+                "tasks=[depth]",
+            ),
         ]
     )
     assert code == 0
@@ -119,16 +117,13 @@ def test_trained_probes_run_once_per_probe_seed_and_ridge_once(tmp_path, capsys)
     args = [
         "run",
         "--no-progress",
-        "data.max_train=8",
-        "data.max_val=4",
-        "data.max_test=4",
-        "data.options.resolution=16",
-        "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [2, 3]}]",
-        "probes=[{name: ridge}, {name: linear, cells: best, params: {epochs: 2}}]",
-        "tasks=[depth]",
-        "probe_seeds=[0, 5]",
-        f"extract.cache_dir={tmp_path / 'c'}",
-        f"output_dir={tmp_path / 'r'}",
+        *small_run(
+            tmp_path,
+            "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [2, 3]}]",
+            "probes=[{name: ridge}, {name: linear, cells: best, params: {epochs: 2}}]",
+            "tasks=[depth]",
+            "probe_seeds=[0, 5]",
+        ),
     ]
     assert main(args) == 0
     df = read_results(tmp_path / "r" / "quickstart")
@@ -155,16 +150,13 @@ def test_saved_weight_maps_name_their_probe_seed(tmp_path):
     args = [
         "run",
         "--no-progress",
-        "data.max_train=8",
-        "data.max_val=4",
-        "data.max_test=4",
-        "data.options.resolution=16",
-        "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [2, 3]}]",
-        "probes=[{name: fusion, cells: all, params: {mode: spatial, epochs: 1}}]",
-        "tasks=[segmentation]",
-        "probe_seeds=[3, 0]",
-        f"extract.cache_dir={tmp_path / 'c'}",
-        f"output_dir={tmp_path / 'r'}",
+        *small_run(
+            tmp_path,
+            "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [2, 3]}]",
+            "probes=[{name: fusion, cells: all, params: {mode: spatial, epochs: 1}}]",
+            "tasks=[segmentation]",
+            "probe_seeds=[3, 0]",
+        ),
     ]
     assert main(args) == 0
     metas = list((tmp_path / "r" / "quickstart" / "heads").rglob("fusion_weights_*.json"))

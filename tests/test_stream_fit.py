@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _runs import small_run
 
 import backbones
 import tasks
@@ -77,17 +78,12 @@ def test_pipeline_stream_stage_writes_rows_and_no_cache(tmp_path):
 
     cfg = load_config(
         None,
-        [
-            "data.max_train=8",
-            "data.max_val=4",
-            "data.max_test=4",
-            "data.options.resolution=16",
+        small_run(
+            tmp_path,
             "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [1, 2]}]",
             "tasks=[depth]",
             "probes=[{name: ridge-stream, params: {lambdas: [0.1, 1.0]}}]",
-            f"extract.cache_dir={tmp_path / 'c'}",
-            f"output_dir={tmp_path / 'r'}",
-        ],
+        ),
     )
     out = run(cfg, progress=False, analyze=False)
     df = read_results(out)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _runs import small_run
 
 from probebench import pipeline
 from probebench.cli import main
@@ -353,18 +354,13 @@ def test_a_cell_is_done_only_when_every_probe_seed_has_its_rows(tmp_path):
     """missing_parts (cell_done, the plan, --dry-run) keys trained probes' rows by probe seed, as the pipeline."""
     cfg = load_config(
         None,
-        [
-            "data.max_train=8",
-            "data.max_val=4",
-            "data.max_test=4",
-            "data.options.resolution=16",
+        small_run(
+            tmp_path,
             "backbones=[{name: 'timm:efficientnet_lite0', weights: random, image_size: 32, layers: [1]}]",
             "probes=[{name: ridge}, {name: linear, cells: all, params: {epochs: 1}}]",
             "tasks=[depth]",
             "probe_seeds=[0, 4]",
-            f"extract.cache_dir={tmp_path / 'c'}",
-            f"output_dir={tmp_path / 'r'}",
-        ],
+        ),
     )
     assert len(missing_parts(cfg)) == 3  # ridge, linear seed 0, linear seed 4
     partial = replace(cfg, probe_seeds=[0])
