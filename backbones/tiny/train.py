@@ -803,6 +803,15 @@ def render_samples(
     print("captions of the sampled row:", " | ".join(caption_text(i) for i in ids), flush=True)
 
 
+def checked(cfg: TrainConfig, where: str) -> TrainConfig:
+    """``cfg`` after :meth:`TrainConfig.check`, a failure as one message naming ``where`` (exit)."""
+    try:
+        cfg.check()
+    except ValueError as e:
+        raise SystemExit(f"{where}: {e}") from None
+    return cfg
+
+
 def sample_only(cfg: TrainConfig, args: argparse.Namespace) -> None:
     weights = args.weights or args.out / WEIGHTS_NAME
     transformer, caption, meta = load_weights(weights)
@@ -811,10 +820,7 @@ def sample_only(cfg: TrainConfig, args: argparse.Namespace) -> None:
         sampling = ("sample_steps", "cfg_scale", "slg_scale", "slg_layer")
         given = getattr(args, "explicit", {})
         cfg = TrainConfig(**{**saved, **{k: given[k] for k in sampling if k in given}})
-    try:
-        cfg.check()
-    except ValueError as e:
-        raise SystemExit(f"--sample-only: {e}") from None
+    checked(cfg, "--sample-only")
     guidance = None
     if args.guide_weights:  # autoguidance rows instead of skip-layer guidance
         g_transformer, g_caption, _ = load_weights(args.guide_weights)
@@ -858,10 +864,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
                     f"--resume: the config differs from the checkpoint's ({out / 'checkpoint.json'})"
                 )
         prev_wall = float(ck["wall_time_s"])
-        try:
-            cfg.check()
-        except ValueError as e:
-            raise SystemExit(f"--resume: {e}") from None
+        checked(cfg, "--resume")
     cfg.model_config()  # a bad --vae file or size fails here, before the pool is rendered
     images, ids = render_pool("train", cfg.pool_size, cfg.resolution, cfg.data_seed, log=True)
     val_images, val_ids = render_pool("val", cfg.val_images, cfg.resolution, cfg.data_seed)
