@@ -99,6 +99,9 @@ class VAEConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.05
     kl_weight: float = 1e-6
+    # scale-equivariance regulariser (Skorokhodov et al. 2025, "Improving the Diffusability of Autoencoders"):
+    # weight of L1(decode(avgpool₂(z)), avgpool₂(x)); 0 = off
+    se_weight: float = 0.0
     bf16: bool = True
 
 
@@ -155,9 +158,13 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
             rec = vae.decode(z).sample
+            if cfg.se_weight > 0:  # the half-resolution latent must decode to the half-resolution image
+                rec_half = vae.decode(nn.functional.avg_pool2d(z, 2)).sample
         l1 = (rec.float() - x).abs().mean()
         kl = post.kl().float().mean()
         loss = l1 + cfg.kl_weight * kl
+        if cfg.se_weight > 0:
+            loss = loss + cfg.se_weight * (rec_half.float() - nn.functional.avg_pool2d(x, 2)).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -232,12 +239,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=VAEConfig.crop,
         help="train on random crops of this size; 64 = whole images (default: %(default)s)",
     )
+    p.add_argument(
+        "--se-weight",
+        type=float,
+        default=VAEConfig.se_weight,
+        help="weight of the scale-equivariance loss (decode the 2x-pooled latent to the 2x-pooled image); "
+        "0 = off (default: %(default)s)",
+    )
     a = p.parse_args(argv)
+    if a.se_weight < 0:
+        p.error(f"--se-weight must be ≥ 0, got {a.se_weight}")
     for name in ("steps", "pool_size", "threads"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     try:
-        cfg = VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size, crop=a.crop)
+        cfg = VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size, crop=a.crop, se_weight=a.se_weight)
         train_vae(cfg, a.out, a.max_minutes, a.threads)
     except ValueError as e:
         p.error(str(e))
