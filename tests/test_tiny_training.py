@@ -444,3 +444,56 @@ def test_shipped_config_finds_its_autoencoder_from_any_directory(
     cfg = tt.shipped_config()
     assert Path(cfg.vae).is_file() and Path(cfg.vae).parent == tiny.DEFAULT_WEIGHTS.parent
     assert cfg.model_config()["sample_size"] == cfg.resolution // 4
+
+
+def test_scale_equivariance_loss_decodes_the_pooled_latent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from backbones.tiny import autoencoder as ae
+
+    vae_class = type(tiny.build_vae(ae.vae_config(16, (8, 8), 4), seed=0))
+    real_decode = vae_class.decode
+    seen: list[tuple[int, ...]] = []
+
+    def spy(self, z, *args, **kwargs):
+        seen.append(tuple(z.shape))
+        return real_decode(self, z, *args, **kwargs)
+
+    monkeypatch.setattr(vae_class, "decode", spy)
+    params = {}
+    for weight in (0.0, 1.0):
+        seen.clear()
+        cfg = ae.VAEConfig(
+            resolution=16, channels=(8, 8), crop=8, pool_size=8, batch_size=4, steps=3, warmup=1,
+            val_images=4, se_weight=weight,
+        )  # fmt: skip
+        ae.train_vae(cfg, tmp_path / str(weight), max_minutes=5, threads=1)
+        # an 8-px crop has a 4×4 latent (factor 2); the regulariser decodes it pooled to 2×2
+        assert seen[:2] == ([(4, 4, 4, 4)] * 2 if weight == 0 else [(4, 4, 4, 4), (4, 4, 2, 2)])
+        params[weight] = tiny.load_vae(tmp_path / str(weight) / "vae.safetensors").state_dict()
+    assert any(not torch.equal(params[0.0][k], params[1.0][k]) for k in params[0.0])
+
+
+def test_autoencoder_cli_rejects_a_negative_se_weight(tmp_path: Path) -> None:
+    from backbones.tiny.autoencoder import main
+
+    with pytest.raises(SystemExit):
+        main(["--se-weight", "-1", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_autoencoder_stop_at_step_keeps_the_longer_schedule(tmp_path: Path) -> None:
+    from backbones.tiny.autoencoder import VAEConfig, train_vae
+
+    small = dict(resolution=16, channels=(8, 8), crop=8, pool_size=8, batch_size=4, warmup=1, val_images=4)
+    runs = {
+        "stopped": (VAEConfig(**small, steps=5), 3),  # a 5-step schedule stopped after 3 steps
+        "short": (VAEConfig(**small, steps=3), None),  # a 3-step schedule (lr decays faster)
+    }
+    params = {}
+    for name, (cfg, stop) in runs.items():
+        train_vae(cfg, tmp_path / name, max_minutes=5, threads=1, stop_at_step=stop)
+        extra = json.loads(tiny.file_metadata(tmp_path / name / "vae.safetensors")["extra"])
+        assert extra["steps_done"] == 3
+        params[name] = tiny.load_vae(tmp_path / name / "vae.safetensors").state_dict()
+    assert any(not torch.equal(params["stopped"][k], params["short"][k]) for k in params["short"])

@@ -125,7 +125,11 @@ def crop_offsets(gen: torch.Generator, resolution: int, crop: int, factor: int) 
     return oy, ox
 
 
-def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -> nn.Module:
+def train_vae(
+    cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2, stop_at_step: int | None = None
+) -> nn.Module:
+    """Train, measure the latent factors and write ``out``/vae.*; stops at ``cfg.steps``, at the wall budget or
+    at ``stop_at_step`` (to replay a run that the clock stopped: the schedule still spans ``cfg.steps``)."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     deadline = t0 + max_minutes * 60.0
@@ -144,7 +148,8 @@ def train_vae(cfg: VAEConfig, out: Path, max_minutes: float, threads: int = 2) -
     rows, window, step = [], [], 0
     t_train = time.perf_counter()
     vae.train()
-    while step < cfg.steps and time.perf_counter() < deadline:
+    last = cfg.steps if stop_at_step is None else min(cfg.steps, stop_at_step)
+    while step < last and time.perf_counter() < deadline:
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
         idx = torch.randint(images.shape[0], (cfg.batch_size,), generator=gen)
@@ -246,7 +251,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="weight of the scale-equivariance loss (decode the 2x-pooled latent to the 2x-pooled image); "
         "0 = off (default: %(default)s)",
     )
+    p.add_argument(
+        "--stop-at-step",
+        type=int,
+        help="stop here, the cosine schedule still spanning --steps (replays a run stopped by the clock)",
+    )
     a = p.parse_args(argv)
+    if a.stop_at_step is not None and a.stop_at_step < 1:
+        p.error(f"--stop-at-step must be at least 1, got {a.stop_at_step}")
     if a.se_weight < 0:
         p.error(f"--se-weight must be ≥ 0, got {a.se_weight}")
     for name in ("steps", "pool_size", "threads"):
@@ -254,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     try:
         cfg = VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size, crop=a.crop, se_weight=a.se_weight)
-        train_vae(cfg, a.out, a.max_minutes, a.threads)
+        train_vae(cfg, a.out, a.max_minutes, a.threads, a.stop_at_step)
     except ValueError as e:
         p.error(str(e))
 
