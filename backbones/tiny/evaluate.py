@@ -55,7 +55,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         warnings.catch_warnings()
     ):  # with N ≤ D the covariances are singular: expected, the root still exists
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        root, _ = linalg.sqrtm(sa @ sb, disp=False)
+        root = linalg.sqrtm(sa @ sb)
     return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2.0 * np.trace(root.real))
 
 
