@@ -66,6 +66,8 @@ def test_cli_names_bad_input_before_any_work(tmp_path: Path) -> None:
         ev.main(["--weights", str(tmp_path / "nope.safetensors"), "--csv", str(tmp_path / "out.csv")])
     with pytest.raises(SystemExit):
         ev.main(["--images", "1", "--csv", str(tmp_path / "out.csv")])
+    with pytest.raises(SystemExit):
+        ev.main(["--threads", "0", "--csv", str(tmp_path / "out.csv")])
     assert not (tmp_path / "out.csv").exists()
     with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         ev.evaluate([tmp_path / "nope.safetensors"], images=4)

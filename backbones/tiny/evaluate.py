@@ -181,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
     a = p.parse_args(argv)
-    torch.set_num_threads(max(1, a.threads))
+    if a.threads < 1:
+        p.error(f"--threads must be at least 1, got {a.threads}")
+    torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     try:
         rows = evaluate(a.weights, a.images, a.steps, a.seed)
