@@ -261,13 +261,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="stop here, the cosine schedule still spanning --steps (replays a run stopped by the clock)",
     )
     a = p.parse_args(argv)
-    if a.stop_at_step is not None and a.stop_at_step < 1:
-        p.error(f"--stop-at-step must be at least 1, got {a.stop_at_step}")
     if a.se_weight < 0:
         p.error(f"--se-weight must be ≥ 0, got {a.se_weight}")
-    for name in ("steps", "pool_size", "threads"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    for name in ("steps", "pool_size", "threads", "stop_at_step"):  # stop_at_step: None = not given
+        value = getattr(a, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     try:
         cfg = VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size, crop=a.crop, se_weight=a.se_weight)
         train_vae(cfg, a.out, a.max_minutes, a.threads, a.stop_at_step)

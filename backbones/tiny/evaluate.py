@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
+import io
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,25 +35,30 @@ import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
 
+import backbones
 from backbones.diffusion import vae_downsample
 from backbones.tiny.model import DEFAULT_WEIGHTS, MAX_TOKENS, PAD_ID, load_vae, load_weights
 from backbones.tiny.train import Denoiser, Guidance, encode_pool, render_pool, sample, to_rgb
+from probebench.io import atomic_write_bytes
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FIELDS = ("weights", "set", "images", "fd", "kid_x1000")
+
+
+def feature_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two feature sets (N, D) and (M, D) as float64, N, M ≥ 2 (ValueError otherwise)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two feature sets (N ≥ 2, same D), got shapes {a.shape} and {b.shape}")
+    return a, b
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa Σb)^½) of features (N, D) — FID's formula, in float64."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two feature sets (N ≥ 2, same D), got shapes {a.shape} and {b.shape}")
+    a, b = feature_pair(a, b)
     mu = a.mean(0) - b.mean(0)
     sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with (
-        warnings.catch_warnings()
-    ):  # with N ≤ D the covariances are singular: expected, the root still exists
+    # with N ≤ D the covariances are singular: expected, the root still exists
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         root = linalg.sqrtm(sa @ sb)
     return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2.0 * np.trace(root.real))
@@ -61,9 +66,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def kernel_inception_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Unbiased MMD² between feature sets (N, D) and (M, D) with k(x, y) = (x·y / D + 1)³ (KID)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two feature sets (N ≥ 2, same D), got shapes {a.shape} and {b.shape}")
+    a, b = feature_pair(a, b)
     d, n, m = a.shape[1], len(a), len(b)
     kaa, kbb, kab = ((x @ y.T / d + 1.0) ** 3 for x, y in ((a, a), (b, b), (a, b)))
     within_a = (kaa.sum() - np.trace(kaa)) / (n * (n - 1))
@@ -72,19 +75,13 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Features(nn.Module):
-    """EfficientNet-Lite0 (timm, ImageNet weights from the package): RGB in [0, 1] → pooled features (N, 1280)."""
+    """EfficientNet-Lite0 with its ImageNet weights, loaded and normalised as the ``timm:efficientnet_lite0``
+    backbone does: RGB in [0, 1] → pooled features (N, 1280)."""
 
     def __init__(self) -> None:
         super().__init__()
-        import timm
-
-        from backbones.timm_backbones import PACKAGED_WEIGHTS
-
-        self.net = timm.create_model("efficientnet_lite0", pretrained=False)
-        self.net.load_state_dict(PACKAGED_WEIGHTS["efficientnet_lite0"]()[0], strict=True)
-        self.net.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        adapter = backbones.create("timm:efficientnet_lite0")  # weights="default": the packaged file
+        self.net, self.mean, self.std = adapter.model, adapter.mean, adapter.std
 
     @torch.no_grad()
     def forward(self, rgb: torch.Tensor, batch: int = 100) -> np.ndarray:
@@ -162,12 +159,11 @@ def evaluate(
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
