@@ -48,6 +48,7 @@ def test_parse_variant_replaces_fields_and_names_bad_ones() -> None:
         ("A:32:1e-3:resolution=32", "resolution is shared by all variants"),
         ("A:32:1e-3:pool_size=10", "pool_size is shared by all variants"),
         ("A:32:1e-3:start_step=5", "start_step is shared by all variants"),
+        ("A:32:1e-3:repa_weight=0.5", "trains without representation alignment"),
     ]:
         with pytest.raises(ValueError, match=says):
             sweep.parse_variant(bad, base)

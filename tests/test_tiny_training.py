@@ -60,8 +60,8 @@ def test_training_is_deterministic_and_learns(pool: tuple[torch.Tensor, torch.Te
 def test_loss_decreases_on_fixed_batch(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
     torch.set_num_threads(1)
     trainer = tt.Trainer(tt.TrainConfig(**SMALL), *pool)
-    fixed = trainer.batch()
-    trainer.batch = lambda: fixed  # type: ignore[method-assign]  # overfit one batch
+    fixed = trainer.draw()
+    trainer.draw = lambda: fixed  # type: ignore[method-assign]  # overfit one batch
     losses = [trainer.step()[0] for _ in range(25)]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
@@ -482,6 +482,31 @@ def test_autoencoder_cli_rejects_a_negative_se_weight(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_autoencoder_cli_sets_the_levels_and_latent_channels(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from backbones.tiny import autoencoder as ae
+
+    got: list[ae.VAEConfig] = []
+    monkeypatch.setattr(ae, "train_vae", lambda cfg, *a, **k: got.append(cfg))
+    ae.main(["--channels", "32,64,64,128", "--latent-channels", "16", "--crop", "32", "--out", str(tmp_path)])
+    assert (got[0].channels, got[0].latent_channels) == ((32, 64, 64, 128), 16)
+    assert ae.vae_downsample(ae.vae_config(64, got[0].channels, 16)) == 8
+    for bad in (
+        ["--channels", "32"],
+        ["--channels", "32,0"],
+        ["--channels", "a,b"],
+        ["--latent-channels", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            ae.main([*bad, "--out", str(tmp_path / "out")])
+    assert len(got) == 1
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):  # a crop of 12 px is off the factor-8 grid: refused before rendering
+        ae.main(["--channels", "8,8,8,8", "--crop", "12", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_autoencoder_stop_at_step_keeps_the_longer_schedule(tmp_path: Path) -> None:
     from backbones.tiny.autoencoder import VAEConfig, train_vae
 
@@ -497,3 +522,118 @@ def test_autoencoder_stop_at_step_keeps_the_longer_schedule(tmp_path: Path) -> N
         assert extra["steps_done"] == 3
         params[name] = tiny.load_vae(tmp_path / name / "vae.safetensors").state_dict()
     assert any(not torch.equal(params["stopped"][k], params["short"][k]) for k in params["short"])
+
+
+# ------------------------------------------------------------------------------ representation alignment (REPA)
+
+
+def repa_trainer(pool: tuple[torch.Tensor, torch.Tensor], **over: object) -> tt.Trainer:
+    """A pixel-space SMALL trainer (patch 2 → 8×8 tokens) aligned to random 5-channel targets."""
+    cfg = tt.TrainConfig(**{**SMALL, "repa_weight": 0.5, "repa_layer": 0, **over})
+    targets = torch.randn(pool[0].shape[0], 5, 8, 8, generator=torch.Generator().manual_seed(3)).half()
+    return tt.Trainer(cfg, *pool, targets=targets)
+
+
+def test_repa_config_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="repa_weight must be ≥ 0"):
+        tt.TrainConfig(**{**SMALL, "repa_weight": -1.0}).check()
+    with pytest.raises(ValueError, match="repa_layer 2 is not a block of a 2-block model"):
+        tt.TrainConfig(**{**SMALL, "repa_weight": 0.5, "repa_layer": 2}).check()
+    tt.TrainConfig(**{**SMALL, "repa_layer": 7}).check()  # ignored while alignment is off
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--out", str(tmp_path), "--repa-weight", "0.5", "--repa-layer", "9"])
+
+
+def test_repa_needs_targets_of_the_token_grid(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
+    cfg = tt.TrainConfig(**{**SMALL, "repa_weight": 0.5, "repa_layer": 0})
+    with pytest.raises(ValueError, match=r"needs targets \(16, C, 8, 8\); got None"):
+        tt.Trainer(cfg, *pool)
+    with pytest.raises(ValueError, match=r"got \(16, 5, 4, 4\)"):
+        tt.Trainer(cfg, *pool, targets=torch.zeros(16, 5, 4, 4))
+
+
+def test_repa_targets_follow_the_images_and_their_flips(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
+    n = pool[1].shape[0]
+    latents = torch.arange(n, dtype=torch.float32).view(1, n, 1, 1, 1).expand(2, n, 4, 8, 8).clone()
+    latents[1] = -latents[1] - 1  # the flipped encodings: −i − 1
+    cfg = tt.TrainConfig(**{**SMALL, "repa_weight": 0.5, "repa_layer": 0})
+    targets = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    trainer = tt.Trainer(cfg, pool[0][:0], pool[1], latents, targets)
+    flips = set()
+    for _ in range(4):
+        x0, _, _, _, target = trainer.draw()
+        for x, t in zip(x0, target):
+            i = int(x[0, 0, 0])
+            flipped = i < 0
+            flips.add(flipped)
+            expected = targets[-i - 1].flip(-1) if flipped else targets[i]
+            assert torch.equal(t, expected)
+    assert flips == {True, False}
+
+
+def test_repa_aligns_the_image_tokens_after_its_block(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
+    torch.set_num_threads(1)
+    trainer = repa_trainer(pool, repa_layer=1, bf16=False)
+    x0, ids, sigma, noise, target = trainer.draw()
+    loss, align = tt.flow_repa_loss(trainer.net, x0, ids, sigma, noise, target, 1, bf16=False)
+    assert torch.equal(loss, tt.flow_loss(trainer.net, x0, ids, sigma, noise, bf16=False))
+    # the image stream after blocks 0 and 1, computed here block by block
+    tr, net = trainer.net.transformer, trainer.net
+    s = sigma.view(-1, 1, 1, 1)
+    hidden, pooled = net.caption(ids)
+    with torch.no_grad():
+        h = tr.pos_embed((1 - s) * x0 + s * noise)
+        temb = tr.time_text_embed(sigma * 1000.0, pooled)
+        enc = tr.context_embedder(hidden)
+        for block in tr.transformer_blocks[:2]:
+            enc, h = block(hidden_states=h, encoder_hidden_states=enc, temb=temb)
+        cos = torch.nn.functional.cosine_similarity(
+            net.repa(h), target.flatten(2).transpose(1, 2).float(), dim=-1
+        )
+    torch.testing.assert_close(align.detach(), -cos.mean())
+
+
+def test_repa_changes_training_not_the_flow_loss_or_the_batches(
+    pool: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    torch.set_num_threads(1)
+    plain, aligned = tt.Trainer(tt.TrainConfig(**SMALL), *pool), repa_trainer(pool)
+    assert plain.step()[0] == aligned.step()[0]  # same init and batch: the reported loss is the flow loss
+    assert torch.isfinite(torch.tensor(aligned.last_align)) and aligned.last_align < 0.5
+    assert aligned.net.repa is not None and all(p.grad is not None for p in aligned.net.repa.parameters())
+    a, b = plain.net.transformer.state_dict(), aligned.net.transformer.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the alignment gradient reached the DiT
+    assert torch.equal(plain.gen.get_state(), aligned.gen.get_state())  # it drew nothing more
+
+
+def test_repa_resumes_exactly_and_ships_no_projector(
+    pool: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    straight = repa_trainer(pool)
+    losses = [straight.step()[0] for _ in range(4)]
+    first = repa_trainer(pool)
+    head = [first.step()[0] for _ in range(2)]
+    state = first.state_tensors()
+    assert any(k.startswith("net.repa.") for k in state)
+    second = repa_trainer(pool)
+    second.load_state_tensors(state)
+    assert head + [second.step()[0] for _ in range(2)] == losses
+    cfg = tt.TrainConfig(**SMALL)
+    path = tiny.save_weights(
+        tmp_path / "w.safetensors", second.ema.transformer, second.ema.caption, cfg.model_config(), {}
+    )
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        names = list(f.keys())
+    assert names and not any("repa" in k for k in names)
+    tiny.load_weights(path)
+
+
+def test_repa_targets_are_efficientnet_last_stage_maps(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
+    torch.set_num_threads(1)
+    t = tt.repa_targets(pool[0][:3], grid=2, batch=2)
+    assert t.shape == (3, 320, 2, 2) and t.dtype == torch.float16 and torch.isfinite(t).all()
+    assert torch.equal(t[2:], tt.repa_targets(pool[0][2:3], grid=2))  # per image, whatever the batch
+    assert t.float().std() > 0 and not torch.equal(t[0], t[1])

@@ -249,6 +249,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="train on random crops of this size; 64 = whole images (default: %(default)s)",
     )
     p.add_argument(
+        "--channels",
+        type=lambda v: tuple(int(c) for c in v.split(",")),
+        default=VAEConfig.channels,
+        help="channels per level, comma-separated; downsampling 2^(levels − 1) (default: 32,64,64)",
+    )
+    p.add_argument(
+        "--latent-channels",
+        type=int,
+        default=VAEConfig.latent_channels,
+        help="latent channels (default: %(default)s)",
+    )
+    p.add_argument(
         "--se-weight",
         type=float,
         default=VAEConfig.se_weight,
@@ -263,12 +275,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.se_weight < 0:
         p.error(f"--se-weight must be ≥ 0, got {a.se_weight}")
-    for name in ("steps", "pool_size", "threads", "stop_at_step"):  # stop_at_step: None = not given
+    if min(a.channels) < 1 or len(a.channels) < 2:
+        p.error(f"--channels must be ≥ 2 positive counts (one level per entry), got {a.channels}")
+    for name in ("steps", "pool_size", "threads", "stop_at_step", "latent_channels"):  # None = not given
         value = getattr(a, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     try:
-        cfg = VAEConfig(seed=a.seed, steps=a.steps, pool_size=a.pool_size, crop=a.crop, se_weight=a.se_weight)
+        cfg = VAEConfig(
+            seed=a.seed,
+            steps=a.steps,
+            pool_size=a.pool_size,
+            crop=a.crop,
+            se_weight=a.se_weight,
+            channels=a.channels,
+            latent_channels=a.latent_channels,
+        )
         train_vae(cfg, a.out, a.max_minutes, a.threads, a.stop_at_step)
     except ValueError as e:
         p.error(str(e))

@@ -98,6 +98,11 @@ def parse_variant(spec: str, base: T.TrainConfig) -> tuple[str, T.TrainConfig]:
         cfg.check()
     except ValueError as e:
         raise ValueError(f"variant {spec!r}: {e}") from None
+    if cfg.repa_weight > 0:
+        raise ValueError(
+            f"variant {spec!r}: repa_weight {cfg.repa_weight} — the sweep trains without representation "
+            "alignment (it computes no EfficientNet targets); train such a run with python -m backbones.tiny.train"
+        )
     return name, cfg
 
 

