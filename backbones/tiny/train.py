@@ -510,7 +510,7 @@ class Trainer:
         c = self.cfg
         return warmup_cosine(step - c.start_step, c.lr, c.warmup, c.steps - c.start_step, c.min_lr_ratio)
 
-    def draw(self) -> tuple[torch.Tensor, ...]:
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(x0, caption ids, σ, ε, REPA targets or None) for one step, all drawn from the run's generator; the
         targets are those of the same images, flipped with them (EfficientNet's map of a flipped image is taken
         as its map flipped)."""
