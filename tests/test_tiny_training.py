@@ -483,7 +483,7 @@ def test_autoencoder_cli_rejects_a_negative_se_weight(tmp_path: Path) -> None:
 
 
 def test_autoencoder_cli_sets_the_levels_and_latent_channels(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from backbones.tiny import autoencoder as ae
 
@@ -500,6 +500,7 @@ def test_autoencoder_cli_sets_the_levels_and_latent_channels(
     ):
         with pytest.raises(SystemExit):
             ae.main([*bad, "--out", str(tmp_path / "out")])
+    assert "expected comma-separated integers such as 32,64,64, got 'a,b'" in capsys.readouterr().err
     assert len(got) == 1
     monkeypatch.undo()
     with pytest.raises(SystemExit):  # a crop of 12 px is off the factor-8 grid: refused before rendering

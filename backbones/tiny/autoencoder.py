@@ -218,6 +218,16 @@ def train_vae(
     return vae
 
 
+def channel_list(text: str) -> tuple[int, ...]:
+    """``--channels`` value: comma-separated integers, e.g. ``32,64,64``."""
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 32,64,64, got {text!r}"
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument(
         "--channels",
-        type=lambda v: tuple(int(c) for c in v.split(",")),
+        type=channel_list,
         default=VAEConfig.channels,
         help="channels per level, comma-separated; downsampling 2^(levels − 1) (default: 32,64,64)",
     )

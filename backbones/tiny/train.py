@@ -859,7 +859,7 @@ def run_config(
             "block": cfg.repa_layer,
             "weight": cfg.repa_weight,
             "projector_parameters": num_parameters(trainer.net.repa)
-            if trainer and trainer.net.repa
+            if trainer and trainer.net.repa is not None
             else None,
         }
         if cfg.repa_weight > 0
