@@ -113,6 +113,58 @@ def test_sample_grid_shape(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
         trainer.ema, images[:4], ids[:4], steps=2, cfg_scale=2.0, scale=1, guidance=guided
     )
     assert labels[5:] == ["empty, skip 1 w1"] * 2 and fig.shape[0] == 7 * (16 + 2) + 2
+    fig, labels = tt.sample_figure(
+        trainer.ema, images[:4], ids[:4], steps=2, cfg_scale=2.0, scale=1, object_cfg=3
+    )
+    assert labels[5:] == [f"{k}, object cfg 3" for k in ("sphere", "box", "cylinder", "cone", "torus")]
+    assert fig.shape[0] == 10 * (16 + 2) + 2
+
+
+def test_without_objects_keeps_the_stuff_in_order() -> None:
+    names = tiny.caption_from_names
+    got = tiny.without_objects(
+        torch.stack([names(["background", "floor", "sphere", "torus"]), names(["floor", "wall", "cone"])])
+    )
+    assert torch.equal(got, torch.stack([names(["background", "floor"]), names(["floor", "wall"])]))
+    assert torch.equal(tiny.without_objects(names(["box", "cylinder"])), tiny.empty_ids(1)[0])
+    assert torch.equal(tiny.without_objects(tiny.empty_ids(2)), tiny.empty_ids(2))
+    # tokens in any order (not as caption_ids writes them): the kept ones stay in their order, padded behind
+    mixed = torch.tensor([tiny.VOCAB.index("cone"), tiny.VOCAB.index("wall"), 0, tiny.VOCAB.index("floor")])
+    want = [tiny.VOCAB.index("wall"), 0, tiny.VOCAB.index("floor"), 0]
+    assert tiny.without_objects(mixed).tolist() == want
+    assert [tiny.VOCAB[t] for t in tiny.OBJECT_IDS] == ["sphere", "box", "cylinder", "cone", "torus"]
+
+
+def test_negative_caption_guidance(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """CFG against a negative caption: one Euler step from σ = 1 is x0 − (v_neg + s·(v_caption − v_neg)); the
+    empty caption as negative is the default; one negative for the batch or one per caption; bad shapes refused."""
+    torch.set_num_threads(1)
+    trainer, _ = run_steps(pool, 3)
+    net = trainer.ema.eval()
+    ids = pool[1][:3]
+    neg = tiny.without_objects(ids)
+    assert not torch.equal(neg, ids)  # the pool's captions name objects
+    x0 = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        vc, vn = net(x0, torch.ones(3), ids), net(x0, torch.ones(3), neg)
+    got = tt.sample(net, ids, steps=1, cfg_scale=2.5, negative=neg)
+    torch.testing.assert_close(got, ((x0 - (vn + 2.5 * (vc - vn))).clamp(-1, 1) + 1) / 2)
+    assert not torch.allclose(got, tt.sample(net, ids, steps=1, cfg_scale=2.5))
+    empty = tiny.empty_ids(3)
+    assert torch.equal(
+        tt.sample(net, ids, steps=2, cfg_scale=2.5, negative=empty),
+        tt.sample(net, ids, steps=2, cfg_scale=2.5),
+    )
+    one = tiny.caption_from_names(["background", "floor"])
+    assert torch.equal(
+        tt.sample(net, ids, steps=2, cfg_scale=2.5, negative=one),
+        tt.sample(net, ids, steps=2, cfg_scale=2.5, negative=one.expand(3, -1)),
+    )
+    for bad in (one[:4], one.expand(2, -1), one[None, None]):
+        with pytest.raises(
+            ValueError, match=r"negative caption: expected token ids of shape \(8,\) or \(3, 8\)"
+        ):
+            tt.sample(net, ids, steps=1, cfg_scale=2.5, negative=bad)
 
 
 class _ZeroGuide(torch.nn.Module):
@@ -189,6 +241,9 @@ def test_guidance_input_is_checked(
     with pytest.raises(SystemExit):
         tt.parse_args(["--slg-scale", "-1"])
     assert "slg_scale must be ≥ 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--object-cfg-scale", "-1"])
+    assert "object_cfg_scale must be ≥ 0 (0 = no object-guided rows)" in capsys.readouterr().err
     # a saved config decides for --sample-only / --resume: a deeper model's block passes the parser
     tt.parse_args(["--sample-only", "--slg-layer", "8"])
     # the interval's ends count, up to float32 rounding of the σ grid
@@ -234,14 +289,15 @@ def test_new_phase_restarts_the_schedule_and_keeps_the_history(tmp_path: Path) -
     # a plain --resume of the new phase takes its config from the checkpoint
     tt.main([*common, "--resume"])
     assert json.loads((tmp_path / "config.json").read_text())["training"]["start_step"] == 6
-    # samples with autoguidance (here by the model itself): two more rows
+    # samples with autoguidance (here by the model itself): two more rows, and five object-guided rows
     from PIL import Image
 
     w = tmp_path / "tiny_mmdit.safetensors"
     tt.main([*common, "--sample-only", "--guide-weights", str(w), "--samples-path", str(tmp_path / "g.png")])
-    assert Image.open(tmp_path / "g.png").height == 7 * (16 * 6 + 2) + 2
+    assert Image.open(tmp_path / "g.png").height == 12 * (16 * 6 + 2) + 2
     # a flag not given keeps the saved value; an impossible block of the saved 2-block model is one message
-    tt.main([*common, "--sample-only", "--slg-scale", "0", "--samples-path", str(tmp_path / "n.png")])
+    off = ["--slg-scale", "0", "--object-cfg-scale", "0"]
+    tt.main([*common, "--sample-only", *off, "--samples-path", str(tmp_path / "n.png")])
     assert Image.open(tmp_path / "n.png").height == 5 * (16 * 6 + 2) + 2
     with pytest.raises(SystemExit, match="slg_layer 5 is not a block of a 2-block model"):
         tt.main([*common, "--sample-only", "--slg-layer", "5", "--samples-path", str(tmp_path / "x.png")])

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tasks.scenes_render import CLASS_NAMES
+from tasks.scenes_render import CLASS_NAMES, PRIMITIVE_KINDS
 
 PAD = "<pad>"
 VOCAB: tuple[str, ...] = (PAD, *CLASS_NAMES)  # token id = index; class id c has token id c + 1
@@ -128,6 +128,22 @@ def caption_from_names(names: Sequence[str], max_tokens: int = MAX_TOKENS) -> to
 def caption_text(ids: torch.Tensor) -> str:
     """Readable caption for token ids (empty string for the empty caption)."""
     return " ".join(VOCAB[int(t)] for t in ids.tolist() if int(t) != PAD_ID)
+
+
+OBJECT_IDS: tuple[int, ...] = tuple(
+    CLASS_NAMES.index(k) + 1 for k in PRIMITIVE_KINDS
+)  # token ids of the objects
+
+
+def without_objects(ids: torch.Tensor) -> torch.Tensor:
+    """The caption(s) ``ids`` (..., max_tokens) with the object classes (sphere, box, cylinder, cone, torus)
+    left out and the rest kept in order, padded: the scene's stuff alone (``background floor``, ``floor wall``).
+    As the negative caption of classifier-free guidance it makes the guidance direction the objects' classes
+    alone (:func:`backbones.tiny.train.sample`'s ``negative``)."""
+    keep = ~torch.isin(ids, torch.tensor(OBJECT_IDS, device=ids.device))
+    # a stable sort on "dropped" moves the kept tokens to the front in their order, the dropped ones behind
+    order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices
+    return torch.where(keep, ids, PAD_ID).gather(-1, order)
 
 
 def empty_ids(batch: int = 1, max_tokens: int = MAX_TOKENS) -> torch.Tensor:

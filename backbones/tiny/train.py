@@ -51,6 +51,7 @@ from backbones.tiny.model import (
     WEIGHTS_DIR,
     CaptionEncoder,
     build,
+    caption_from_names,
     caption_ids,
     caption_text,
     file_metadata,
@@ -60,8 +61,10 @@ from backbones.tiny.model import (
     num_parameters,
     read_metadata,
     save_weights,
+    without_objects,
     write_safetensors,
 )
+from tasks.scenes_render import PRIMITIVE_KINDS
 
 WEIGHTS_NAME = DEFAULT_WEIGHTS.name
 STATE_NAME = "train_state.safetensors"
@@ -72,7 +75,7 @@ CSV_FIELDS = ("step", "wall_s", "lr", "loss", "val_loss")
 # TrainConfig fields a new schedule phase (``--resume --new-phase``) may change; the rest define the model/data
 PHASE_FIELDS = frozenset(
     {"steps", "start_step", "lr", "min_lr_ratio", "warmup", "grad_clip", "ema_decay"}
-    | {"logit_mean", "logit_std", "sample_steps", "cfg_scale", "slg_scale", "slg_layer"}
+    | {"logit_mean", "logit_std", "sample_steps", "cfg_scale", "slg_scale", "slg_layer", "object_cfg_scale"}
 )
 
 
@@ -116,6 +119,9 @@ class TrainConfig:
     # skip-layer guidance rows of the sample grid (:class:`Guidance`; 0 = no such rows)
     slg_scale: float = 1.0
     slg_layer: int = 1
+    # rows of the sample grid with one object class each: "background floor <class>", classifier-free guidance
+    # of this scale against "background floor" (object guidance; 0 = no such rows)
+    object_cfg_scale: float = 3.0
     # representation alignment (REPA, Yu et al. 2025): the image tokens after block ``repa_layer``, through a
     # small MLP, are pulled (cosine) towards EfficientNet-Lite0's last-stage map of the clean image, weight
     # ``repa_weight`` (0 = off); the MLP is trained with the DiT and not shipped
@@ -131,6 +137,10 @@ class TrainConfig:
             raise ValueError(
                 f"slg_layer {self.slg_layer} is not a block of a {self.num_layers}-block model "
                 "(0..num_layers-1; slg_scale 0 turns skip-layer guidance off)"
+            )
+        if self.object_cfg_scale < 0:
+            raise ValueError(
+                f"object_cfg_scale must be ≥ 0 (0 = no object-guided rows), got {self.object_cfg_scale}"
             )
         if self.repa_weight < 0:
             raise ValueError(
@@ -409,22 +419,33 @@ def sample(
     bf16: bool = False,
     vae: nn.Module | None = None,
     guidance: Guidance | None = None,
+    negative: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler sampler of the flow ODE from σ = 1 (noise) to σ = 0; returns RGB in [0, 1], (B, 3, R, R)
     (decoded by ``vae`` for a latent model).
 
-    ``cfg_scale`` ≠ 1 applies classifier-free guidance v = v_empty + s·(v_caption − v_empty); ``guidance``
-    adds skip-layer guidance or autoguidance on top (:class:`Guidance`).
+    ``cfg_scale`` ≠ 1 applies classifier-free guidance v = v_neg + s·(v_caption − v_neg), v_neg from the
+    ``negative`` caption(s) ((T,) or (B, T) token ids; diffusers' ``negative_prompt``), by default the empty
+    caption. With ``negative = without_objects(ids)`` the guidance pushes along the objects' classes alone
+    (object guidance; the empty caption also pushes towards the sky and floor that every caption names).
+    ``guidance`` adds skip-layer guidance or autoguidance on top (:class:`Guidance`).
     """
     cfg = net.transformer.config
     b, r = ids.shape[0], int(cfg.sample_size)
     if guidance is not None:
         guidance.check(net)
+    if negative is None:
+        negative = torch.full_like(ids, PAD_ID)
+    elif tuple(negative.shape) not in ((ids.shape[-1],), (1, ids.shape[-1]), tuple(ids.shape)):
+        raise ValueError(
+            f"negative caption: expected token ids of shape ({ids.shape[-1]},) or ({b}, {ids.shape[-1]}) like "
+            f"the captions, got {tuple(negative.shape)}"
+        )
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, int(cfg.in_channels), r, r, generator=gen)
     sigmas = torch.linspace(1.0, 0.0, steps + 1)
     guided = cfg_scale != 1.0
-    both = torch.cat([ids, torch.full_like(ids, PAD_ID)]) if guided else ids
+    both = torch.cat([ids, negative.to(ids).expand_as(ids)]) if guided else ids
     for i in range(steps):
         s = sigmas[i].expand(both.shape[0])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -644,9 +665,12 @@ def sample_figure(
     scale: int | None = None,
     vae: nn.Module | None = None,
     guidance: Guidance | None = None,
+    object_cfg: float | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Labelled sample grid: real val images, samples with their captions (guidance 1 and ``cfg_scale``),
-    two rows with the empty caption and, with ``guidance``, the same two rows (same noise) guided.
+    two rows with the empty caption and, with ``guidance``, the same two rows (same noise) guided; with
+    ``object_cfg``, one row per object class, all from the same noise: the caption ``background floor <class>``
+    with classifier-free guidance ``object_cfg`` against ``background floor`` (object guidance, :func:`sample`).
     Returns (uint8 image, row labels)."""
     from PIL import Image, ImageDraw
 
@@ -669,6 +693,12 @@ def sample_figure(
         label = f"empty, {what} w{guidance.scale:g}"
         rows.append((label, sample(net, empty, steps, 1.0, seed + 1, vae=vae, guidance=guidance)))
         labels += [label, label]
+    for kind in PRIMITIVE_KINDS if object_cfg is not None else ():
+        caption = caption_from_names(["background", "floor", kind], ids.shape[1]).expand(n, -1)
+        label = f"{kind}, object cfg {object_cfg:g}"
+        negative = without_objects(caption)
+        rows.append((label, sample(net, caption, steps, object_cfg, seed + 2, vae=vae, negative=negative)))
+        labels.append(label)
     grid = image_grid(torch.cat([r[1] for r in rows]), nrow=n, pad=2, scale=scale)
     margin = 140
     canvas = Image.new("RGB", (grid.shape[1] + margin, grid.shape[0]), "white")
@@ -920,7 +950,15 @@ def render_samples(
     if guidance is None and cfg.slg_scale > 0:
         guidance = Guidance(cfg.slg_scale, (cfg.slg_layer,))
     image, _ = sample_figure(
-        net, real, ids, cfg.sample_steps, cfg.cfg_scale, seed=cfg.seed, vae=vae, guidance=guidance
+        net,
+        real,
+        ids,
+        cfg.sample_steps,
+        cfg.cfg_scale,
+        seed=cfg.seed,
+        vae=vae,
+        guidance=guidance,
+        object_cfg=cfg.object_cfg_scale or None,
     )
     save_png(out_png, image)
     print("captions of the sampled row:", " | ".join(caption_text(i) for i in ids), flush=True)
@@ -940,7 +978,7 @@ def sample_only(cfg: TrainConfig, args: argparse.Namespace) -> None:
     transformer, caption, meta = load_weights(weights)
     saved = meta.get("extra", {}).get("training")
     if saved:
-        sampling = ("sample_steps", "cfg_scale", "slg_scale", "slg_layer")
+        sampling = ("sample_steps", "cfg_scale", "slg_scale", "slg_layer", "object_cfg_scale")
         given = getattr(args, "explicit", {})
         cfg = TrainConfig(**{**saved, **{k: given[k] for k in sampling if k in given}})
     checked(cfg, "--sample-only")
