@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from backbones.tiny import evaluate as ev
-from backbones.tiny.model import DEFAULT_WEIGHTS, caption_from_names
-from backbones.tiny.train import render_pool
+from backbones.tiny.model import DEFAULT_WEIGHTS, caption_from_names, load_weights, object_caption
+from backbones.tiny.train import Denoiser, render_pool, sample
 
 
 def test_frechet_distance_of_a_shift_is_its_squared_length() -> None:
@@ -67,7 +68,9 @@ def test_cli_scores_the_shipped_model_reproducibly(tmp_path: Path, capsys: pytes
         per = [float(r[f]) for f in ev.ACCURACY_FIELDS]
         assert all(x in (0.0, 0.5, 1.0) for x in per)
         assert float(r["class_accuracy"]) == pytest.approx(np.mean(per))
-    assert 0.0 <= float(rows[0]["class_accuracy"]) <= 1.0  # the probe on real one-class renders
+    # the probe on the real one-class renders among the 8 val renders (deterministic: there are some)
+    assert rows[0]["class_accuracy"] != "" and 0.0 <= float(rows[0]["class_accuracy"]) <= 1.0
+    assert 0 < int(rows[0]["class_images"]) <= 8 and all(r["class_images"] == "10" for r in rows[4:])
     assert str(DEFAULT_WEIGHTS) == rows[1]["weights"]
     out = capsys.readouterr().out
     assert "samples+slg" in out and "class accuracy" in out
@@ -90,23 +93,46 @@ def test_single_object_class_and_the_probe() -> None:
     y = ev.single_object_class(ids)
     assert probe.fitted_on == int((y >= 0).sum()) > 20
     fit = probe.accuracy(rgb[y >= 0].float() / 255.0, y[y >= 0])  # on the images it was fitted on
-    assert fit["class_accuracy"] > 0.9 and set(fit) == {"class_accuracy", *ev.ACCURACY_FIELDS}
+    assert fit["class_accuracy"] > 0.9 and set(fit) == {"class_images", "class_accuracy", *ev.ACCURACY_FIELDS}
     one = probe.accuracy(rgb[y == 3][:2].float() / 255.0, y[y == 3][:2])
-    assert set(one) == {"class_accuracy", "accuracy_cone"}  # only the classes asked for
+    assert set(one) == {"class_images", "class_accuracy", "accuracy_cone"}  # only the classes asked for
     with pytest.raises(ValueError, match=r"--probe-images 3: no train render shows \[.*\] alone"):
         ev.ClassProbe(feats, 3, 64)
 
 
-def test_cli_names_bad_input_before_any_work(tmp_path: Path) -> None:
+def test_cli_names_bad_input_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         ev.main(["--weights", str(tmp_path / "nope.safetensors"), "--csv", str(tmp_path / "out.csv")])
     with pytest.raises(SystemExit):
         ev.main(["--images", "1", "--csv", str(tmp_path / "out.csv")])
     with pytest.raises(SystemExit):
         ev.main(["--threads", "0", "--csv", str(tmp_path / "out.csv")])
-    for bad in (["--class-images", "-1"], ["--object-cfg", "-1"]):
+    bad_input = {
+        "--class-images must be ≥ 0": ["--class-images", "-1"],
+        r"--object-cfg scales must be finite numbers ≥ 0, got \[-1.0\]": ["--object-cfg", "3", "-1"],
+        r"--object-cfg scales must be finite numbers ≥ 0, got \[inf\]": ["--object-cfg", "inf"],
+        "--probe-images must be at least 1": ["--probe-images", "0"],
+    }
+    for message, argv in bad_input.items():
         with pytest.raises(SystemExit):
-            ev.main([*bad, "--csv", str(tmp_path / "out.csv")])
+            ev.main([*argv, "--csv", str(tmp_path / "out.csv")])
+        assert re.search(message, capsys.readouterr().err), message
     assert not (tmp_path / "out.csv").exists()
     with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         ev.evaluate([tmp_path / "nope.safetensors"], images=4)
+
+
+def test_class_samples_are_guided_away_from_the_caption_without_objects() -> None:
+    """evaluate's class rows ask for ``background floor <class>`` against ``background floor`` (not the empty
+    caption): the same images as :func:`sample` with that negative, and not those of plain CFG."""
+    torch.set_num_threads(1)
+    transformer, caption, _ = load_weights()
+    net = Denoiser(transformer, caption).eval()
+    rgb, y = ev.class_samples(net, None, 2, 1, 5, 3.0, 2)
+    assert rgb.shape[0] == 10 and y.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    cone = object_caption("cone").expand(2, -1)
+    want = sample(net, cone, 1, 3.0, 5, negative=caption_from_names(["background", "floor"]))
+    assert torch.equal(rgb[6:8], want)
+    assert not torch.allclose(rgb[6:8], sample(net, cone, 1, 3.0, 5))
+    with pytest.raises(ValueError, match="unknown object class 'floor'"):
+        object_caption("floor")

@@ -7,6 +7,7 @@ import json
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,6 +119,12 @@ def test_sample_grid_shape(pool: tuple[torch.Tensor, torch.Tensor]) -> None:
     )
     assert labels[5:] == [f"{k}, object cfg 3" for k in ("sphere", "box", "cylinder", "cone", "torus")]
     assert fig.shape[0] == 10 * (16 + 2) + 2
+    # the cone row: "background floor cone" guided away from "background floor", noise seed + 2
+    cone = tiny.object_caption("cone").expand(4, -1)
+    want = tt.sample(trainer.ema, cone, 2, 3.0, 2, negative=tiny.caption_from_names(["background", "floor"]))
+    row = 8  # real, caption ×2, empty ×2, sphere, box, cylinder, cone
+    got = fig[row * 18 : (row + 1) * 18 + 2, 140:]
+    assert np.array_equal(got, tt.image_grid(want, nrow=4, pad=2, scale=1))
 
 
 def test_without_objects_keeps_the_stuff_in_order() -> None:
@@ -162,7 +169,7 @@ def test_negative_caption_guidance(pool: tuple[torch.Tensor, torch.Tensor]) -> N
     )
     for bad in (one[:4], one.expand(2, -1), one[None, None]):
         with pytest.raises(
-            ValueError, match=r"negative caption: expected token ids of shape \(8,\) or \(3, 8\)"
+            ValueError, match=r"negative caption: expected token ids of shape \(8,\), \(1, 8\) or \(3, 8\)"
         ):
             tt.sample(net, ids, steps=1, cfg_scale=2.5, negative=bad)
 
@@ -243,7 +250,12 @@ def test_guidance_input_is_checked(
     assert "slg_scale must be ≥ 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tt.parse_args(["--object-cfg-scale", "-1"])
-    assert "object_cfg_scale must be ≥ 0 (0 = no object-guided rows)" in capsys.readouterr().err
+    assert (
+        "object_cfg_scale must be a finite number ≥ 0 (0 = no object-guided rows)" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        tt.parse_args(["--object-cfg-scale", "nan"])
+    assert "got nan" in capsys.readouterr().err
     # a saved config decides for --sample-only / --resume: a deeper model's block passes the parser
     tt.parse_args(["--sample-only", "--slg-layer", "8"])
     # the interval's ends count, up to float32 rounding of the σ grid

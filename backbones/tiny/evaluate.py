@@ -23,7 +23,8 @@ guidance (cfg 1) and with object guidance at each ``--object-cfg`` scale (classi
 predicted class is the one asked for (chance 0.2), per class and averaged; on the ``real`` row, the classifier's
 accuracy on the val renders of both real sets that show one object class (its ceiling).
 
-Same weights, ``--images``, ``--steps`` and seed → the same numbers (on the same thread count). Rows go to
+Same weights, ``--images``, ``--steps``, seed, ``--class-images``, ``--object-cfg`` and ``--probe-images`` → the
+same numbers (on the same thread count). Rows go to
 stdout and, with ``--csv``, to a CSV file written atomically.
 """
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -50,9 +52,9 @@ from backbones.tiny.model import (
     MAX_TOKENS,
     OBJECT_IDS,
     PAD_ID,
-    caption_from_names,
     load_vae,
     load_weights,
+    object_caption,
     without_objects,
 )
 from backbones.tiny.train import Denoiser, Guidance, encode_pool, render_pool, sample, to_rgb
@@ -60,7 +62,8 @@ from probebench.io import atomic_write_bytes
 from tasks.scenes_render import PRIMITIVE_KINDS
 
 ACCURACY_FIELDS = tuple(f"accuracy_{k}" for k in PRIMITIVE_KINDS)
-FIELDS = ("weights", "set", "images", "fd", "kid_x1000", "class_accuracy", *ACCURACY_FIELDS)
+# class_images: how many images the class accuracy is taken on (the real row: the one-class renders of both sets)
+FIELDS = ("weights", "set", "images", "fd", "kid_x1000", "class_images", "class_accuracy", *ACCURACY_FIELDS)
 
 
 def feature_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,16 +186,20 @@ class ClassProbe:
         self.clf = LogisticRegression(max_iter=2000).fit(x, y[keep].numpy())
 
     def accuracy(self, rgb: torch.Tensor, classes: torch.Tensor) -> dict[str, float]:
-        """``class_accuracy`` (the mean of the per-class accuracies over the classes present in ``classes``)
-        and ``accuracy_<class>`` for images ``rgb`` in [0, 1] meant to show ``classes`` (indices into
+        """:meth:`score` of images ``rgb`` in [0, 1] meant to show ``classes`` (indices into
         ``PRIMITIVE_KINDS``)."""
-        hit = torch.from_numpy(self.clf.predict(self.feats(rgb))) == classes
+        return self.score(self.feats(rgb), classes)
+
+    def score(self, features: np.ndarray, classes: torch.Tensor) -> dict[str, float]:
+        """``class_images``, ``class_accuracy`` (the mean of the per-class accuracies over the classes present
+        in ``classes``) and ``accuracy_<class>`` of images with :class:`Features` ``features``."""
+        hit = torch.from_numpy(self.clf.predict(features)) == classes
         per = {
             f: float(hit[classes == c].float().mean())
             for c, f in enumerate(ACCURACY_FIELDS)
             if (classes == c).any()
         }
-        return {"class_accuracy": float(np.mean(list(per.values()))), **per}
+        return {"class_images": len(classes), "class_accuracy": float(np.mean(list(per.values()))), **per}
 
 
 def class_samples(
@@ -209,7 +216,7 @@ def class_samples(
             seed,
             None,
             batch,
-            caption_from_names(["background", "floor", k]),
+            object_caption(k),
             cfg_scale,
         )
         for k in PRIMITIVE_KINDS
@@ -238,9 +245,13 @@ def evaluate(
         raise ValueError(f"--steps must be at least 1, got {steps}")
     if class_images < 0:
         raise ValueError(f"--class-images must be ≥ 0 (0 = no class-accuracy rows), got {class_images}")
-    bad = [s for s in object_cfg if not s >= 0]
+    bad = [s for s in object_cfg if not (math.isfinite(s) and s >= 0)]
     if bad:
-        raise ValueError(f"--object-cfg scales must be ≥ 0, got {bad}")
+        raise ValueError(f"--object-cfg scales must be finite numbers ≥ 0, got {bad}")
+    if class_images and probe_images < 1:
+        raise ValueError(
+            f"--probe-images must be at least 1 (the class classifier is fitted on them), got {probe_images}"
+        )
     for w in weights:
         if not Path(w).is_file():
             raise FileNotFoundError(f"weight file {w} does not exist")
@@ -252,17 +263,16 @@ def evaluate(
     feats = Features()
     real, real_ids = render_pool("val", images, resolution, data_seed)
     other, other_ids = render_pool("val", images, resolution, data_seed, offset=images)
-    ref = feats(real.float() / 255.0)
+    ref, other_features = feats(real.float() / 255.0), feats(other.float() / 255.0)
     rows: list[dict[str, object]] = [
-        {"weights": "", "set": "real", "images": images, **scores(ref, feats(other.float() / 255.0))}
+        {"weights": "", "set": "real", "images": images, **scores(ref, other_features)}
     ]
     probe = None
     if class_images:
         probe = ClassProbe(feats, probe_images, resolution, data_seed)
-        val = torch.cat([real, other])
         y = single_object_class(torch.cat([real_ids, other_ids]))
         if (y >= 0).any():
-            rows[0].update(probe.accuracy(val[y >= 0].float() / 255.0, y[y >= 0]))
+            rows[0].update(probe.score(np.concatenate([ref, other_features])[(y >= 0).numpy()], y[y >= 0]))
     for path, transformer, caption, vae in models:
         net = Denoiser(transformer, caption).eval()
         sets = {}

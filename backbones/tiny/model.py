@@ -146,6 +146,15 @@ def without_objects(ids: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, ids, PAD_ID).gather(-1, order)
 
 
+def object_caption(kind: str, max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """The caption ``background floor <kind>`` for one object class ``kind`` (a ``PRIMITIVE_KINDS`` name): what
+    the sample grid's class rows and ``evaluate.py``'s class accuracy ask for, guided away from
+    :func:`without_objects` of it (``background floor``)."""
+    if kind not in PRIMITIVE_KINDS:
+        raise ValueError(f"unknown object class {kind!r}; object classes: {list(PRIMITIVE_KINDS)}")
+    return caption_from_names(["background", "floor", kind], max_tokens)
+
+
 def empty_ids(batch: int = 1, max_tokens: int = MAX_TOKENS) -> torch.Tensor:
     """Token ids of the empty caption (all ``<pad>``), shape (batch, max_tokens)."""
     return torch.full((batch, max_tokens), PAD_ID, dtype=torch.long)

@@ -51,7 +51,6 @@ from backbones.tiny.model import (
     WEIGHTS_DIR,
     CaptionEncoder,
     build,
-    caption_from_names,
     caption_ids,
     caption_text,
     file_metadata,
@@ -59,6 +58,7 @@ from backbones.tiny.model import (
     load_weights,
     model_config,
     num_parameters,
+    object_caption,
     read_metadata,
     save_weights,
     without_objects,
@@ -131,16 +131,16 @@ class TrainConfig:
     def check(self) -> None:
         """Settings that can only be judged together (raises ValueError); run on the final config, after a
         checkpoint's or weight file's saved config has been merged in."""
-        if self.slg_scale < 0:
+        if not (math.isfinite(self.slg_scale) and self.slg_scale >= 0):
             raise ValueError(f"slg_scale must be ≥ 0 (0 = no skip-layer guidance rows), got {self.slg_scale}")
         if self.slg_scale > 0 and not 0 <= self.slg_layer < self.num_layers:
             raise ValueError(
                 f"slg_layer {self.slg_layer} is not a block of a {self.num_layers}-block model "
                 "(0..num_layers-1; slg_scale 0 turns skip-layer guidance off)"
             )
-        if self.object_cfg_scale < 0:
+        if not (math.isfinite(self.object_cfg_scale) and self.object_cfg_scale >= 0):
             raise ValueError(
-                f"object_cfg_scale must be ≥ 0 (0 = no object-guided rows), got {self.object_cfg_scale}"
+                f"object_cfg_scale must be a finite number ≥ 0 (0 = no object-guided rows), got {self.object_cfg_scale}"
             )
         if self.repa_weight < 0:
             raise ValueError(
@@ -438,8 +438,8 @@ def sample(
         negative = torch.full_like(ids, PAD_ID)
     elif tuple(negative.shape) not in ((ids.shape[-1],), (1, ids.shape[-1]), tuple(ids.shape)):
         raise ValueError(
-            f"negative caption: expected token ids of shape ({ids.shape[-1]},) or ({b}, {ids.shape[-1]}) like "
-            f"the captions, got {tuple(negative.shape)}"
+            f"negative caption: expected token ids of shape ({ids.shape[-1]},), (1, {ids.shape[-1]}) or "
+            f"({b}, {ids.shape[-1]}) like the captions, got {tuple(negative.shape)}"
         )
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, int(cfg.in_channels), r, r, generator=gen)
@@ -694,7 +694,7 @@ def sample_figure(
         rows.append((label, sample(net, empty, steps, 1.0, seed + 1, vae=vae, guidance=guidance)))
         labels += [label, label]
     for kind in PRIMITIVE_KINDS if object_cfg is not None else ():
-        caption = caption_from_names(["background", "floor", kind], ids.shape[1]).expand(n, -1)
+        caption = object_caption(kind, ids.shape[1]).expand(n, -1)
         label = f"{kind}, object cfg {object_cfg:g}"
         negative = without_objects(caption)
         rows.append((label, sample(net, caption, steps, object_cfg, seed + 2, vae=vae, negative=negative)))
