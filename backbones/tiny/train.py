@@ -162,6 +162,11 @@ class TrainConfig:
             size, self.patch_size, self.num_layers, self.num_heads, self.head_dim, self.text_dim, channels
         )
 
+    def token_grid(self) -> int:
+        """Side of the DiT's image-token grid: the (latent) sample size over the patch size."""
+        mc = self.model_config()
+        return int(mc["sample_size"]) // int(mc["patch_size"])
+
 
 def vae_config_of(path: str | Path) -> dict[str, Any]:
     """The diffusers config stored in an autoencoder file (metadata only; the tensors are not read)."""
@@ -501,7 +506,7 @@ class Trainer:
         transformer, caption = build(cfg.model_config(), seed=cfg.seed)
         repa = None
         if cfg.repa_weight > 0:
-            grid = int(transformer.config.sample_size) // int(transformer.config.patch_size)
+            grid = cfg.token_grid()
             if (
                 targets is None
                 or targets.shape[0] != ids.shape[0]
@@ -1039,8 +1044,7 @@ def train(cfg: TrainConfig, args: argparse.Namespace) -> Trainer:
         val_x0 = encode_pool(vae, val_images)[0]
     targets = None
     if cfg.repa_weight > 0:
-        mc = cfg.model_config()
-        targets = repa_targets(images, int(mc["sample_size"]) // int(mc["patch_size"]), log=True)
+        targets = repa_targets(images, cfg.token_grid(), log=True)
     if cfg.vae:
         images = images[:0]
     print(f"pool ready in {time.perf_counter() - t_start:.0f}s", flush=True)
