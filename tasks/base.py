@@ -3,6 +3,17 @@
 A dataset may carry several *target kinds* (the scene dataset has segmentation, saliency and depth); a probe
 run is a (dataset, kind) pair. Each kind is declared by a :class:`TargetSpec`: classes, ignore index, depth range
 and scale, and the main metric with its direction.
+
+A split has two identities, used differently:
+
+- :meth:`Dataset.fingerprint` — everything that changes the images given to a model (name, version, split, item
+  ids in order, and for files on disk their *content*). It is hashed into feature-cache names.
+- :meth:`Dataset.target_fingerprint` — everything else that changes probe results: the targets (for files on
+  disk their content) and the target specs (classes, ignore index, depth scale and range) and evaluation
+  options. A result identity hashes both, so fixing a label re-fits probes without re-extracting features.
+
+Neither contains a path: the same data moved elsewhere keeps its caches. ``*_of_first(n)`` give the identities
+of the first ``n`` items (:class:`Subset`), reading only those items' files.
 """
 
 from __future__ import annotations
@@ -105,8 +116,48 @@ class Dataset(ABC):
         depth: (H, W) float32 metres with 0 (or non-finite) marking invalid pixels."""
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything about this split that changes extracted features (hashed into cache names)."""
-        return {"dataset": self.name, "version": self.version, "split": self.split, "num_images": len(self)}
+        """Everything about this split that changes extracted features (hashed into cache names).
+
+        The default suits generated datasets, whose images are a function of their parameters: override it to add
+        them (as ``scenes`` adds resolution and seed). Datasets read from files hash their content instead.
+        """
+        return self._header(len(self))
+
+    def fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        """:meth:`fingerprint` of the first ``n`` items alone (what :class:`Subset` reports).
+
+        Default: :meth:`fingerprint` with ``num_images = n``, right when item ``i`` does not depend on the split's
+        size (generated datasets). Datasets read from files override it to hash only those ``n`` items.
+        """
+        return {**self.fingerprint(), "num_images": self._clip(n)}
+
+    def target_fingerprint(self) -> dict[str, Any]:
+        """Everything about this split's targets that changes probe results beyond the features: the target
+        specs, the evaluation options and (default) :meth:`fingerprint`, which for a generated dataset fixes its
+        targets too. Datasets read from files replace the latter by their target files' content. Hashed into a
+        result's identity together with :meth:`fingerprint`."""
+        return self.target_fingerprint_of_first(len(self))
+
+    def target_fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        """:meth:`target_fingerprint` of the first ``n`` items alone (what :class:`Subset` reports)."""
+        return {"data": self.fingerprint_of_first(n), **self._target_specs()}
+
+    def _header(self, n: int) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "version": self.version,
+            "split": self.split,
+            "num_images": self._clip(n),
+        }
+
+    def _target_specs(self) -> dict[str, Any]:
+        return {
+            "targets": {kind: spec.to_dict() for kind, spec in sorted(self.targets.items())},
+            "eval_options": self.eval_options,
+        }
+
+    def _clip(self, n: int) -> int:
+        return max(0, min(int(n), len(self)))
 
     def target_spec(self, kind: str) -> TargetSpec:
         if kind not in self.targets:
@@ -122,7 +173,8 @@ class Dataset(ABC):
 
 
 class Subset(Dataset):
-    """The first ``n`` items of a dataset (``--max-images``)."""
+    """The first ``n`` items of a dataset (``--max-images``, ``data.max_train``...); its identities are those of
+    the first ``n`` items of ``base`` (only their files are read)."""
 
     def __init__(self, base: Dataset, n: int):
         super().__init__(base.split)
@@ -146,4 +198,13 @@ class Subset(Dataset):
         return self.base.load_target(self.check_index(index), kind)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**self.base.fingerprint(), "num_images": self.n}
+        return self.base.fingerprint_of_first(self.n)
+
+    def fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        return self.base.fingerprint_of_first(self._clip(n))
+
+    def target_fingerprint(self) -> dict[str, Any]:
+        return self.base.target_fingerprint_of_first(self.n)
+
+    def target_fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        return self.base.target_fingerprint_of_first(self._clip(n))

@@ -14,13 +14,22 @@ Error policy (all errors are :class:`ProbebenchError`, with the offending path i
   class id outside ``[0, num_classes)`` that is not the ignore index (the bad values), and NaN or negative
   depth.
 
-Ordering is deterministic: split-file order where the layout has split files, sorted ids otherwise. The root
-path is never part of :meth:`Dataset.fingerprint`, so the same data moved elsewhere reuses its cache.
+Ordering is deterministic: split-file order where the layout has split files, sorted ids otherwise.
+
+Identity is content (:mod:`tasks.content`): :meth:`Dataset.fingerprint` (hashed into feature-cache names) holds
+name, version, split and one digest of the ordered ``(id, SHA-256 of the image file)`` records;
+:meth:`Dataset.target_fingerprint` the same for the target files, plus the target specs and label options. For
+NYUv2's ``.mat`` form an item is the container file's digest and its index in it. So editing a file (one pixel)
+gives new features, a copy holding a corrupt file is extracted (and fails on that file) rather than served
+from another copy's cache, and two datasets that share a ``dataset.yaml`` ``name:`` share nothing unless their
+files are equal. The root path is never part of either identity: the same data moved elsewhere reuses its cache
+(after one cold pass of hashing, since the memo is keyed by path). A :class:`~tasks.base.Subset` of the first
+``n`` items reads only those items' files. Digests are memoised by path, size, mtime, ctime and inode (see
+:mod:`tasks.content` for where, how to override, and the limits).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +42,7 @@ from PIL import Image
 from probebench.errors import ProbebenchError, UnknownNameError
 from tasks._registry import TASKS
 from tasks.base import KINDS, Dataset, TargetSpec
+from tasks.content import digest_lines, file_digests
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTS = (".png", ".bmp", ".jpg", ".jpeg")
@@ -302,7 +312,6 @@ class DiskDataset(Dataset):
         if not items:
             raise ProbebenchError(f"{self.name}: split {self.split!r} is empty ({where}).")
         self.items = list(items)
-        self._ids_digest = hashlib.sha1("\n".join(it.id for it in items).encode()).hexdigest()[:16]
 
     @property
     def targets(self) -> dict[str, TargetSpec]:
@@ -342,7 +351,36 @@ class DiskDataset(Dataset):
         return raw
 
     def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "ids_sha1": self._ids_digest}
+        return self.fingerprint_of_first(len(self))
+
+    def fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        """Name, version, split and the content of the first ``n`` items' images (ids and order included)."""
+        n = self._clip(n)
+        return {**self._header(n), "images_sha256": self._content(n, ("image",))}
+
+    def target_fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        """Name, version, split, the target specs, label options and the content of the first ``n`` items'
+        target files (ids and order included); not the images (those are in :meth:`fingerprint`)."""
+        n = self._clip(n)
+        content = self._content(n, tuple(sorted(self._targets)))
+        return {**self._header(n), **self._target_specs(), **self.label_options(), "targets_sha256": content}
+
+    def label_options(self) -> dict[str, Any]:
+        """Options that change how target files are read into targets (none by default)."""
+        return {}
+
+    def _content(self, n: int, parts: tuple[str, ...]) -> str:
+        """One digest of the ordered records ``id, part, file digest[, index in a container]`` of the first ``n``
+        items, for ``parts`` ``"image"`` or target kinds."""
+        items = self.items[:n]
+        files = [it.image if part == "image" else it.targets[part] for it in items for part in parts]
+        what = "images" if parts == ("image",) else "targets"
+        digests = iter(file_digests(files, desc=f"hash {self.name}/{self.split} {what}"))
+        return digest_lines(
+            f"{it.id}\t{part}\t{next(digests)}" + ("" if it.index is None else f"\t{it.index}")
+            for it in items
+            for part in parts
+        )
 
 
 def _first_with(root: Path, candidates: tuple[str, ...], marker: str) -> Path | None:
@@ -433,6 +471,9 @@ class ADE20K(DiskDataset):
         self._targets = {"segmentation": TargetSpec("segmentation", len(names), names, 255)}
         if self.reduce_zero_label:
             self.label_note = " (file values; with reduce_zero_label 0 -> 255 and k -> k-1)"
+
+    def label_options(self) -> dict[str, Any]:
+        return {"reduce_zero_label": self.reduce_zero_label}
 
     def map_labels(self, raw: np.ndarray) -> np.ndarray:
         if not self.reduce_zero_label:
@@ -580,8 +621,11 @@ class NYUv2(DiskDataset):
         check_depth(depth, f"{item.image} [image {item.id}]")
         return depth
 
-    def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "form": self.form}
+    def fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        return {**super().fingerprint_of_first(n), "form": self.form}
+
+    def target_fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        return {**super().target_fingerprint_of_first(n), "form": self.form}
 
 
 # ---------------------------------------------------------------------------------------------- saliency
@@ -719,6 +763,7 @@ class Folder(DiskDataset):
     """A dataset in plain folder form, described by ``ROOT/dataset.yaml``.
 
     Without a ``targets`` key the kinds are those whose folder (masks/, saliency/, depth/) exists in the split.
+    The ``name`` key is a label: identity is the files' content (two folders with one name share nothing else).
     """
 
     name = "folder"
@@ -769,6 +814,3 @@ class Folder(DiskDataset):
                 f"{path}: ignore_index must be an integer outside [0, {len(classes)}), got {ignore!r}."
             )
         return TargetSpec("segmentation", len(classes), tuple(str(c) for c in classes), ignore)
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {**super().fingerprint(), "folder_name": str(self.meta.get("name", ""))}

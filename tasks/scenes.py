@@ -1,7 +1,10 @@
 """``scenes``: the procedurally rendered dataset with exact labels, and its export to plain folder form.
 
 Images are a pure function of (seed, split, index, resolution) (see :mod:`tasks.scenes_render`), so every
-machine renders the same pixels and nothing is downloaded. Splits draw from disjoint index ranges.
+machine renders the same pixels and nothing is downloaded. Splits draw from disjoint index ranges. So the identity
+of a split (:meth:`Scenes.fingerprint`, hashed into feature-cache names) is its parameters, not pixel content, and
+its first ``n`` images are the split of size ``n`` (a ``Subset`` shares that split's caches). An export is a
+``folder`` dataset, identified by its files' content like any other.
 """
 
 from __future__ import annotations
