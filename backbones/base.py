@@ -142,6 +142,17 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def module_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and values, in order): the identity of weights
+    that are loaded from part of a file (e.g. the trained VAE inside tiny-mmdit's weight file)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 class Adapter:
     """A frozen backbone. Subclasses implement :meth:`_extract` (and :meth:`log_snr` for diffusion models)."""
 
@@ -155,6 +166,7 @@ class Adapter:
         *,
         weights: str,
         weights_id: str,
+        weights_note: str | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         image_size: int | None = None,
@@ -163,6 +175,7 @@ class Adapter:
         self.meta = meta
         self.weights = weights
         self.weights_id = weights_id
+        self._weights_note = weights_note
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = parse_dtype(dtype)
         self.image_size = int(image_size or meta.image_size)
@@ -201,6 +214,14 @@ class Adapter:
         """log(α²/σ²) of the noise level; ``None`` for non-diffusion backbones (clean images)."""
         return None
 
+    @property
+    def weights_note(self) -> str:
+        """One sentence saying what the weights ARE (trained where, or which random init and seed), for run
+        directories and reports; a family sets it at creation, a plugin that does not gets the weights id."""
+        if self._weights_note:
+            return self._weights_note
+        return f"random: {self.weights_id}" if self.weights == "random" else f"weights: {self.weights_id}"
+
     def fingerprint(self) -> dict[str, Any]:
         """Everything about this adapter that changes the numbers it returns (hashed into cache names)."""
         return {
@@ -214,7 +235,12 @@ class Adapter:
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self.meta)
-        d.update(weights=self.weights, weights_id=self.weights_id, image_size=self.image_size)
+        d.update(
+            weights=self.weights,
+            weights_id=self.weights_id,
+            weights_note=self.weights_note,
+            image_size=self.image_size,
+        )
         return d
 
     # -- extraction -----------------------------------------------------------------------------------

@@ -26,6 +26,10 @@ Conventions (documented once, here):
   so deeper blocks never run. Hooks keep only *image* tokens: MM-DiT blocks return ``(text, image)`` tuples
   (the last SD3 block ``(None, image)``), FLUX single-stream blocks return either such a tuple or, in older
   diffusers, one ``[text, image]`` tensor — the output type is inspected at run time.
+* **Random weights** (``weights="random"``): the real architecture from its config, the transformer re-drawn
+  with the one standard init of :mod:`backbones.random_init` (PyTorch's default layer init, seeded — never an
+  adaLN-Zero training init, whose blocks are the identity), a random VAE, seeded N(0, 1) prompt embeddings.
+  ``adapter.weights_note`` says in one sentence what the weights are.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import torch
 from torch import nn
 
 from backbones.base import Adapter, BackboneMeta, FeatureKey
+from backbones.random_init import RANDOM_INIT, random_weights_note, standard_random_init
 from backbones.weights import find_hf_file, hf_offline
 from probebench.errors import ProbebenchError, WeightsNotFoundError
 
@@ -707,6 +712,10 @@ def build_modules(
 ) -> tuple[DiffusionModules, str, Path | None]:
     """Build (transformer, VAE) with random weights from the spec's configs, or load them from HF / a folder.
 
+    Random weights: the transformer gets the standard random init of :mod:`backbones.random_init` (PyTorch's
+    default layer init, seeded; no zero adaLN gates or output projections), the VAE diffusers' constructor init
+    under the same seed — both random, as no trained VAE is on disk offline.
+
     Returns the modules, the weights identity recorded in cache hashes, and the local diffusers folder (None
     for random weights). The VAE is kept in float32; the transformer is cast to ``dtype``.
     """
@@ -723,7 +732,8 @@ def build_modules(
             torch.manual_seed(random_seed)  # random weights are a pure function of the seed
             transformer = tcls(**tcfg)
             vae = vcls(**vcfg)
-        weights_id, root = f"random:{config}:seed{random_seed}", None
+        standard_random_init(transformer, random_seed)  # the one documented init (backbones/random_init.py)
+        weights_id, root = f"random:{config}:seed{random_seed}:{RANDOM_INIT}", None
         if dtype != torch.float32:  # as from_pretrained(torch_dtype=...) does, keeping its float32 modules
             nn.Module.to(transformer, dtype)
             keep = tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
@@ -1003,6 +1013,27 @@ def make_schedule(spec: DiffusionSpec, root: Path | None, transformer: nn.Module
     return FlowSchedule(timestep_scale=scale)
 
 
+def diffusion_weights_note(
+    spec: DiffusionSpec,
+    weights: str,
+    root: Path | None,
+    *,
+    random_seed: int,
+    text: TextConditioning | None = None,
+) -> str:
+    """What the weights of a diffusion adapter are, in one sentence (``Adapter.weights_note``)."""
+    if weights == "random":
+        note = random_weights_note(
+            random_seed, f"random (diffusers' {spec.vae_cls} init, seed {random_seed})"
+        )
+        if text is not None and text.source.startswith("random:"):
+            note += "; prompt embeddings: seeded N(0, 1) stand-ins"
+        return note
+    if weights == "default":
+        return f"pretrained: Hugging Face {spec.hf_id} (snapshot {root.name if root else '?'}), transformer and VAE"
+    return f"pretrained: local diffusers folder {root}, transformer and VAE"
+
+
 def create_diffusion_adapter(
     spec: DiffusionSpec,
     adapter_cls: type[DiffusionAdapter],
@@ -1040,6 +1071,7 @@ def create_diffusion_adapter(
     extra = adapter_cls.prepare(
         spec, modules, weights=weights, config=config, root=root, random_seed=random_seed, **family_kwargs
     )
+    note = diffusion_weights_note(spec, weights, root, random_seed=random_seed, text=extra.get("text"))
     return adapter_cls(
         meta,
         modules,
@@ -1047,6 +1079,7 @@ def create_diffusion_adapter(
         compute_batch=compute_batch,
         weights=weights,
         weights_id=weights_id,
+        weights_note=note,
         device=device,
         dtype=torch_dtype,
         image_size=size,

@@ -158,6 +158,7 @@ def create_dinov3(
         base.model,
         weights=base.weights,
         weights_id=base.weights_id,
+        weights_note=base.weights_note,
         device=device,
         dtype=dtype,
         image_size=base.image_size,

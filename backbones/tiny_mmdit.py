@@ -7,6 +7,14 @@ VAE. A pixel-space weight file (no autoencoder in it) runs with :class:`PixelSpa
 scaling 1 and shift 0. Conditioning is the empty caption by default (as real backbones use the empty prompt: a caption that
 lists the classes present would leak the labels into the features); ``caption=[class names]`` gives
 caption-conditioned features, and the caption is part of the adapter fingerprint and of every cache hash.
+
+``weights="random"`` is the random-weight control ("the trained model beats its random twin"): the shipped
+architecture with the standard random init of :mod:`backbones.random_init` (PyTorch's default layer init, seed
+``random_seed=0``; NOT the adaLN-Zero training init of ``backbones.tiny.model.build``, under which every block is
+the identity and all layers' features are equal), a random caption embedding, and the shipped **trained** VAE —
+the same latents as the trained model, so the comparison isolates what the DiT's training adds. Its
+``weights_id`` carries the init's version tag and the VAE's state hash; ``weights_note`` says all this in one
+sentence.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ import torch
 from torch import nn
 
 from backbones._registry import BACKBONES
-from backbones.base import BackboneMeta, file_sha256
+from backbones.base import BackboneMeta, file_sha256, module_sha256
 from backbones.diffusion import DiffusionModules, FlowSchedule, TextConditioning, vae_downsample
 from backbones.mmdit import SD3Adapter
+from backbones.random_init import RANDOM_INIT, random_weights_note, standard_random_init
 from probebench.errors import ProbebenchError, WeightsNotFoundError
 
 
@@ -51,7 +60,8 @@ ARCHITECTURE = {
     "patch_size": 2,
     "in_channels": 4,
 }
-"""The shipped DiT's size (``backbones.tiny.model.model_config`` arguments): what ``weights="random"`` builds."""
+"""The shipped DiT's size (``backbones.tiny.model.model_config`` arguments): what ``weights="random"`` builds
+(with the shipped trained VAE, whatever its size)."""
 VAE_ARCHITECTURE = {"resolution": 64, "channels": (32, 64, 64), "latent_channels": 4}
 """The shipped autoencoder's size (``backbones.tiny.autoencoder.vae_config`` arguments)."""
 
@@ -67,6 +77,16 @@ def _weights_path(weights: str) -> Path:
             f"tiny-mmdit weights not found at {path} (they ship in backbones/tiny/weights/)."
         )
     return path
+
+
+def _shipped_vae_file() -> Path:
+    """The shipped weight file whose trained VAE the random twin uses (a clear error when it is missing)."""
+    try:
+        return _weights_path("default")
+    except WeightsNotFoundError as e:
+        raise WeightsNotFoundError(
+            f"{e} The random twin (weights='random') uses the shipped trained VAE from that file."
+        ) from e
 
 
 @BACKBONES.register(
@@ -98,13 +118,19 @@ def create_tiny_mmdit(
     caption: list[str] | None = None,
     image_size: int | None = None,
     compute_batch: int = 8,
+    random_seed: int = 0,
 ) -> SD3Adapter:
-    """The trained model (``weights="default"`` or a path) or its untrained twin (``weights="random"``)."""
-    from backbones.tiny.autoencoder import vae_config
+    """The trained model (``weights="default"`` or a path) or its untrained twin (``weights="random"``).
+
+    The twin is the shipped architecture with the standard random init of :mod:`backbones.random_init` (seeded
+    by ``random_seed``; not the adaLN-Zero training init, whose blocks are the identity), a random caption
+    embedding, and the shipped *trained* VAE: the trained model and its twin then see the same latents, so the
+    control isolates what the DiT's training adds.
+    """
     from backbones.tiny.model import (
+        DEFAULT_WEIGHTS,
         VOCAB,
         build,
-        build_vae,
         caption_from_names,
         empty_conditioning,
         load_vae,
@@ -112,17 +138,34 @@ def create_tiny_mmdit(
         model_config,
     )
 
-    if weights == "random":  # the shipped architecture with seeded random weights; needs no file
+    if weights == "random":  # the shipped architecture with seeded random weights + the shipped trained VAE
+        path = _shipped_vae_file()
+        vae = load_vae(path)
+        if vae is None:
+            raise ProbebenchError(
+                f"{path} holds no autoencoder; tiny-mmdit's random twin needs the trained VAE."
+            )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            transformer, caption_enc = build(model_config(**ARCHITECTURE), seed=0)
-            vae = build_vae(vae_config(**VAE_ARCHITECTURE), seed=0)
-        weights_id, meta_file, path = "random:seed0", {}, Path("random")
+            # build() applies the adaLN-Zero *training* init; standard_random_init re-draws every layer
+            transformer, caption_enc = build(model_config(**ARCHITECTURE), seed=random_seed)
+        standard_random_init(transformer, random_seed)
+        vae_id = module_sha256(vae)[:16]
+        weights_id = f"random:seed{random_seed}:{RANDOM_INIT}+vae:sha256:{vae_id}"
+        note = random_weights_note(random_seed, f"trained (shipped {path.name})")
+        note += "; caption embedding: random N(0, 1)"
+        meta_file = {}
     else:
         path = _weights_path(weights)
         transformer, caption_enc, meta_file = load_weights(path)
         vae = load_vae(path)
-        weights_id = f"file:sha256:{file_sha256(path)[:16]}"
+        digest = file_sha256(path)[:16]
+        weights_id = f"file:sha256:{digest}"
+        where = "shipped" if path.resolve() == DEFAULT_WEIGHTS.resolve() else "file"
+        note = (
+            f"trained: {where} {path.name} (sha256 {digest}), MM-DiT, caption embedding and "
+            + ("VAE" if vae is not None else "no VAE (pixel space)")
+            + " trained by backbones/tiny/train.py on the scene dataset"
+        )
     transformer.eval().requires_grad_(False)
     caption_enc.eval().requires_grad_(False)
     if caption:
@@ -144,7 +187,7 @@ def create_tiny_mmdit(
     meta = BackboneMeta(
         name=name,
         family="sd3",
-        source=str(path.name),
+        source=f"random (trained VAE of {path.name})" if weights == "random" else path.name,
         num_layers=int(cfg.num_layers),
         width=int(cfg.num_attention_heads * cfg.attention_head_dim),
         patch_size=int(cfg.patch_size),
@@ -162,6 +205,7 @@ def create_tiny_mmdit(
         prompt=" ".join(caption or []),
         weights=weights,
         weights_id=weights_id,
+        weights_note=note,
         device=device,
         dtype=dtype,
         image_size=image_size or size,

@@ -430,7 +430,9 @@ def test_shipped_weights_are_the_latent_model() -> None:
     meta = tiny.read_metadata(tiny.DEFAULT_WEIGHTS)
     assert meta["preprocessing"]["space"] == "latent"
     assert meta["model_config"] == tiny.model_config(**ARCHITECTURE)  # the random twin has the same shape
-    twin = json.loads(json.dumps(vae_config(**VAE_ARCHITECTURE)))  # the random twin's autoencoder
+    twin = json.loads(
+        json.dumps(vae_config(**VAE_ARCHITECTURE))
+    )  # the shipped autoencoder's size (the twin uses it)
     arch = {k: v for k, v in twin.items() if k not in ("scaling_factor", "shift_factor")}
     assert {k: meta["vae_config"][k] for k in arch} == arch
     vae = adapter.model.vae
