@@ -1,5 +1,6 @@
 """The ``probebench`` command line. Errors caused by input are one line and exit code 2 (``--debug`` for a
-traceback); each subcommand has ``--help``."""
+traceback); each subcommand has ``--help``. ``--plugin FILE.py`` (repeatable, before or after the subcommand)
+imports outside files that register backbones, tasks or probes (see :mod:`probebench.plugins`)."""
 
 from __future__ import annotations
 
@@ -51,9 +52,35 @@ def _add_config_args(p: argparse.ArgumentParser, config_required: bool = False) 
     )
 
 
+PLUGIN_HELP = (
+    "a .py file (or module name) to import first, so its @BACKBONES.register (or TASKS/PROBES) decorators run; "
+    "repeatable; also read from $PROBEBENCH_PLUGINS (os.pathsep-separated)"
+)
+
+
+def _add_plugin_arg(p: argparse.ArgumentParser, dest: str) -> None:
+    # the top-level parser and every subcommand take --plugin, into different ``dest``s: argparse copies a
+    # subparser's values over the top-level ones, which would drop plugins given before the subcommand
+    p.add_argument("--plugin", dest=dest, action="append", default=[], metavar="FILE.py", help=PLUGIN_HELP)
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, object]:
+    """``--option KEY=VALUE`` items → keyword arguments (values parsed as YAML: 3, 0.5, true, [1, 2], text)."""
+    import yaml
+
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ProbebenchError(f"--option {item!r} must look like KEY=VALUE (e.g. config=tiny).")
+        options[key] = yaml.safe_load(raw)
+    return options
+
+
 def build_parser() -> Parser:
     p = Parser(prog="probebench", description="Feature-probing benchmarks for frozen vision backbones.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _add_plugin_arg(p, "plugin")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -139,6 +166,35 @@ def build_parser() -> Parser:
     sw.add_argument("--no-report", action="store_true", help="skip REPORT.md and figures at the end")
     sw.add_argument("--no-progress", action="store_true")
 
+    ck = sub.add_parser(
+        "check-backbone",
+        help="run the adapter contract on a registered backbone (plugins included)",
+        description="Build NAME and check the adapter contract: shapes and keys, finite values, determinism, "
+        "batch independence, early exit, timestep handling, layer range errors, and the offline error for "
+        "weights='default' (skipped when those weights are on disk). One line per check; exit code 0 only if "
+        "no check fails, 1 otherwise.",
+    )
+    ck.add_argument("name", help="registered backbone name, e.g. my-cnn or timm:resnet18")
+    ck.add_argument(
+        "--weights",
+        default="random",
+        help="random (default: the real architecture, nothing downloaded) | default | PATH",
+    )
+    ck.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backbone option, repeatable (e.g. config=tiny image_size=64); also used by the offline check",
+    )
+    ck.add_argument(
+        "--test-kwargs",
+        action="store_true",
+        help="also pass the entry's registered test_kwargs (the test suite's small config, e.g. config=tiny)",
+    )
+    ck.add_argument("--device", default=None)
+    ck.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
     sc = sub.add_parser("scenes", help="the procedural scene dataset")
     scs = sc.add_subparsers(dest="scenes_command", metavar="ACTION", parser_class=Parser)
     scs.required = True
@@ -149,6 +205,10 @@ def build_parser() -> Parser:
     exp.add_argument("--val", type=int, default=128)
     exp.add_argument("--test", type=int, default=128)
     exp.add_argument("--seed", type=int, default=0)
+    for subparser in sub.choices.values():
+        _add_plugin_arg(subparser, "plugin_1")
+    for subparser in scs.choices.values():
+        _add_plugin_arg(subparser, "plugin_2")
     return p
 
 
@@ -172,8 +232,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    import yaml
-
     import backbones
     import tasks
     from backbones.store import extract_to_cache
@@ -193,12 +251,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.max_images is not None:
         ds = Subset(ds, args.max_images)
     dist = _maybe_init_distributed(args.device)
-    options = {}
-    for item in args.option:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ProbebenchError(f"--option {item!r} must look like KEY=VALUE (e.g. config=tiny).")
-        options[key] = yaml.safe_load(raw)
+    options = _parse_options(args.option)
     adapter = backbones.create(
         args.backbone,
         weights=args.weights,
@@ -280,6 +333,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def cmd_check_backbone(args: argparse.Namespace) -> int:
+    from backbones import BACKBONES
+    from backbones.contract import iter_checks
+
+    options = _parse_options(args.option)
+    built = dict(options)
+    if args.test_kwargs:
+        BACKBONES.get(args.name)  # import a lazy entry (an entry point): its decorator holds the test_kwargs
+        built = {**BACKBONES.entry(args.name).extra.get("test_kwargs", {}), **options}
+    print(f"check-backbone {args.name}: weights={args.weights}" + (f", options {built}" if built else ""))
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for result in iter_checks(
+        args.name,
+        weights=args.weights,
+        options=built,
+        offline_options=options,
+        device=args.device,
+        dtype=args.dtype,
+    ):
+        counts[result.status] += 1
+        print(result.line(), flush=True)
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")
+    return 0 if counts["fail"] == 0 else 1
+
+
 def cmd_scenes(args: argparse.Namespace) -> int:
     from tasks.scenes import export_scenes
 
@@ -312,8 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scenes": cmd_scenes,
         "sweep": cmd_sweep,
         "fit": lambda a: cmd_run(a, extract=False),
+        "check-backbone": cmd_check_backbone,
     }
     try:
+        plugins = [p for dest in ("plugin", "plugin_1", "plugin_2") for p in getattr(args, dest, [])]
+        if plugins:
+            from probebench.plugins import add_to_env, load_plugins
+
+            load_plugins(plugins, origin="--plugin")
+            add_to_env(plugins)  # child processes (sweep workers, torchrun ranks) load them too
         return handlers[args.command](args)
     except (ProbebenchError, ValueError, FileNotFoundError) as e:
         if args.debug:

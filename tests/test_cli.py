@@ -7,7 +7,7 @@ import pytest
 
 from probebench.cli import build_parser, main
 
-SUBCOMMANDS = ["list", "extract", "fit", "analyze", "run", "scenes", "sweep"]
+SUBCOMMANDS = ["list", "extract", "fit", "analyze", "run", "scenes", "sweep", "check-backbone"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import backbones
+from backbones.contract import check_early_exit
 from backbones.timm_backbones import _efficientnet_lite0_from_package
 from backbones.weights import load_state_dict_file
 from probebench.errors import ProbebenchError
@@ -81,28 +82,14 @@ def test_layer_index_semantics(lite0):
 
 
 def test_early_exit_runs_fewer_blocks(lite0):
-    ran = []
-    hooks = [
-        blk.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, blk in enumerate(lite0.model.blocks)
-    ]
-    try:
-        lite0.extract(torch.rand(1, 3, 32, 32), layers=[1])
-        shallow = len(ran)
-        ran.clear()
-        lite0.extract(torch.rand(1, 3, 32, 32), layers=[4])
-        deep = len(ran)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert shallow < deep == len(lite0.model.blocks)
-
-
-def test_features_do_not_depend_on_batching(lite0):
-    x = torch.rand(11, 3, 32, 32)
-    whole = lite0.extract(x, layers="all")
-    parts = [lite0.extract(x[i : i + 4], layers="all") for i in range(0, 11, 4)]
-    for k in whole:
-        assert torch.equal(whole[k], torch.cat([p[k] for p in parts]))
+    """The contract's early-exit check (forward hooks on ``model.blocks``), with pretrained weights: feature
+    level 1 stops before the last stage, level 4 runs every block. Batch independence and the rest of the
+    contract run for ``timm:efficientnet_lite0`` in tests/test_check_backbone.py."""
+    result = check_early_exit(lite0, layers=[1])
+    assert result.passed, result.line()
+    counts = result.data["counts"]
+    assert result.data["how"] == "model.blocks" and result.data["blocks"] == len(lite0.model.blocks)
+    assert counts[0] <= counts[1] < counts[4] == len(lite0.model.blocks)
 
 
 @pytest.mark.parametrize(
