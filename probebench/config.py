@@ -3,6 +3,21 @@
 Every key is checked: an unknown key is an error naming it and the closest valid key; a value of the wrong
 type is an error naming the key, the expected type and the value. The resolved config is saved next to every
 output (``config.yaml``), and its hash (without runtime-only fields) goes into every result row.
+
+**Dataset-specific keys follow the dataset.** ``data.options`` and ``data.root`` belong to the dataset named by
+``data.name`` (scenes' ``resolution`` means nothing to ``folder``, which rejects it). Each layer — the YAML
+preset, the command line's overrides together, a sweep's ``set:``, a sweep cell's axis values — that names a
+*different* dataset starts those two keys afresh (``{}`` and ``null``) before its own values apply. So
+``data.name=folder data.root=DIR`` on the defaults drops scenes' options; a preset that names its dataset and its
+options keeps them; ``data.name=X data.options.k=v`` in one layer gives X exactly ``{k: v}``; and a layer that
+names the dataset already configured changes nothing else.
+
+**Tasks default to the dataset's.** ``tasks: null`` (the default) means every target kind the dataset
+provides, in the dataset's order; :func:`resolve_tasks` fills them in (and checks an explicit list) once the
+dataset is known.
+
+**Caches.** ``extract.cache_dir`` defaults to ``$PROBEBENCH_CACHE`` (else ``~/.cache/probebench/features``), read
+when the config is built; presets leave it unset so that the variable works with them.
 """
 
 from __future__ import annotations
@@ -11,6 +26,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -29,7 +45,10 @@ def default_cache_dir() -> str:
 
 @dataclass
 class DataConfig:
-    """Which dataset and splits; ``options`` go to the dataset (e.g. scenes' ``resolution``)."""
+    """Which dataset and splits. ``options`` go to the dataset's constructor (e.g. scenes' ``resolution``);
+    ``root`` is where an on-disk dataset lies. Both belong to the dataset named by ``name``: a preset or an
+    override layer that names another dataset without giving them resets them to ``{}`` and ``null`` (the module
+    docstring has the rule), so one dataset's options never reach another."""
 
     name: str = "scenes"
     root: str | None = None
@@ -39,7 +58,10 @@ class DataConfig:
     max_train: int | None = 160
     max_val: int | None = 48
     max_test: int | None = 64
-    options: dict[str, Any] = field(default_factory=lambda: {"resolution": 64, "seed": 0})
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+DATASET_KEYS = ("options", "root")  # the DataConfig keys that belong to the dataset named by data.name
 
 
 @dataclass
@@ -147,7 +169,8 @@ class RunConfig:
     output_dir: str = "results"
     data: DataConfig = field(default_factory=_default_data)
     backbones: list[BackboneConfig] = field(default_factory=_default_backbones)
-    tasks: list[str] = field(default_factory=lambda: ["segmentation", "saliency", "depth"])
+    # target kinds to probe; ``null`` = every kind the dataset provides, in its order (resolve_tasks)
+    tasks: list[str] | None = None
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     probes: list[ProbeConfig] = field(default_factory=_default_probes)
 
@@ -222,8 +245,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 # -- overrides -------------------------------------------------------------------------------------------------
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict/list structure, in place."""
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """``a.b.c=value`` → (``a.b.c``, the value parsed as YAML)."""
     if "=" not in assignment:
         raise ProbebenchError(
             f"Override {assignment!r} must look like key.path=value (e.g. probe.batch_size=64)."
@@ -233,7 +256,13 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ProbebenchError(f"Override {assignment!r}: the value is not valid YAML ({e}).") from e
-    parts = key.strip().split(".")
+    return key.strip(), value
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict/list structure, in place."""
+    key, value = parse_override(assignment)
+    parts = key.split(".")
     node: Any = data
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -258,10 +287,35 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ProbebenchError(f"Override {key!r}: {'.'.join(parts[:i])!r} is not a mapping or a list.")
 
 
+def switch_dataset(data: dict[str, Any], name: Any) -> None:
+    """Before a layer that names the dataset ``name`` is applied to the config dict ``data``: if that is another
+    dataset than the configured one, its :data:`DATASET_KEYS` start afresh (``DataConfig``'s defaults), so the
+    previous dataset's options and root never reach it. The layer's own values are applied afterwards."""
+    d = data.get("data")
+    if not isinstance(d, dict) or name is None or name == d.get("name", DataConfig.name):
+        return
+    fresh = to_dict(DataConfig())
+    for key in DATASET_KEYS:
+        d[key] = fresh[key]
+
+
+def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> None:
+    """Apply one layer of ``key.path=value`` overrides (e.g. the command line's) to ``data``, in place. A layer
+    that sets ``data.name`` to another dataset first resets ``data.options`` and ``data.root``
+    (:func:`switch_dataset`); the layer's own ``data.options...``/``data.root`` then apply, in any order."""
+    parsed = [parse_override(a) for a in assignments]
+    names = [value for key, value in parsed if key == "data.name"]
+    if names:
+        switch_dataset(data, names[-1])
+    for a in assignments:
+        apply_override(data, a)
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = RunConfig
 ) -> Any:
-    """Defaults, then the YAML file (``yaml.safe_load``), then overrides; validated into ``cls``."""
+    """Defaults, then the YAML file (``yaml.safe_load``), then overrides; validated into ``cls``. The file and
+    the overrides are one layer each for the dataset rule (:func:`switch_dataset`)."""
     data = to_dict(cls())
     if path is not None:
         p = Path(path)
@@ -274,10 +328,40 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ProbebenchError(f"Config file {p} must hold a mapping at the top level.")
         from_dict(cls, loaded)  # report unknown keys against the file's own structure first
+        if isinstance(loaded.get("data"), dict):
+            switch_dataset(data, loaded["data"].get("name"))
         data = _merge(data, loaded)
-    for o in overrides:
-        apply_override(data, o)
+    apply_overrides(data, list(overrides))
     return from_dict(cls, data)
+
+
+def resolve_tasks(cfg: RunConfig, dataset_targets: Sequence[str]) -> RunConfig:
+    """``cfg`` with its tasks resolved against the target kinds its dataset provides (``dataset_targets``, e.g.
+    ``dataset.targets``, in the dataset's order): ``tasks: null`` → all of them; an explicit list is kept in its
+    order after checking that the dataset provides every kind (else one error naming the kind and the kinds the
+    dataset has)."""
+    kinds = list(dataset_targets)
+    where = f"dataset {cfg.data.name!r}" + (f" at {cfg.data.root}" if cfg.data.root else "")
+    if cfg.tasks is None:
+        if not kinds:
+            raise ProbebenchError(f"tasks: {where} provides no target kinds.")
+        return dataclasses.replace(cfg, tasks=kinds)
+    if not cfg.tasks:
+        raise ProbebenchError(
+            f"tasks is empty; list target kinds, or null for every kind {where} provides "
+            f"({', '.join(kinds)})."
+        )
+    for i, kind in enumerate(cfg.tasks):
+        if kind in cfg.tasks[:i]:
+            raise ProbebenchError(f"tasks lists {kind!r} twice: {cfg.tasks}.")
+        if kind not in kinds:
+            close = did_you_mean(str(kind), kinds, n=1)
+            raise ProbebenchError(
+                f"tasks: {where} has no {kind!r} target."
+                + (f" Did you mean {close[0]!r}?" if close else "")
+                + f" It provides: {', '.join(kinds) or 'none'}."
+            )
+    return dataclasses.replace(cfg, tasks=list(cfg.tasks))
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

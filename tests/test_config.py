@@ -87,3 +87,84 @@ def test_probe_seeds_apply_to_trained_cached_probes_only():
     assert stage_seeds(cfg, ProbeConfig("ridge")) == [7]
     assert stage_seeds(cfg, ProbeConfig("ridge-stream")) == [7]
     assert stage_seeds(load_config(None, ["seed=7", "probe_seeds=null"]), ProbeConfig("linear")) == [7]
+
+
+# -- dataset-specific keys, tasks from the dataset, cache dir from the environment -----------------------------
+@pytest.fixture(scope="module")
+def scenes_export(tmp_path_factory) -> Path:
+    """A tiny scenes export in the ``folder`` layout (2/1/1 images at 16 px)."""
+    from tasks.scenes import export_scenes
+
+    root = tmp_path_factory.mktemp("export") / "scenes16"
+    return export_scenes(root, {"train": 2, "val": 1, "test": 1}, resolution=16, progress=False)
+
+
+def test_scene_options_never_reach_another_dataset(scenes_export, tmp_path):
+    from probebench.pipeline import build_split
+
+    # an override on the defaults: scenes' {resolution, seed} are dropped, the folder loads
+    cfg = load_config(None, ["data.name=folder", f"data.root={scenes_export}"])
+    assert (cfg.data.options, cfg.data.root) == ({}, str(scenes_export))
+    assert len(build_split(cfg, "train")) == 2
+    # options given with the new name in the same layer are the new dataset's, and only they
+    cfg = load_config(None, ["data.options.fast=true", "data.name=folder"])
+    assert cfg.data.options == {"fast": True}
+    # the same dataset named again changes nothing else
+    assert load_config(None, ["data.name=scenes"]).data.options == {"resolution": 64, "seed": 0}
+    # a preset naming its dataset without options; then back to scenes by override: folder's root is dropped
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(yaml.safe_dump({"data": {"name": "folder", "root": str(scenes_export)}}))
+    cfg = load_config(preset)
+    assert (cfg.data.name, cfg.data.options) == ("folder", {})
+    assert len(build_split(cfg, "val")) == 1
+    back = load_config(preset, ["data.name=scenes", "data.options.resolution=16"])
+    assert (back.data.root, back.data.options) == (None, {"resolution": 16})
+    assert len(build_split(back, "test")) == back.data.max_test
+    # a preset naming its dataset and its options keeps them
+    preset.write_text(yaml.safe_dump({"data": {"name": "scenes", "options": {"resolution": 24}}}))
+    assert load_config(preset).data.options == {"resolution": 24}
+
+
+def test_tasks_default_to_what_the_dataset_provides(scenes_export):
+    import tasks
+    from probebench.config import resolve_tasks
+
+    assert RunConfig().tasks is None
+    cfg = load_config(None, ["data.name=folder", f"data.root={scenes_export}"])
+    meta = yaml.safe_load((scenes_export / "dataset.yaml").read_text())
+    meta["targets"] = ["depth", "saliency"]  # declared in this order; the dataset lists them in its own
+    (scenes_export / "dataset.yaml").write_text(yaml.safe_dump(meta))
+    try:
+        kinds = tasks.create("folder", split="train", root=scenes_export).targets
+        assert resolve_tasks(cfg, kinds).tasks == list(kinds) == ["saliency", "depth"]
+        explicit = load_config(None, ["tasks=[depth]"])
+        assert resolve_tasks(explicit, kinds).tasks == ["depth"]
+        with pytest.raises(ProbebenchError) as e:
+            resolve_tasks(load_config(None, ["tasks=[depth, segmentation]"]), kinds)
+        assert "'segmentation'" in str(e.value) and "It provides: saliency, depth" in str(e.value)
+        with pytest.raises(ProbebenchError, match=r"'depht'.*Did you mean 'depth'"):
+            resolve_tasks(load_config(None, ["tasks=[depht]"]), kinds)
+        with pytest.raises(ProbebenchError, match="empty"):
+            resolve_tasks(load_config(None, ["tasks=[]"]), kinds)
+    finally:
+        meta["targets"] = ["segmentation", "saliency", "depth"]
+        (scenes_export / "dataset.yaml").write_text(yaml.safe_dump(meta))
+
+
+def preset_files() -> list[Path]:
+    return sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", preset_files(), ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_presets_leave_the_cache_dir_to_probebench_cache(path, tmp_path, monkeypatch):
+    from probebench.sweep import load_sweep
+
+    monkeypatch.setenv("PROBEBENCH_CACHE", str(tmp_path / "env-cache"))
+    if path.parent.name == "sweeps":
+        configs = [c.config for c in load_sweep(path, [f"output_dir={tmp_path}"]).cells]
+    else:
+        configs = [load_config(path)]
+    assert {c.extract.cache_dir for c in configs} == {str(tmp_path / "env-cache")}
+    for c in configs:  # and every preset's data options are its own dataset's
+        assert c.data.name != "scenes" or set(c.data.options) <= {"resolution", "seed", "num_images"}
+        assert c.data.name == "scenes" or "resolution" not in c.data.options
