@@ -17,9 +17,27 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # os.umask can only be read by setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file (0644 under the usual umask 022)
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` with the permissions a plainly created file would have (``mkstemp``
+    makes it 0600, which would leave results unreadable to the rest of a group)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -39,8 +57,7 @@ def atomic_save_npy(path: Path, array: np.ndarray, fsync: bool = True) -> None:
     """Save ``array`` (no pickle) to a temporary name and rename it into place: a killed process leaves the whole
     file or none. ``fsync=False`` skips waiting for the disk (the file still survives a killed process; after an
     OS crash it may be short, which readers that know its size detect)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array, allow_pickle=False)

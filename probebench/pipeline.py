@@ -14,9 +14,10 @@ import backbones
 import tasks
 from backbones.base import FeatureKey
 from backbones.store import FeatureCache, extract_to_cache
-from probebench.config import BackboneConfig, ProbeConfig, RunConfig, save_config, to_dict
+from probebench.config import BackboneConfig, ProbeConfig, RunConfig, resolve_tasks, save_config, to_dict
 from probebench.errors import ProbebenchError, did_you_mean
 from probebench.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, stable_hash
+from probebench.rundir import RUN_FILE, check_rerun, write_backbone_notes
 from probes import PROBES
 from probes.results import (
     RESULTS_FILE,
@@ -31,6 +32,7 @@ from probes.screen import ProbeOutput, Split, predict_maps
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC, Dataset, Subset
 
 log = logging.getLogger("probebench")
+SPLITS = ("train", "val", "test")
 
 
 def say(msg: str) -> None:
@@ -62,9 +64,17 @@ def noise_seed(b: BackboneConfig, cfg: RunConfig) -> int:
 
 
 def extract_backbone(
-    b: BackboneConfig, cfg: RunConfig, splits: dict[str, Dataset], progress: bool = True
+    b: BackboneConfig,
+    cfg: RunConfig,
+    splits: dict[str, Dataset],
+    progress: bool = True,
+    notes: dict[str, str] | None = None,
 ) -> dict[str, FeatureCache]:
+    """Each split's complete feature cache for backbone ``b`` (extracted where missing); ``notes`` receives what
+    the backbone's weights are (``adapter.weights_note``), keyed by :func:`backbone_key`."""
     adapter = build_adapter(b, cfg)
+    if notes is not None:
+        notes[backbone_key(b)] = getattr(adapter, "weights_note", "")
     caches = {}
     for which, ds in splits.items():
         caches[which] = extract_to_cache(
@@ -84,23 +94,68 @@ def extract_backbone(
     return caches
 
 
-def stage_hash(
-    cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig], probe_seed: int | None = None
-) -> str:
-    """Hash of everything that changes a probe stage's numbers: data, seed, the backbone(s), the stage and the
-    probe's seed (left out when it is the run's seed, so such hashes stay those of one-seed runs)."""
+def data_identity(splits: dict[str, Dataset]) -> dict[str, Any]:
+    """What the data contributes to a result's identity, per split: the images (what changes features) and the
+    targets (what else changes scores), by content — never the path the data lies at."""
+    return {w: {"images": ds.fingerprint(), "targets": ds.target_fingerprint()} for w, ds in splits.items()}
+
+
+_DATA_IDS: dict[str, dict[str, Any]] = {}
+
+
+def data_identity_of(cfg: RunConfig) -> dict[str, Any]:
+    """:func:`data_identity` of ``cfg``'s splits (built once per data config in a process)."""
+    key = stable_hash(to_dict(cfg.data))
+    if key not in _DATA_IDS:
+        _DATA_IDS[key] = data_identity({w: build_split(cfg, w) for w in SPLITS})
+    return _DATA_IDS[key]
+
+
+def _setup(
+    cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig], data_id: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Everything that changes a probe stage's numbers except the seeds: the data (config and content, not its
+    path), the backbone(s) and the stage."""
+    data = {k: v for k, v in to_dict(cfg.data).items() if k != "root"}
     d = {
-        "data": to_dict(cfg.data),
-        "seed": cfg.seed,
+        "data": {**data, "content": data_identity_of(cfg) if data_id is None else data_id},
         "backbones": [to_dict(b) for b in models],
         "probe": to_dict(stage),
     }
-    if probe_seed is not None and probe_seed != cfg.seed:
-        d["probe_seed"] = probe_seed
     rows = getattr(PROBES.get(stage.name), "rows_version", None)
     if rows is not None:  # the probe changed which rows it writes: earlier rows are not "done"
         d["rows_version"] = rows
+    return d
+
+
+def stage_hash(
+    cfg: RunConfig,
+    stage: ProbeConfig,
+    models: list[BackboneConfig],
+    probe_seed: int | None = None,
+    data_id: dict[str, Any] | None = None,
+) -> str:
+    """Hash of everything that changes a probe stage's numbers: the setup (:func:`setup_hash`), the run's seed and
+    the probe's seed (left out when it is the run's seed). Result rows carry it as ``config_hash``.
+    ``data_id``: the splits' :func:`data_identity` when the caller has it (else built from ``cfg``)."""
+    d = {**_setup(cfg, stage, models, data_id), "seed": cfg.seed}
+    if probe_seed is not None and probe_seed != cfg.seed:
+        d["probe_seed"] = probe_seed
     return stable_hash(d, 12)
+
+
+def setup_hash(
+    cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig], data_id: dict[str, Any] | None = None
+) -> str:
+    """Hash of a stage's setup: :func:`stage_hash` without the seeds. Rows of one setup that differ in their seeds
+    are replicates; tables aggregate only within a setup (``setup_hash`` in result rows)."""
+    return stable_hash(_setup(cfg, stage, models, data_id), 12)
+
+
+def resolved(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``tasks: null`` resolved to every target kind its dataset provides (explicit tasks checked
+    against the dataset), as :func:`run` resolves it."""
+    return resolve_tasks(cfg, list(build_split(cfg, "train").targets))
 
 
 def probe_seeds(cfg: RunConfig) -> list[int]:
@@ -116,17 +171,16 @@ def probe_seeds(cfg: RunConfig) -> list[int]:
 def stage_seeds(cfg: RunConfig, stage: ProbeConfig) -> list[int]:
     """The seeds a stage is fitted with: the probe seeds for a trained probe, the run's seed for a closed-form
     one (its numbers do not depend on a seed)."""
-    trained = PROBES.entry(stage.name).kind.startswith("trained")
     # a closed-form probe, or one fitted while streaming the extraction (its seed is the noise seed): once
-    if not trained or not getattr(PROBES.get(stage.name), "needs_cache", True):
-        return [cfg.seed]
-    return probe_seeds(cfg)
+    return probe_seeds(cfg) if stage_is_seeded(cfg, stage) else [cfg.seed]
 
 
-def stage_keys(cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig]) -> list[tuple[int, str]]:
+def stage_keys(
+    cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig], data_id: dict[str, Any] | None = None
+) -> list[tuple[int, str]]:
     """(probe seed, stage hash) of each fit of ``stage`` on ``models``: what its result rows are keyed by (the
     pipeline's only-missing rule and the sweep's plan both read this)."""
-    return [(seed, stage_hash(cfg, stage, models, seed)) for seed in stage_seeds(cfg, stage)]
+    return [(seed, stage_hash(cfg, stage, models, seed, data_id)) for seed in stage_seeds(cfg, stage)]
 
 
 def backbone_label(b: BackboneConfig) -> str:
@@ -159,16 +213,24 @@ def result_rows(
     cfg: RunConfig,
     stage: ProbeConfig,
     models: list[BackboneConfig],
-    cache_hash: str,
+    cache_hashes: list[str],
     chash: str,
+    setup: str,
     prov: dict[str, Any],
     seed: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Tidy result rows of a stage's records; ``seed``: the probe seed of this fit (default: the run's)."""
+    """Tidy result rows of a stage's records; ``cache_hashes``: each model's train-cache hash; ``seed``: the probe
+    seed of this fit (default: the run's).
+
+    A record that scores only some of the stage's models (e.g. ``combine-extra``: the second backbone alone, with
+    the combination's recipe) names them in ``members`` (indices into ``models``); its row is labelled with those
+    models and their cache, so it never stands for the combination."""
     seed = cfg.seed if seed is None else seed
-    backbone, weights = model_label(models)
     rows = []
     for r in records:
+        members = r.get("members")
+        idx = list(range(len(models))) if members is None else [int(i) for i in members]
+        backbone, weights = model_label([models[i] for i in idx])
         snr = r.get("log_snr")
         rows.append(
             {
@@ -188,7 +250,8 @@ def result_rows(
                 "higher_is_better": HIGHER_IS_BETTER.get(r["metric"]),
                 "lambda": r.get("lambda"),
                 "config_hash": chash,
-                "cache_hash": cache_hash,
+                "setup_hash": setup,
+                "cache_hash": "+".join(dict.fromkeys(cache_hashes[i] for i in idx)),
                 **prov,
             }
         )
@@ -285,33 +348,9 @@ def checked_probe(stage: ProbeConfig):
     return fn
 
 
-def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress: bool = True) -> Path:
-    """Run the pipeline for ``cfg``; returns the run's output directory. Reruns do only what is missing."""
-    probe_seeds(cfg)  # a bad list fails before anything is written
-    out = Path(cfg.output_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    stages = [(st, checked_probe(st)) for st in cfg.probes]
-    splits = {w: build_split(cfg, w) for w in ("train", "val", "test")}
-    for ds in splits.values():
-        for kind in cfg.tasks:
-            ds.target_spec(kind)
-    results = out / RESULTS_FILE
-    prov = provenance()
-    caches: dict[int, dict[str, FeatureCache]] = {}
-
-    def caches_of(i: int) -> dict[str, FeatureCache]:
-        if i not in caches:
-            b = cfg.backbones[i]
-            if b.cells_from is not None:
-                b = best_cells_grid(cfg, i, results, caches_of(b.cells_from)["train"])
-            caches[i] = (
-                extract_backbone(b, cfg, splits, progress)
-                if extract
-                else {w: find_cache(b, cfg, ds) for w, ds in splits.items()}
-            )
-        return caches[i]
-
+def validate(cfg: RunConfig) -> None:
+    """Config checks that need no data: probe seeds, backbone indices, ``cells_from`` references."""
+    probe_seeds(cfg)
     for i, b in enumerate(cfg.backbones):
         if b.cells_from is None:
             continue
@@ -331,14 +370,74 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                 raise ProbebenchError(
                     f"Probe {st.name!r}: backbone index {i} out of range 0..{len(cfg.backbones) - 1}."
                 )
+
+
+def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress: bool = True) -> Path:
+    """Run the pipeline for ``cfg``; returns the run's output directory. Reruns do only what is missing.
+
+    A run that fails before writing any result leaves no run directory behind (unless it existed before)."""
+    out = Path(cfg.output_dir) / cfg.name
+    created = not out.exists()
+    try:
+        return _run(cfg, out, extract=extract, analyze=analyze, progress=progress)
+    except BaseException:
+        if created and out.is_dir() and not (out / RESULTS_FILE).is_file():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def prepare_run_dir(
+    cfg: RunConfig, splits: dict[str, Dataset] | None = None
+) -> tuple[RunConfig, Path, dict[str, Any]]:
+    """What a run does before its stages: validate ``cfg``, resolve its tasks against the dataset, refuse a run
+    directory that holds results of another setup (:func:`check_rerun`), then write ``config.yaml`` and
+    ``run.json``. Returns the resolved config, the run directory and the splits' data identity."""
+    validate(cfg)  # fails before anything is written
+    splits = splits or {w: build_split(cfg, w) for w in SPLITS}
+    cfg = resolve_tasks(cfg, list(splits["train"].targets))
+    for ds in splits.values():
+        for kind in cfg.tasks:
+            ds.target_spec(kind)
+    data_id = data_identity(splits)
+    out = Path(cfg.output_dir) / cfg.name
+    check_rerun(out, cfg, data_id)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    atomic_write_json(out / RUN_FILE, {"data": {w: stable_hash(d) for w, d in data_id.items()}})
+    return cfg, out, data_id
+
+
+def _run(cfg: RunConfig, out: Path, *, extract: bool, analyze: bool, progress: bool) -> Path:
+    stages = [(st, checked_probe(st)) for st in cfg.probes]
+    splits = {w: build_split(cfg, w) for w in SPLITS}
+    cfg, out, data_id = prepare_run_dir(cfg, splits)
+    results = out / RESULTS_FILE
+    prov = provenance()
+    caches: dict[int, dict[str, FeatureCache]] = {}
+    notes: dict[str, str] = {}
+
+    def caches_of(i: int) -> dict[str, FeatureCache]:
+        if i not in caches:
+            b = cfg.backbones[i]
+            if b.cells_from is not None:
+                b = best_cells_grid(cfg, i, results, caches_of(b.cells_from)["train"])
+            caches[i] = (
+                extract_backbone(b, cfg, splits, progress, notes)
+                if extract
+                else {w: find_cache(b, cfg, ds, notes) for w, ds in splits.items()}
+            )
+        return caches[i]
+
     for st, probe in stages:
         seeds = stage_seeds(cfg, st)
         fits = [
-            (g, seed, chash)
+            (g, seed, chash, setup_hash(cfg, st, [cfg.backbones[i] for i in g], data_id))
             for g in stage_groups(cfg, st)
-            for seed, chash in stage_keys(cfg, st, [cfg.backbones[i] for i in g])
+            for seed, chash in stage_keys(cfg, st, [cfg.backbones[i] for i in g], data_id)
         ]
-        for group, seed, chash in fits:
+        for group, seed, chash, setup in fits:
             models = [cfg.backbones[i] for i in group]
             label = "{} ({})".format(*model_label(models)) + (
                 f", probe seed {seed}" if len(seeds) > 1 else ""
@@ -355,6 +454,7 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     )
                 b = models[0]
                 adapter = build_adapter(b, cfg)
+                notes[backbone_key(b)] = adapter.weights_note
                 output = probe(
                     adapter,
                     splits["train"],
@@ -370,10 +470,13 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     **st.params,
                 )
                 tag = "stream:" + stable_hash(adapter.fingerprint(), 12)
-                n = append_results(results, result_rows(output.records, cfg, st, models, tag, chash, prov))
+                rows = result_rows(output.records, cfg, st, models, [tag], chash, setup, prov)
+                n = append_results(results, rows)
+                write_backbone_notes(out, notes)
                 say(f"[probebench] {st.name} on {label}: {n} result rows → {results}")
                 continue
             data = [{w: Split(caches_of(i)[w], splits[w]) for w in splits} for i in group]
+            write_backbone_notes(out, notes)
             extra = {w: [d[w] for d in data[1:]] for w in splits}
             # cells that do not depend on the task: one call for every task (one pass over the cache)
             batches = [todo] if st.cells == "all" or isinstance(st.cells, list) else [[t] for t in todo]
@@ -399,8 +502,8 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     **kwargs,
                     **st.params,
                 )
-                if seed != seeds[0]:  # heads, predictions and weight maps: those of the first seed
-                    output.state_dicts, output.artifacts, output.artifact_meta = {}, {}, {}
+                if seed != seeds[0]:  # predictions and weight maps: those of the first seed
+                    output.artifacts, output.artifact_meta = {}, {}
                 elif len(seeds) > 1:  # say which seed they are
                     for meta in output.artifact_meta.values():
                         meta["probe_seed"] = seed
@@ -412,13 +515,11 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
                     st.label or st.name,
                     val=data[0]["val"],
                     subdir=st.label,
+                    probe_seed=seed if stage_is_seeded(cfg, st) else None,
                 )
-                n = append_results(
-                    results,
-                    result_rows(
-                        output.records, cfg, st, models, data[0]["train"].cache.hash, chash, prov, seed
-                    ),
-                )
+                cache_hashes = [d["train"].cache.hash for d in data]
+                rows = result_rows(output.records, cfg, st, models, cache_hashes, chash, setup, prov, seed)
+                n = append_results(results, rows)
                 say(f"[probebench] {st.name} on {label}, {', '.join(kinds)}: {n} result rows → {results}")
     if analyze:
         from analysis.report import write_report
@@ -426,6 +527,17 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
         report = write_report(out)
         say(f"[probebench] report: {report}")
     return out
+
+
+def backbone_key(b: BackboneConfig) -> str:
+    """``backbone (weights)``: how result tables name a model."""
+    return "{} ({})".format(*model_label([b]))
+
+
+def stage_is_seeded(cfg: RunConfig, stage: ProbeConfig) -> bool:
+    """Whether a stage's fits depend on a probe seed (trained probes read from a cache)."""
+    trained = PROBES.entry(stage.name).kind.startswith("trained")
+    return trained and getattr(PROBES.get(stage.name), "needs_cache", True)
 
 
 def model_slug(models: list[BackboneConfig]) -> str:
@@ -443,9 +555,12 @@ def save_outputs(
     num_examples: int = 6,
     val: Split | None = None,
     subdir: str | None = None,
+    probe_seed: int | None = None,
 ) -> None:
     """Save a probe's best closed-form heads with predictions on a few test images, its trained state dicts
-    (safetensors) and its artifacts (``.npy`` + JSON meta), under ``heads/<model>/``."""
+    (safetensors; ``<stage>_<name>_seed<probe seed>.safetensors`` for seeded probes, so no seed overwrites
+    another) and its artifacts (``.npy`` + JSON meta), under ``heads/<model>/``. Head metadata carries the
+    target's label space (class names, ignore index) so figures can key them."""
     from safetensors.numpy import save as to_bytes
     from safetensors.torch import save as torch_to_bytes
 
@@ -456,6 +571,7 @@ def save_outputs(
     backbone, weights = model_label(models)
     idx = list(range(min(num_examples, len(test.dataset))))
     for kind, head in output.best.items():
+        spec = test.dataset.target_spec(kind)
         meta = {
             "backbone": backbone,
             "weights": weights,
@@ -465,6 +581,7 @@ def save_outputs(
             "lambda": str(head.lam),
             "val_score": str(head.val_score),
         }
+        label_space = {"class_names": list(spec.class_names), "ignore_index": spec.ignore_index}
         atomic_write_bytes(  # a killed run never leaves a half-written head behind
             d / f"{kind}.safetensors",
             to_bytes(
@@ -472,25 +589,24 @@ def save_outputs(
                 metadata=meta,
             ),
         )
-        spec = test.dataset.target_spec(kind)
         atomic_save_npy(d / f"{kind}_pred.npy", predict_maps(head, test, spec, idx).astype(np.float32))
         atomic_save_npy(
             d / f"{kind}_target.npy",
             np.stack([test.dataset.load_target(i, kind) for i in idx]).astype(np.float32),
         )
-        atomic_write_json(d / f"{kind}.json", meta)
+        atomic_write_json(d / f"{kind}.json", {**meta, **label_space})
     if output.best and not (d / "images.npy").is_file():
         atomic_save_npy(
             d / "images.npy", np.stack([test.dataset.load_image(i) for i in idx]).astype(np.float32)
         )
+    seed_tag = "" if probe_seed is None else f"_seed{probe_seed}"
     for name, sd in output.state_dicts.items():
-        path = d / f"{stage}_{name.replace('/', '_')}.safetensors"
+        path = d / f"{stage}_{name.replace('/', '_')}{seed_tag}.safetensors"
+        meta = {"backbone": backbone, "weights": weights, "probe": stage, "name": name}
+        if probe_seed is not None:
+            meta["probe_seed"] = str(probe_seed)
         atomic_write_bytes(
-            path,
-            torch_to_bytes(
-                {k: v.detach().cpu().contiguous() for k, v in sd.items()},
-                metadata={"backbone": backbone, "weights": weights, "probe": stage, "name": name},
-            ),
+            path, torch_to_bytes({k: v.detach().cpu().contiguous() for k, v in sd.items()}, metadata=meta)
         )
     if output.artifacts and val is not None and not (d / "images_val.npy").is_file():
         n_val = min(max(len(np.asarray(a)) for a in output.artifacts.values()), len(val.dataset))
@@ -505,11 +621,15 @@ def save_outputs(
         )
 
 
-def find_cache(b: BackboneConfig, cfg: RunConfig, ds: Dataset) -> FeatureCache:
+def find_cache(
+    b: BackboneConfig, cfg: RunConfig, ds: Dataset, notes: dict[str, str] | None = None
+) -> FeatureCache:
     """The complete cache for a backbone config and split, without extracting (``probebench fit``)."""
     from backbones.store import cache_dir_for, extraction_fingerprint
 
     adapter = build_adapter(b, cfg)
+    if notes is not None:
+        notes[backbone_key(b)] = getattr(adapter, "weights_note", "")
     fp = extraction_fingerprint(
         adapter,
         ds,

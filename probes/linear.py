@@ -10,7 +10,9 @@ Call with two backbones (the complementarity experiment)::
 
 ``dit_*`` and ``dino_*`` are :class:`~probes.screen.Split` of caches of the SAME images; the DINOv3 features are
 resampled (bilinear) to the DiT grid and concatenated. Records: ``combine`` (joint), ``combine-main`` and
-``combine-extra`` (each alone, same recipe), so complementarity is one table.
+``combine-extra`` (each alone, same recipe), so complementarity is one table. The records of a member alone carry
+``members`` (``[0]``: the main backbone, ``[1]``: the extra one), so their result rows are labelled with that
+backbone, never with the combination.
 """
 
 from __future__ import annotations
@@ -156,12 +158,15 @@ def combine_probe(
             [i.dim for i in inputs], channels, mode=p["mode"], width=p["width"], dropout=p["dropout"]
         )
 
-    cells = [(run.inputs([k]) + x_inputs, "combine") for k in main_keys]
-    if p["alone"]:
-        cells += [(run.inputs([k]), "combine-main") for k in main_keys]
-        cells.append((x_inputs, "combine-extra"))
     out = ProbeOutput([])
+    cells = [(run.inputs([k]) + x_inputs, "combine") for k in main_keys]
     _train_cells(run, cells, kinds, build_for, out, mode=p["mode"])
+    if p[
+        "alone"
+    ]:  # each member alone, same recipe; `members` says whose rows these are (0 = main, 1 = extra)
+        main_alone = [(run.inputs([k]), "combine-main") for k in main_keys]
+        _train_cells(run, main_alone, kinds, build_for, out, mode=p["mode"], members=[0])
+        _train_cells(run, [(x_inputs, "combine-extra")], kinds, build_for, out, mode=p["mode"], members=[1])
     return out
 
 

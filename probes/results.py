@@ -1,7 +1,17 @@
 """The result table: one tidy row per (run, cell, metric), with provenance, as a documented CSV schema.
 
 Rows are written with a file lock and an atomic rewrite, so concurrent writers never corrupt the file and a
-crash leaves the previous complete file. :func:`missing` implements the only-missing rule of reruns.
+crash leaves the previous complete file. :func:`done_cells` implements the only-missing rule of reruns.
+
+Two hashes identify where a row comes from:
+
+- ``config_hash``: everything that changes the row's numbers (data and its content, backbones, the probe stage,
+  the run's seed and the probe seed) — part of the row identity, so a rerun adds only what is missing;
+- ``setup_hash``: the same without the seeds. Rows that share a ``setup_hash`` and differ only in their seeds are
+  replicates of one experiment; tables aggregate (mean ± std, seed counts, best cells) only within one setup, so
+  results of two configs are never averaged as if they were seeds.
+
+Schema history (old files are still read): v1 had no ``setup_hash`` (read as ``"v1"``, i.e. one unknown setup).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import pandas as pd
 from probebench.errors import ProbebenchError
 from probebench.io import atomic_write_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COLUMNS: dict[str, str] = {  # name -> pandas dtype
     "run": "string",
     "backbone": "string",
@@ -37,7 +47,8 @@ COLUMNS: dict[str, str] = {  # name -> pandas dtype
     "value": "float64",
     "higher_is_better": "boolean",
     "lambda": "float64",
-    "config_hash": "string",
+    "config_hash": "string",  # the fit's identity, seeds included
+    "setup_hash": "string",  # the fit's identity without its seeds: rows of one setup are replicates
     "cache_hash": "string",
     "schema_version": "int64",
     "probebench_version": "string",
@@ -60,6 +71,7 @@ IDENTITY = (
     "metric",
 )
 RESULTS_FILE = "results.csv"
+LEGACY_SETUP = "v1"  # setup_hash of rows read from a schema-v1 file
 
 
 def git_commit() -> str:
@@ -124,6 +136,8 @@ def read_results(path: str | Path) -> pd.DataFrame:
         keep_default_na=False,
         na_values={"log_snr": [""], "lambda": [""], "value": ["", "nan", "NaN"]},
     )
+    if "setup_hash" not in df.columns and "config_hash" in df.columns:  # schema v1: setups were not recorded
+        df.insert(list(df.columns).index("config_hash") + 1, "setup_hash", LEGACY_SETUP)
     unknown = set(df.columns) - set(COLUMNS)
     missing_cols = [c for c in COLUMNS if c not in df.columns]
     if missing_cols or unknown:

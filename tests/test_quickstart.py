@@ -135,8 +135,9 @@ def test_trained_probes_run_once_per_probe_seed_and_ridge_once(tmp_path, capsys)
     rmse = linear[(linear["metric"] == "rmse") & (linear["split"] == "test")].set_index("seed")["value"]
     assert len(rmse) == 2 and rmse[0] != rmse[5]  # another initialisation and shuffling
     assert "probe seed 5" in capsys.readouterr().err
-    heads = list((tmp_path / "r" / "quickstart" / "heads").rglob("linear_*.safetensors"))
-    assert len(heads) == 1  # the first seed's linear head only (beside the ridge head)
+    heads = sorted(p.name for p in (tmp_path / "r" / "quickstart" / "heads").rglob("linear_*.safetensors"))
+    # one head per probe seed, named by it: no seed overwrites another
+    assert [h.rsplit("_", 1)[1] for h in heads] == ["seed0.safetensors", "seed5.safetensors"]
     assert main([*args, "--no-progress"]) == 0  # rerun: nothing missing
     assert len(read_results(tmp_path / "r" / "quickstart")) == len(df)
     assert "probe seed 5: all results present" in capsys.readouterr().err

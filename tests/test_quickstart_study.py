@@ -65,6 +65,9 @@ def test_every_stage_writes_rows(study):
     assert {"ridge", "linear", "fusion-spatial", "fusion-single", "fusion-noise-control"} <= probes
     assert {"combine", "combine-main", "combine-extra"} <= probes  # the pair and each member, one recipe
     assert set(df[df.probe == "combine"]["backbone"]) == {"tiny-mmdit+timm:efficientnet_lite0"}
+    # each member alone is labelled as that member, never as the combination
+    assert set(df[df.probe == "combine-main"]["backbone"]) == {"tiny-mmdit"}
+    assert set(df[df.probe == "combine-extra"]["backbone"]) == {"timm:efficientnet_lite0"}
     mm = df[df.backbone == "tiny-mmdit"]
     assert set(mm[mm.probe == "ridge"]["timestep"]) == {"0", "0.35", "0.7"}
     assert set(mm["weights"]) == {"default", "random"}
@@ -83,7 +86,9 @@ def test_noise_control_is_extracted_only_at_the_best_cells(study):
     cfg, out, cache = study
     df = read_results(out)
     best = set()
-    for task in cfg.tasks:
+    from probebench.pipeline import resolved
+
+    for task in resolved(cfg).tasks:
         from tasks.base import MAIN_METRIC
 
         metric, higher = MAIN_METRIC[task]
@@ -114,6 +119,45 @@ def test_report_answers_the_four_questions(study):
     for q in ("- (a) ", "- (b) ", "- (c) ", "- (d) "):
         assert q in report, q
     assert "fusion-noise-control" in report
+
+
+def test_report_gives_one_best_timestep_per_task_and_one_vocabulary(study):
+    """Summary, (a), the per-timestep (d) and the trajectory table name the same val-chosen timestep; verdicts
+    are beats / within noise / loses, nothing else."""
+    import re
+
+    from analysis.findings import best_timesteps
+
+    _, out, _ = study
+    report = (out / "REPORT.md").read_text()
+    bt = best_timesteps(read_results(out))
+    trained = bt[bt["model"] == "tiny-mmdit (default)"]
+    assert len(trained) == 3
+    summary = next(
+        ln for ln in report.splitlines() if ln.startswith("- tiny-mmdit (default): segmentation t=")
+    )
+    (a,) = [ln for ln in report.splitlines() if ln.startswith("- (a) tiny-mmdit (default)")]
+    for _, r in trained.iterrows():
+        cell = f"{r['task']} t={r['timestep']} (layer {r['layer']}"
+        assert cell in summary and cell in a, (cell, summary, a)
+        (d,) = [
+            ln
+            for ln in report.splitlines()
+            if ln.startswith(f"- (d) {r['task']}, tiny-mmdit (default) − random twin by timestep")
+        ]
+        assert d.endswith(f"is t={r['timestep']}."), d
+    verdicts = [
+        ln
+        for ln in report.splitlines()
+        if re.match(r"- \((b|c|d)\) ", ln) and " by timestep " not in ln and "The control" not in ln
+    ]
+    assert verdicts
+    for ln in verdicts:
+        assert re.search(r"\b(beats|within noise|loses)\b", ln), ln
+        assert "does not beat" not in ln and "within the seed std" not in ln
+    assert (
+        "- (d) The control, tiny-mmdit (random): random: transformer from diffusers' default init" in report
+    )
 
 
 def test_cells_from_needs_another_backbone(tmp_path):
