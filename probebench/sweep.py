@@ -35,6 +35,18 @@ run are extracted once, as jobs of their own, before the cell jobs; the cache is
 cell jobs then find complete caches (``pipeline.run(cfg, extract=False)``). An extraction that fails fails the
 cells that need it (with the reason) and no others.
 
+**Shared screens.** A screen stage — closed-form (the ridge screen), on cells that come from no other results
+(``all`` or explicit) — whose stage keys (the pipeline's stage hashes: data and its content, seed, backbones,
+stage; :func:`probebench.pipeline.stage_keys`) are equal in several cells to run is computed ONCE, as a job of its
+own after the extractions: an ordinary pipeline run of a config holding only that stage, in
+``results/<sweep>/screens/<key>/``. Each cell job then imports it before its pipeline runs: heads first, then
+the rows (relabelled with the cell's name) — so the pipeline's only-missing rule skips the stage and the cell's
+``cells: best`` stages read its own rows. The import holds the screen's lock, which the screen job holds while
+it computes, and takes only a complete screen (else the cell fits the stage itself), so no cell reads a
+half-written screen; a killed screen job resumes from its rows like any run (a screen with rows on disk is
+always finished and imported, even for one cell). ``--dry-run`` lists the shared screens and their state;
+``--force`` recomputes the forced cells' screens.
+
 **Executors.** ``local``: in this process, one job after another (``workers=1``), or N worker processes
 (``concurrent.futures.ProcessPoolExecutor``, spawn). ``slurm``: ``submitit.AutoExecutor`` job arrays (partition,
 GPUs, time limit, ``array_parallelism``; jobs are :class:`submitit.helpers.Checkpointable`, so a pre-empted or
@@ -71,7 +83,7 @@ from typing import Any
 
 import yaml
 
-from probebench.config import RunConfig, apply_override, from_dict, load_config, to_dict
+from probebench.config import RunConfig, apply_overrides, from_dict, load_config, resolve_tasks, to_dict
 from probebench.errors import ProbebenchError, did_you_mean
 from probebench.io import atomic_write_bytes, stable_hash
 
@@ -82,6 +94,8 @@ SWEEP_KEYS = ("name", "base", "set", "axes", "zip", "cell_name", "slurm")
 RANGE_KINDS = ("range", "linspace")
 RESERVED_AXES = ("name", "output_dir")  # set by the sweep for every cell
 CELLS_DIR = "cells"
+SCREENS_DIR = "screens"  # <sweep>/screens/<key>/: the shared screens, each a run directory of its own
+RUN_LOCK = ".cell"  # locked(<run dir>/RUN_LOCK) while a job works on a cell's or a screen's run directory
 
 
 # -- the sweep file --------------------------------------------------------------------------------------------
@@ -252,9 +266,23 @@ def _load_base(raw: Any, source: Path | None, where: str) -> dict[str, Any]:
     raise ProbebenchError(f"{where}: base must be a config file path or a config mapping, got {raw!r}.")
 
 
-def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
-    """``key.path = value`` on the nested config dict, with the same semantics (and errors) as CLI overrides."""
-    apply_override(data, f"{key}={_inline(value)}")
+def _set_paths(data: dict[str, Any], values: dict[str, Any]) -> None:
+    """``key.path = value`` for each item, as ONE layer of CLI overrides (same semantics and errors; a layer that
+    names another dataset starts its options and root afresh, see :mod:`probebench.config`)."""
+    apply_overrides(data, [f"{key}={_inline(value)}" for key, value in values.items()])
+
+
+def _resolve_tasks(cfg: RunConfig, memo: dict[str, list[str]]) -> RunConfig:
+    """``cfg`` with ``tasks: null`` filled in from its dataset, as the pipeline does (``pipeline.resolved``; the
+    dataset is built once per data config)."""
+    from probebench.pipeline import resolved
+
+    if cfg.tasks is not None:
+        return cfg
+    key = stable_hash(to_dict(cfg.data))
+    if key not in memo:
+        memo[key] = list(resolved(cfg).tasks or [])
+    return resolve_tasks(cfg, memo[key])
 
 
 def _format_value(value: Any, index: int) -> str:
@@ -402,14 +430,15 @@ def load_sweep(
         raise ProbebenchError(f"{where}: name must be a file-name-safe string, got {name!r}.")
 
     base = _load_base(raw.get("base"), source, where)
-    for key, value in (raw.get("set") or {}).items():
-        try:
-            _set_path(base, key, value)
-            base = to_dict(from_dict(RunConfig, base))
-        except ProbebenchError as e:
-            raise ProbebenchError(f"{where}: set {key}={_inline(value)}: {e}") from None
-    for o in overrides:
-        apply_override(base, o)
+    set_raw = raw.get("set") or {}
+    if not isinstance(set_raw, dict):
+        raise ProbebenchError(f"{where}: set must map config key paths to values, got {set_raw!r}.")
+    try:
+        _set_paths(base, set_raw)
+        base = to_dict(from_dict(RunConfig, base))
+    except ProbebenchError as e:
+        raise ProbebenchError(f"{where}: set: {e}") from None
+    apply_overrides(base, list(overrides))
     base = to_dict(from_dict(RunConfig, base))
 
     axes_raw = raw.get("axes") or {}
@@ -455,7 +484,7 @@ def load_sweep(
         for value in ax.values:
             data = _copy(base)
             try:
-                _set_path(data, ax.key, value)
+                _set_paths(data, {ax.key: value})
                 from_dict(RunConfig, data)
             except ProbebenchError as e:
                 hint = ""
@@ -481,17 +510,18 @@ def load_sweep(
     cells: list[Cell] = []
     names: dict[str, dict[str, Any]] = {}
     validated: dict[str, None] = {}
+    kinds: dict[str, list[str]] = {}
     for combo in itertools.product(*dims):
         point = {k: vi for part in combo for k, vi in part.items()}
         overrides_of = {k: v for k, (v, _) in point.items()}
         data = _copy(base)
         label = ", ".join(f"{k}={_inline(v)}" for k, v in overrides_of.items()) or "the base config"
         try:
-            for k, v in overrides_of.items():
-                _set_path(data, k, v)
+            _set_paths(data, overrides_of)
             cname = _cell_name(cell_name, point, data, where)
             data["name"], data["output_dir"] = cname, str(sweep_dir / CELLS_DIR)
             cfg = from_dict(RunConfig, data)
+            cfg = _resolve_tasks(cfg, kinds)  # tasks: null → the dataset's kinds
             sig = stable_hash(
                 [[to_dict(st) for st in cfg.probes], cfg.tasks, cfg.data.name, data["backbones"]]
             )
@@ -535,15 +565,21 @@ def stage_groups(cfg: RunConfig) -> Iterator[tuple[Any, list[Any]]]:
         yield st, [cfg.backbones[i] for i in group]
 
 
-def missing_parts(cfg: RunConfig, results: Path | None = None) -> list[tuple[str, str, str]]:
+def missing_parts(
+    cfg: RunConfig, results: Path | None = None, stages: Sequence[int] | None = None
+) -> list[tuple[str, str, str]]:
     """(probe, model, task) triples of ``cfg`` without rows in its results file: the pipeline's only-missing
-    rule (rows keyed by the stage hash), so an empty list means ``pipeline.run(cfg)`` would skip everything."""
+    rule (rows keyed by the stage hash), so an empty list means ``pipeline.run(cfg)`` would skip everything.
+    ``stages``: only these probe stages (indices into ``cfg.probes``)."""
     from probebench.pipeline import model_label, stage_keys
     from probes.results import RESULTS_FILE, done_cells
 
     results = results or Path(cfg.output_dir) / cfg.name / RESULTS_FILE
+    chosen = None if stages is None else [cfg.probes[i] for i in stages]
     out = []
     for st, models in stage_groups(cfg):
+        if chosen is not None and not any(st is c for c in chosen):
+            continue
         label, keys = model_label(models), stage_keys(cfg, st, models)
         for seed, chash in keys:
             done = done_cells(results, chash)
@@ -615,7 +651,7 @@ def reset_cell(cell: Cell, table: Path) -> int:
     from probes.results import locked
 
     cell.dir.mkdir(parents=True, exist_ok=True)
-    with locked(cell.dir / ".cell"):
+    with locked(cell.dir / RUN_LOCK):
         return delete_rows(cell.results) + delete_rows(table, run=cell.name)
 
 
@@ -624,7 +660,7 @@ def reset_cell(cell: Cell, table: Path) -> int:
 class JobResult:
     """What one job reports back (plain data: it crosses process and cluster boundaries)."""
 
-    kind: str  # extract | cell
+    kind: str  # extract | screen | cell
     name: str
     status: str  # done | skipped | failed | cancelled
     reason: str = ""
@@ -633,16 +669,17 @@ class JobResult:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work, as plain picklable data: an extraction, or a cell's probe stages."""
+    """One unit of work, as plain picklable data: an extraction, a shared screen, or a cell's probe stages."""
 
-    kind: str  # extract | cell
+    kind: str  # extract | screen | cell
     name: str
     config: dict[str, Any]
-    key: str = ""  # extraction key (extract), or the cell name
+    key: str = ""  # extraction key (extract), screen key (screen), or the cell name
     backbone: int = 0  # extract: index into config backbones
     table: str = ""  # cell: the sweep table to merge into
-    needs: tuple[str, ...] = ()  # cell: extraction keys
+    needs: tuple[str, ...] = ()  # screen, cell: the extraction (and, for cells, screen) keys it needs
     error_file: str = ""  # where a failure's traceback is written (removed again on success)
+    imports: tuple[tuple[int, str], ...] = ()  # cell: (probe stage index, screen directory) to import
 
     def run(self) -> JobResult:
         """Run the task; an exception becomes a ``failed`` result with its reason, and its traceback goes to
@@ -650,7 +687,12 @@ class Task:
         t0 = time.time()
         err = Path(self.error_file) if self.error_file else None
         try:
-            status = self._extract() if self.kind == "extract" else self._cell()
+            if self.kind == "extract":
+                status = self._extract()
+            elif self.kind == "screen":
+                status = run_locked(from_dict(RunConfig, self.config))
+            else:
+                status = self._cell()
         except Exception as e:  # recorded per cell; the sweep goes on
             why = reason(e)
             if err is not None:
@@ -677,29 +719,38 @@ class Task:
         return "done" if fresh or not manifests else "skipped"  # skipped: every cache was already complete
 
     def _cell(self) -> str:
-        from probebench import pipeline
-        from probes.results import locked
+        from probes.results import RESULTS_FILE
 
         cfg = from_dict(RunConfig, self.config)
-        cell_dir = Path(cfg.output_dir) / cfg.name
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        with locked(cell_dir / ".cell"):  # another sweep (or an orphaned worker) may be on this cell
-            if cell_done(cfg):
-                status = "skipped"
-            else:
-                pipeline.run(cfg, extract=False, analyze=False, progress=False)
-                missing = missing_parts(cfg)
-                if missing:
-                    raise ProbebenchError(
-                        "the run finished without result rows for "
-                        + ", ".join(f"{p} on {m}, {t}" for p, m, t in missing[:4])
-                    )
-                status = "done"
+        status = run_locked(cfg, self.imports)
         if self.table:
-            from probes.results import RESULTS_FILE
-
-            merge_into_table(cell_dir / RESULTS_FILE, Path(self.table))
+            merge_into_table(Path(cfg.output_dir) / cfg.name / RESULTS_FILE, Path(self.table))
         return status
+
+
+def run_locked(cfg: RunConfig, imports: Iterable[tuple[int, str]] = ()) -> str:
+    """Run ``cfg``'s missing probe stages (``pipeline.run`` on complete caches) under its run directory's lock —
+    another sweep, or an orphaned worker, may be on it — after importing the shared screens ``imports`` (probe
+    stage index, screen directory) whose rows it lacks. ``skipped`` if nothing was missing, else ``done``."""
+    from probebench import pipeline
+    from probes.results import locked
+
+    out = Path(cfg.output_dir) / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out / RUN_LOCK):
+        if cell_done(cfg):
+            return "skipped"
+        for index, screen_dir in imports:
+            if missing_parts(cfg, stages=[index]):
+                import_screen(cfg, index, Path(screen_dir))
+        pipeline.run(cfg, extract=False, analyze=False, progress=False)
+        missing = missing_parts(cfg)
+        if missing:
+            raise ProbebenchError(
+                "the run finished without result rows for "
+                + ", ".join(f"{p} on {m}, {t}" for p, m, t in missing[:4])
+            )
+    return "done"
 
 
 def reason(e: BaseException) -> str:
@@ -763,22 +814,145 @@ def _absolute(cfg: RunConfig) -> dict[str, Any]:
     return d
 
 
+# -- shared screens --------------------------------------------------------------------------------------------
+def is_screen(cfg: RunConfig, stage: Any) -> bool:
+    """Whether a probe stage is a *screen* that cells can share: closed-form (fitted once, no probe seed), on cells
+    that come from no other results (``all`` or an explicit list) and on backbones without ``cells_from``. Its rows
+    and heads then depend on its stage keys alone, so cells with equal keys would compute the same thing."""
+    from probebench.pipeline import stage_groups as groups
+    from probes import PROBES
+
+    if not PROBES.entry(stage.name).kind.startswith("closed form"):
+        return False
+    if not (stage.cells == "all" or isinstance(stage.cells, list)):
+        return False
+    return all(cfg.backbones[i].cells_from is None for g in groups(cfg, stage) for i in g)
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One screen stage as a run of its own, ``<sweep>/screens/<key>/``: computed once, imported into every cell
+    whose stage has the same key."""
+
+    key: str  # the stage keys (stage hashes: data and its content, seed, backbones, stage) and the run config
+    label: str
+    config: dict[str, Any]  # the screen's run config: the cell's, with only this stage
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config["output_dir"]) / self.config["name"]
+
+
+def screen_of(cfg: RunConfig, index: int, sweep_dir: Path) -> Screen:
+    """Probe stage ``index`` of ``cfg`` as a shared screen. Its config holds only that stage; backbones the stage
+    does not read are replaced by one it reads (so cells that differ only in those share it; indices, and with
+    them the stage hash, stay), and probe seeds are dropped (a closed-form stage fits once)."""
+    from probebench.pipeline import model_label, stage_keys
+    from probebench.pipeline import stage_groups as groups
+
+    stage = cfg.probes[index]
+    fits = groups(cfg, stage)
+    used = sorted({i for g in fits for i in g})
+    d = _absolute(cfg)
+    d["backbones"] = [d["backbones"][i if i in used else used[0]] for i in range(len(d["backbones"]))]
+    d["probes"] = [to_dict(stage)]
+    d["probe_seeds"] = None
+    keys = [stage_keys(cfg, stage, [cfg.backbones[i] for i in g]) for g in fits]
+    ident = {k: v for k, v in d.items() if k not in ("name", "output_dir", "extract")}
+    key = stable_hash({"config": ident, "stage_keys": keys}, 16)
+    d["name"], d["output_dir"] = key, str(sweep_dir.expanduser().resolve() / SCREENS_DIR)
+    models = ", ".join("{} ({})".format(*model_label([cfg.backbones[i] for i in g])) for g in fits)
+    return Screen(key, f"{stage.label or stage.name} on {models} [{key[:8]}]", d)
+
+
+def screens_of(cfg: RunConfig, sweep_dir: Path) -> list[tuple[int, Screen]]:
+    """(probe stage index, screen) of every screen stage of ``cfg``."""
+    return [(i, screen_of(cfg, i, sweep_dir)) for i, st in enumerate(cfg.probes) if is_screen(cfg, st)]
+
+
+def screen_state(screen: Screen) -> str:
+    """``complete`` (every row written), ``partial`` (some: a killed screen job) or ``todo``."""
+    from probes.results import RESULTS_FILE, read_results
+
+    results = screen.dir / RESULTS_FILE
+    if not results.is_file() or read_results(results).empty:
+        return "todo"
+    return "partial" if missing_parts(from_dict(RunConfig, screen.config), results) else "complete"
+
+
+def reset_screen(screen: Screen) -> int:
+    """Delete a screen's rows (``--force`` of a cell that uses it), so that it is computed again."""
+    from probes.results import RESULTS_FILE, locked
+
+    if not screen.dir.is_dir():
+        return 0
+    with locked(screen.dir / RUN_LOCK):
+        return delete_rows(screen.dir / RESULTS_FILE)
+
+
+def import_screen(cfg: RunConfig, index: int, screen_dir: Path) -> int:
+    """Import a complete screen into ``cfg``'s run directory for its probe stage ``index``: the screen's heads
+    (and backbone notes), then its rows for the stage's keys and ``cfg``'s tasks, relabelled with ``cfg``'s run
+    name — heads before rows, as the pipeline writes them, so a killed import leaves the rows missing and is
+    redone. The pipeline's only-missing rule then skips the stage. Runs under the screen's lock, so a screen being
+    computed is never read; an incomplete screen imports nothing (the pipeline then fits the stage itself).
+    Returns the rows added."""
+    import json
+
+    from probebench import pipeline, rundir
+    from probes.results import RESULTS_FILE, append_results, done_cells, locked, read_results
+
+    stage = cfg.probes[index]
+    fits = []
+    for g in pipeline.stage_groups(cfg, stage):
+        models = [cfg.backbones[i] for i in g]
+        fits += [
+            (pipeline.model_label(models), chash) for _, chash in pipeline.stage_keys(cfg, stage, models)
+        ]
+    out, src = Path(cfg.output_dir) / cfg.name, screen_dir / RESULTS_FILE
+    with locked(screen_dir / RUN_LOCK):
+        for label, chash in fits:
+            have = done_cells(src, chash)
+            if any((*label, task) not in have for task in cfg.tasks):
+                return 0
+        df = read_results(src)
+        df = df[df["config_hash"].isin([c for _, c in fits]) & df["task"].isin(list(cfg.tasks))].copy()
+        pipeline.prepare_run_dir(cfg)  # refuses a directory of another setup, as the pipeline would
+        heads = screen_dir / "heads"
+        for f in sorted(heads.rglob("*")) if heads.is_dir() else []:
+            if f.is_file() and not f.name.startswith("."):  # not a leftover temporary file
+                atomic_write_bytes(out / "heads" / f.relative_to(heads), f.read_bytes())
+        notes = screen_dir / rundir.BACKBONES_FILE
+        if notes.is_file():
+            rundir.write_backbone_notes(out, json.loads(notes.read_text()))
+        df["run"] = cfg.name
+        return append_results(out / RESULTS_FILE, df.to_dict("records"))
+
+
 @dataclass
 class Plan:
-    """The work of one sweep invocation: extractions first, then the cells that need them."""
+    """The work of one sweep invocation: extractions first, then the shared screens, then the cells."""
 
     extractions: list[Task]
     cells: list[Task]
     skipped: list[Cell]  # complete before this invocation
     users: dict[str, list[str]]  # extraction key → cell names that need it
+    screens: list[Task] = field(default_factory=list)  # shared screens still to compute
+    # (screen, its state, the cells that import it) of every screen the cells to run share
+    shared: list[tuple[Screen, str, list[str]]] = field(default_factory=list)
 
 
 def plan_sweep(sweep: Sweep, force: Iterable[str] = ()) -> Plan:
-    """Which cells run (missing, or forced) and which distinct extractions they need, each once."""
+    """Which cells run (missing, or forced), the distinct extractions they need, and the screens they share,
+    each once. A screen stage still missing in two or more of the cells to run — or already (partly) computed
+    by an earlier invocation — becomes one screen job; a screen only one cell needs stays in that cell."""
     forced = set(force)
     extractions: dict[str, Task] = {}
     users: dict[str, list[str]] = {}
-    cells, skipped = [], []
+    candidates: dict[str, Screen] = {}
+    wanting: dict[str, list[str]] = {}
+    to_run: list[tuple[Cell, list[str], list[tuple[int, str]]]] = []
+    skipped = []
     table = str(sweep.table.expanduser().resolve())
     sweep_dir = sweep.dir.expanduser().resolve()
     for cell in sweep.cells:
@@ -799,11 +973,49 @@ def plan_sweep(sweep: Sweep, force: Iterable[str] = ()) -> Plan:
                 )
                 err = sweep_dir / "errors" / f"extract-{key}.txt"
                 extractions[key] = Task("extract", label, cfg, key=key, backbone=i, error_file=str(err))
+        wants = []
+        for index, screen in screens_of(cell.config, sweep_dir):
+            if cell.name not in forced and not missing_parts(cell.config, stages=[index]):
+                continue  # this cell has the stage's rows already
+            candidates.setdefault(screen.key, screen)
+            if cell.name not in wanting.setdefault(screen.key, []):
+                wanting[screen.key].append(cell.name)
+            wants.append((index, screen.key))
+        to_run.append((cell, needs, wants))
+
+    shared: dict[str, str] = {}  # screen key → state
+    for key, screen in candidates.items():
+        state = screen_state(screen)
+        if len(wanting[key]) >= 2 or state != "todo":
+            shared[key] = state
+    screens = []
+    for key, state in shared.items():
+        if state == "complete":
+            continue
+        sc = candidates[key]
+        cfg = from_dict(RunConfig, sc.config)
+        needs = tuple(dict.fromkeys(extraction_key(cfg, i) for i in used_backbones(cfg)))
+        err = sweep_dir / "errors" / f"screen-{key}.txt"
+        screens.append(Task("screen", sc.label, sc.config, key=key, needs=needs, error_file=str(err)))
+    cells = []
+    for cell, needs, wants in to_run:
+        cfg = _absolute(cell.config)
+        imports = [(index, key) for index, key in wants if key in shared]
         err = Path(cfg["output_dir"]) / cell.name / "error.txt"
         cells.append(
-            Task("cell", cell.name, cfg, key=cell.name, table=table, needs=tuple(needs), error_file=str(err))
+            Task(
+                "cell",
+                cell.name,
+                cfg,
+                key=cell.name,
+                table=table,
+                needs=(*needs, *dict.fromkeys(key for _, key in imports)),
+                error_file=str(err),
+                imports=tuple((index, str(candidates[key].dir)) for index, key in imports),
+            )
         )
-    return Plan(list(extractions.values()), cells, skipped, users)
+    listed = [(candidates[k], state, wanting[k]) for k, state in shared.items()]
+    return Plan(list(extractions.values()), cells, skipped, users, screens, listed)
 
 
 # -- executors -------------------------------------------------------------------------------------------------
@@ -929,13 +1141,14 @@ def make_backend(executor: str, workers: int, sweep: Sweep, poll_s: float | None
 # -- running a sweep -------------------------------------------------------------------------------------------
 @dataclass
 class Summary:
-    """Per-cell outcome of one sweep invocation, and the extractions it ran."""
+    """Per-cell outcome of one sweep invocation, and the extractions and shared screens it ran."""
 
     sweep: Sweep
     cells: list[JobResult]
     extractions: list[JobResult]
     report: Path | None = None
     report_error: str = ""
+    screens: list[JobResult] = field(default_factory=list)
 
     @property
     def failed(self) -> list[JobResult]:
@@ -960,8 +1173,15 @@ class Summary:
             f"sweep {self.sweep.name}: {len(self.cells)} cells — {c['done']} done, {c['skipped']} skipped, "
             f"{c['failed']} failed"
             + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
-            + f"; {len(self.extractions)} extraction jobs ({ran} extracted, {found} found complete) "
-            + f"→ {self.sweep.table}"
+            + f"; {len(self.extractions)} extraction jobs ({ran} extracted, {found} found complete)"
+            + (
+                f"; {len(self.screens)} shared screen jobs "
+                f"({sum(r.status == 'done' for r in self.screens)} computed, "
+                f"{sum(r.status == 'skipped' for r in self.screens)} found complete)"
+                if self.screens
+                else ""
+            )
+            + f" → {self.sweep.table}"
         )
         rows = [
             {
@@ -975,6 +1195,7 @@ class Summary:
         lines = [head, *format_table(rows)]
         failed_ext = [r for r in self.extractions if r.status == "failed"]
         lines += [f"extraction {r.name} failed: {r.reason}" for r in failed_ext]
+        lines += [f"screen {r.name} failed: {r.reason}" for r in self.screens if r.status == "failed"]
         if self.report:
             lines.append(f"report: {self.report}")
         if self.report_error:
@@ -1016,8 +1237,9 @@ def run_sweep(
     report: bool = True,
     poll_s: float | None = None,
 ) -> Summary:
-    """Run the sweep's missing (and forced) cells: distinct extractions first, then the cells; returns the
-    per-cell summary (a failing cell is recorded and the others go on unless ``fail_fast``)."""
+    """Run the sweep's missing (and forced) cells: distinct extractions first, then the shared screens, then the
+    cells; returns the per-cell summary (a failing job is recorded — with the cells that need it — and the others
+    go on unless ``fail_fast``). Forced cells' screens are recomputed too."""
     from tqdm import tqdm
 
     forced = force_cells(sweep, force) if force else []
@@ -1025,11 +1247,13 @@ def run_sweep(
     _write_state(sweep)
     for cell in forced:
         reset_cell(cell, sweep.table)
+        for _, screen in screens_of(cell.config, sweep.dir):  # recomputed, not re-imported
+            reset_screen(screen)
     plan = plan_sweep(sweep, [c.name for c in forced])
     results: dict[str, JobResult] = {c.name: JobResult("cell", c.name, "skipped") for c in plan.skipped}
-    ext_results: list[JobResult] = []
+    phases: dict[str, list[JobResult]] = {"extract": [], "screen": []}
     bar = tqdm(
-        total=len(plan.extractions) + len(plan.cells),
+        total=len(plan.extractions) + len(plan.screens) + len(plan.cells),
         desc=f"sweep {sweep.name}",
         unit="job",
         disable=not progress,
@@ -1037,17 +1261,32 @@ def run_sweep(
     )
     stop = False
     try:
-        failed_keys: dict[str, str] = {}
-        by_name = {t.name: t for t in plan.extractions}
-        for r in backend.map(plan.extractions):
-            ext_results.append(r)
-            bar.update()
-            if r.status not in ("done", "skipped"):
-                failed_keys[by_name[r.name].key] = f"extraction {r.name} failed: {r.reason}"
-                if fail_fast:
-                    stop = True
-                    backend.cancel()
-                    break
+        failed_keys: dict[str, str] = {}  # extraction or screen key → why the jobs that need it cannot run
+        for kind, tasks in (("extract", plan.extractions), ("screen", plan.screens)):
+            what = "extraction" if kind == "extract" else "screen"
+            runnable = []
+            for t in tasks:
+                blocked = [failed_keys[k] for k in t.needs if k in failed_keys]
+                if stop:
+                    phases[kind].append(JobResult(kind, t.name, "cancelled", "not run (--fail-fast)"))
+                elif blocked:
+                    phases[kind].append(JobResult(kind, t.name, "failed", blocked[0]))
+                    failed_keys[t.key] = f"{what} {t.name} failed: {blocked[0]}"
+                    bar.update()
+                else:
+                    runnable.append(t)
+            if stop:
+                continue
+            by_name = {t.name: t for t in runnable}
+            for r in backend.map(runnable):
+                phases[kind].append(r)
+                bar.update()
+                if r.status not in ("done", "skipped"):
+                    failed_keys[by_name[r.name].key] = f"{what} {r.name} failed: {r.reason}"
+                    if fail_fast:
+                        stop = True
+                        backend.cancel()
+                        break
         runnable = []
         for t in plan.cells:
             blocked = [failed_keys[k] for k in t.needs if k in failed_keys]
@@ -1072,7 +1311,9 @@ def run_sweep(
         bar.close()
         backend.close()
     sync_table(sweep)
-    summary = Summary(sweep, [results[c.name] for c in sweep.cells], ext_results)
+    summary = Summary(
+        sweep, [results[c.name] for c in sweep.cells], phases["extract"], screens=phases["screen"]
+    )
     _write_summary(summary)
     if report and sweep.table.is_file() and any(r.status == "done" for r in summary.cells):
         try:
@@ -1085,7 +1326,7 @@ def run_sweep(
 
 
 def _write_summary(summary: Summary) -> None:
-    rows = [dataclasses.asdict(r) for r in [*summary.extractions, *summary.cells]]
+    rows = [dataclasses.asdict(r) for r in [*summary.extractions, *summary.screens, *summary.cells]]
     buf = io.StringIO()
     import csv
 
@@ -1129,5 +1370,15 @@ def dry_run_text(sweep: Sweep, force: Sequence[str] = ()) -> str:
         users = plan.users[t.key]
         lines.append(
             f"  {t.name}: {len(users)} cells ({', '.join(users[:6])}{', ...' if len(users) > 6 else ''})"
+        )
+    if plan.shared:
+        lines.append(
+            f"{len(plan.shared)} shared screens (cells whose screen stage has the same stage keys: computed "
+            f"once in {sweep.dir / SCREENS_DIR}, then imported into each cell):"
+        )
+    for screen, state, users in plan.shared:
+        lines.append(
+            f"  {screen.label}: {state}, {len(users)} cells "
+            f"({', '.join(users[:6])}{', ...' if len(users) > 6 else ''})"
         )
     return "\n".join(lines)

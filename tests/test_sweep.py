@@ -1,5 +1,6 @@
-"""Sweeps: grid expansion and its errors, shared extractions, only-missing resume (also after SIGKILL of a real
-sweep process), --force, failing cells, the submitit LocalExecutor path, and two sweeps writing at once.
+"""Sweeps: grid expansion and its errors, shared extractions, shared ridge screens, only-missing resume (also
+after SIGKILL of a real sweep process), --force, failing cells, the submitit LocalExecutor path, and two sweeps
+writing at once.
 
 Everything runs on a tiny grid: 16 px scenes, 8/4/4 images, EfficientNet-Lite0 with random weights at 32 px,
 layers 0-1, one task, a one-λ ridge screen.
@@ -7,7 +8,9 @@ layers 0-1, one task, a one-λ ridge screen.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from probebench import pipeline
 from probebench.cli import main
 from probebench.config import load_config
 from probebench.errors import ProbebenchError
-from probebench.sweep import _expand_axis, load_sweep, missing_parts, run_sweep
+from probebench.sweep import _expand_axis, load_sweep, missing_parts, plan_sweep, run_sweep, screen_state
 from probes.results import IDENTITY, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +143,23 @@ def test_bad_sweeps_fail_before_anything_runs_naming_axis_and_value(tmp_path, ex
     assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
 
 
+def test_cells_take_tasks_and_options_from_their_own_dataset(tmp_path):
+    """``tasks: null`` is each cell's dataset's kinds; an axis that switches the dataset drops scenes' options."""
+    from tasks.scenes import export_scenes
+
+    root = export_scenes(
+        tmp_path / "export", {"train": 2, "val": 1, "test": 1}, resolution=16, progress=False
+    )
+    meta = yaml.safe_load((root / "dataset.yaml").read_text())
+    (root / "dataset.yaml").write_text(yaml.safe_dump({**meta, "targets": ["depth"]}))
+    spec = tiny_sweep(tmp_path, zip=[{"data.name": ["scenes", "folder"], "data.root": [None, str(root)]}])
+    spec["base"]["tasks"] = None
+    scenes, folder = (c.config for c in load_sweep(spec).cells)
+    assert scenes.tasks == ["segmentation", "saliency", "depth"]
+    assert scenes.data.options == {"resolution": 16, "seed": 0}
+    assert (folder.tasks, folder.data.options, folder.data.root) == (["depth"], {}, str(root))
+
+
 def test_max_cells_guard_names_the_count(tmp_path):
     spec = tiny_sweep(tmp_path, axes={"seed": {"range": [0, 30]}, "data.max_train": [4, 8]})
     with pytest.raises(
@@ -220,15 +240,148 @@ def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, monkeypatch):
 
 
 def test_submitit_local_executor_end_to_end(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, axes={"probes.0.params.lambdas": [[0.1], [1.0]]}))
+    # the two cells differ only in a later stage, so they share their ridge screen
+    sweep = load_sweep(with_later_stage(tiny_sweep(tmp_path, axes=LATER_STAGE_AXIS)))
     summary = run_sweep(sweep, executor="submitit-local", progress=False, report=False, poll_s=0.5)
     assert summary.ok, summary.text()
     assert [r.status for r in summary.cells] == ["done", "done"]
     assert [r.status for r in summary.extractions] == ["done"]
+    assert [r.status for r in summary.screens] == ["done"]
     assert len(cache_dirs(tmp_path)) == 3
     assert_complete_and_unique(sweep)
+    for cell in sweep.cells:  # imported in the cell's own job
+        assert set(read_results(cell.results)["run"]) == {cell.name}
+        assert list(cell.dir.glob("heads/*/segmentation.safetensors"))
     logs = list((sweep.dir / "submitit").rglob("*_log.out"))
-    assert len(logs) == 3  # one extraction job, then two cell jobs: each its own process
+    assert len(logs) == 4  # one extraction job, one screen job, then two cell jobs: each its own process
+
+
+# -- shared ridge screens --------------------------------------------------------------------------------------
+LATER_STAGE_AXIS = {"probes.1.label": ["ridge-best-a", "ridge-best-b"]}
+
+
+def with_later_stage(spec: dict) -> dict:
+    """``spec`` with a cheap second stage after the ridge screen: a ridge fit at the best cell (not a screen: it
+    reads the screen's rows), labelled by the axis ``LATER_STAGE_AXIS``."""
+    spec["base"]["probes"].append({"name": "ridge", "cells": "best", "params": {"lambdas": [1.0]}})
+    return spec
+
+
+def count_ridge_fits(monkeypatch) -> list:
+    """Patch the registered ridge probe to record each call (the pipeline and screen jobs call it by name)."""
+    from probes import PROBES
+
+    entry = PROBES.entry("ridge")
+    real = entry.load()
+    calls = []
+
+    @functools.wraps(real)
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("keys"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(entry, "target", counting)
+    return calls
+
+
+def test_cells_with_the_same_ridge_screen_compute_it_once(tmp_path, monkeypatch, capsys):
+    calls = count_ridge_fits(monkeypatch)
+    spec = tiny_sweep(
+        tmp_path,
+        zip=[  # three cells differ only in the linear probe's lr; the fourth has its own ridge λ
+            {
+                "probes.1.params.lr": [0.01, 0.02, 0.03, 0.01],
+                "probes.0.params.lambdas": [[1.0], [1.0], [1.0], [0.1]],
+            }
+        ],
+        cell_name="lr{probes.1.params.lr}-lam{probes.0.params.lambdas}",
+    )
+    spec["base"]["probes"].append(
+        {"name": "linear", "cells": "best", "params": {"epochs": 1, "batch_size": 8, "patience": 0}}
+    )
+    spec["base"]["probe_seeds"] = [0]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    sweep = load_sweep(path)
+    shared_cells = [c.name for c in sweep.cells[:3]]
+    odd = sweep.cells[3]
+
+    plan = plan_sweep(sweep)
+    assert [(state, users) for _, state, users in plan.shared] == [("todo", shared_cells)]
+    assert len(plan.screens) == 1 and odd.name not in plan.shared[0][2]
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 shared screens" in out and f"todo, 3 cells ({', '.join(shared_cells)})" in out
+
+    summary = run_sweep(sweep, progress=False, report=False)
+    assert summary.ok, summary.text()
+    assert [r.status for r in summary.screens] == ["done"]
+    assert "1 shared screen jobs (1 computed" in summary.text()
+    assert len(calls) == 2  # the shared screen once, the fourth cell's own screen once
+    assert_complete_and_unique(sweep)
+    screen = plan.shared[0][0]
+    screen_rows = read_results(screen.dir)
+    screen_head = next(screen.dir.glob("heads/*/segmentation.safetensors"))
+    # every cell has its ridge rows (under its own name) and heads, and its linear rows
+    for cell in sweep.cells:
+        df = read_results(cell.results)
+        ridge = df[df.probe == "ridge"].reset_index(drop=True)
+        assert len(ridge) == len(screen_rows) and set(ridge["run"]) == {cell.name}
+        assert (df.probe == "linear").any()
+        head = cell.dir / screen_head.relative_to(screen.dir)
+        same = list(ridge["config_hash"].unique()) == list(screen_rows["config_hash"].unique())
+        assert same == (cell is not odd)
+        if cell is not odd:
+            assert ridge["value"].tolist() == screen_rows["value"].tolist()
+            assert head.read_bytes() == screen_head.read_bytes()
+        else:
+            assert head.is_file() and head.read_bytes() != screen_head.read_bytes()
+    assert screen_state(screen) == "complete"
+
+    calls.clear()
+    again = run_sweep(load_sweep(path), progress=False, report=False)
+    assert [r.status for r in again.cells] == ["skipped"] * 4 and again.screens == [] and calls == []
+
+    # a cell that lost its run directory (killed before its import) imports the finished screen, even alone
+    shutil.rmtree(sweep.cells[0].dir)
+    again = run_sweep(load_sweep(path), progress=False, report=False)
+    assert [r.status for r in again.cells] == ["done"] + ["skipped"] * 3 and calls == []
+    assert len(read_results(sweep.cells[0].results).query("probe == 'ridge'")) == len(screen_rows)
+    assert (sweep.cells[0].dir / screen_head.relative_to(screen.dir)).is_file()
+
+    # --force recomputes the forced cell's screen instead of importing the old one
+    redo = run_sweep(load_sweep(path), force=[shared_cells[1]], progress=False, report=False)
+    assert {r.name: r.status for r in redo.cells}[shared_cells[1]] == "done" and len(calls) == 1
+    assert_complete_and_unique(sweep)
+
+
+def test_a_half_written_screen_is_never_imported(tmp_path, monkeypatch):
+    """Rows of a screen that a killed job left incomplete are not imported; its next job finishes it."""
+    from probebench.sweep import import_screen, run_locked
+
+    calls = count_ridge_fits(monkeypatch)
+    spec = with_later_stage(tiny_sweep(tmp_path, axes=LATER_STAGE_AXIS))
+    spec["base"]["tasks"] = ["segmentation", "depth"]
+    sweep = load_sweep(spec)
+    plan = plan_sweep(sweep)
+    (screen, _, users), cell = plan.shared[0], sweep.cells[0]
+    assert len(users) == 2
+    for t in plan.extractions:
+        assert t.run().status == "done"
+    partial = replace(from_config(screen.config), tasks=["depth"])  # killed after its first task
+    assert run_locked(partial) == "done" and screen_state(screen) == "partial"
+    assert import_screen(cell.config, 0, screen.dir) == 0 and not cell.results.exists()
+    assert next(t for t in plan_sweep(sweep).screens).key == screen.key  # planned again: finish it
+    summary = run_sweep(sweep, progress=False, report=False)
+    assert summary.ok and [r.status for r in summary.screens] == ["done"]
+    assert calls.count(None) == 2  # the screen (on all cells): depth, then only the missing segmentation
+    assert_complete_and_unique(sweep)
+
+
+def from_config(d: dict):
+    from probebench.config import RunConfig, from_dict
+
+    return from_dict(RunConfig, d)
 
 
 # -- real processes: SIGKILL and concurrent writers ----------------------------------------------------------
@@ -247,7 +400,7 @@ def statuses(stdout: str) -> dict[str, str]:
     return {
         line.split()[0]: line.split()[1]
         for line in lines[start + 1 :]
-        if line[:1] not in ("", " ") and not line.startswith(("extraction ", "report"))
+        if line[:1] not in ("", " ") and not line.startswith(("extraction ", "screen ", "report"))
     }
 
 
@@ -318,16 +471,16 @@ def test_slurm_section_becomes_the_sbatch_script(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name, cells, extractions",
-    [("timestep_layer", 12, 12), ("backbone_comparison", 6, 6), ("probe_ablation", 5, 1)],
+    "name, cells, extractions, screens",
+    [("timestep_layer", 12, 12, 0), ("backbone_comparison", 6, 6, 0), ("probe_ablation", 5, 1, 1)],
 )
-def test_shipped_sweeps_expand_and_validate(tmp_path, name, cells, extractions):
-    from probebench.sweep import plan_sweep
-
+def test_shipped_sweeps_expand_and_validate(tmp_path, name, cells, extractions, screens):
     path = ROOT / "configs" / "sweeps" / f"{name}.yaml"
     sweep = load_sweep(path, [f"output_dir={tmp_path}", f"extract.cache_dir={tmp_path / 'cache'}"])
     assert sweep.name == name and len(sweep.cells) == cells
-    assert len(plan_sweep(sweep).extractions) == extractions
+    plan = plan_sweep(sweep)
+    assert len(plan.extractions) == extractions
+    assert len(plan.screens) == screens  # probe_ablation: every cell's ridge stage is the same, fitted once
     assert max(c.config.data.max_train or 10**9 for c in sweep.cells) <= 64  # runs in minutes offline
 
 
