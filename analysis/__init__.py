@@ -8,5 +8,8 @@
 - :mod:`analysis.fusion_plots`: learned per-pixel and global fusion weights.
 - :mod:`analysis.complementarity`: single vs combined bars, per-class IoU gain, streaming linear CKA, error
   overlap.
+- :mod:`analysis.predictions`: the best cells' predictions beside inputs and targets, keyed per target kind.
+- :mod:`analysis.findings`: the answers to (a)–(d), one selection rule and one verdict vocabulary.
+- :mod:`analysis.layout`: figure text that fits the canvas (wrapped titles, legends), and a check for clipping.
 - :mod:`analysis.common`: row selection with helpful errors, seed means, the log-SNR axis, figure saving.
 """

@@ -77,11 +77,33 @@ def model_label(df: pd.DataFrame) -> pd.Series:
     return df["backbone"].astype(str) + " (" + df["weights"].astype(str) + ")"
 
 
+SETUP_KEYS = ["dataset", "backbone", "weights", "probe"]  # one setup per these, or the labels tell them apart
+
+
 def with_model(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``model`` column: ``backbone (weights)``, extended where the table holds rows of several
+    setups (``setup_hash``) for the same backbone, weights and probe — e.g. sweep cells that change the data or a
+    probe's parameters — so that tables never average two configs: ``… [run]`` when each setup is one run's,
+    else ``… [setup <hash>]``."""
     if "model" in df.columns:
         return df
     out = df.copy()
-    out["model"] = model_label(out) if len(out) else pd.Series(dtype="string")
+    if not len(out):
+        out["model"] = pd.Series(dtype="string")
+        return out
+    out["model"] = model_label(out)
+    if "setup_hash" not in out.columns:
+        return out
+    setups = out.groupby(SETUP_KEYS, dropna=False)["setup_hash"].transform("nunique")
+    mixed = (setups > 1).to_numpy()
+    if mixed.any():
+        runs_per_setup = out.groupby("setup_hash")["run"].transform("nunique")
+        setups_per_run = out.groupby("run")["setup_hash"].transform("nunique")
+        own_run = ((runs_per_setup == 1) & (setups_per_run == 1)).to_numpy()
+        tag = np.where(own_run, out["run"].astype(str), "setup " + out["setup_hash"].astype(str))
+        out.loc[mixed, "model"] = (
+            out.loc[mixed, "model"] + " [" + pd.Series(tag, index=out.index)[mixed] + "]"
+        )
     return out
 
 
@@ -234,16 +256,20 @@ CELL_KEYS = [
 
 
 def seed_mean(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell (``CELL_KEYS``): mean, std (ddof=1, NaN for one seed) and count over seeds.
+    """One row per cell (``CELL_KEYS``) and setup: mean, std (ddof=1, NaN for one fit) and count over seeds.
 
-    A replicate is a (run, seed) pair: a sweep with a ``seed`` axis runs each cell under its own run name, and
-    within a run the trained probes' rows carry their probe seeds."""
+    Only rows of one setup (``setup_hash``: everything but the seeds) are aggregated; a replicate is one fit
+    (``config_hash``: the setup with its run seed and probe seed), so a sweep's ``seed`` axis and a run's probe
+    seeds both count, and rows of two configs never do."""
     df = with_model(df)
     if df.empty:
         return pd.DataFrame(columns=[*CELL_KEYS, "log_snr", "value", "std", "n_seeds"])
-    run = df["run"].astype(str) if "run" in df else ""
-    df = df.assign(_replicate=run + "#" + df["seed"].astype(str))
-    g = df.groupby(CELL_KEYS, sort=True, dropna=False)
+    keys = CELL_KEYS + (["setup_hash"] if "setup_hash" in df.columns else [])
+    fit = (df["run"].astype(str) if "run" in df else "") + "#" + df["seed"].astype(str)
+    if "config_hash" in df.columns:
+        fit = fit + "#" + df["config_hash"].astype(str)
+    df = df.assign(_replicate=fit)
+    g = df.groupby(keys, sort=True, dropna=False)
     out = g.agg(
         value=("value", "mean"),
         std=("value", "std"),
@@ -251,6 +277,19 @@ def seed_mean(df: pd.DataFrame) -> pd.DataFrame:
         log_snr=("log_snr", "first"),
     ).reset_index()
     return out
+
+
+def error_bar_phrase(
+    n_seeds: pd.Series, bars: str = "error bars", single: str = "every point is a single fit"
+) -> str:
+    """What a figure's error bars are, from the plotted rows' ``n_seeds``: "error bars: std over 3 probe seeds"
+    (``up to 3`` when rows differ; single fits named), or that there are none — never a seed std for one fit."""
+    n = pd.to_numeric(pd.Series(list(n_seeds)), errors="coerce").dropna()
+    several = sorted({int(k) for k in n if k > 1})
+    if not several:
+        return f"{single}, no error bars"
+    out = f"{bars}: std over {'up to ' if len(several) > 1 else ''}{several[-1]} probe seeds"
+    return out + ("; single fits have none" if (n <= 1).any() else "")
 
 
 # -- the log-SNR axis -----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from analysis.common import (
     PER_CELL_PROBES,
     best_row,
     colors_for,
+    error_bar_phrase,
     is_multi,
     main_metric_rows,
     metric_label,
@@ -142,6 +143,32 @@ def best_cells(
     return pd.DataFrame(out)
 
 
+VERDICTS = ("beats", "within noise", "loses")
+VERDICT_RULE = (
+    "Verdicts use three words: **beats** when the gain is larger than the noise, **loses** when the loss is, "
+    "**within noise** otherwise; the noise is the larger seed std (over probe seeds) of the two sides. Where "
+    "neither side was fitted more than once the noise is not measured, the sign decides, and the verdict says "
+    "so (1 fit)."
+)
+
+
+def verdict(gn: float, std_a: float = float("nan"), std_b: float = float("nan")) -> str:
+    """*beats* / *within noise* / *loses* for a gain ``gn`` (positive = better), against the larger of the two
+    sides' seed std; with no std on either side, the sign decides and the word says "(1 fit)"."""
+    stds = np.asarray([std_a, std_b], dtype=float)
+    measured = bool(np.isfinite(stds).any())
+    noise = float(np.nanmax(stds)) if measured else 0.0
+    word = "beats" if gn > noise else "loses" if gn < -noise else "within noise"
+    return word if measured else f"{word} (1 fit)"
+
+
+def verdict_phrase(word: str) -> str:
+    """A verdict inside a sentence ("A beats B", "A loses to B", "A is within noise of B"), its qualifier kept."""
+    head, _, rest = word.partition(" (")
+    phrase = {"beats": "beats", "loses": "loses to", "within noise": "is within noise of"}[head]
+    return phrase + (f" ({rest}" if rest else "")
+
+
 def gain(value: float, baseline: float, higher: bool) -> float:
     """Improvement of ``value`` over ``baseline`` (positive = better, in the metric's units)."""
     return (value - baseline) if higher else (baseline - value)
@@ -231,8 +258,10 @@ def fusion_gains(df: pd.DataFrame, *, split: str = "test", select_split: str = "
                     "baseline_layer": base["layer"],
                     "baseline_timestep": base["timestep"],
                     "baseline_value": base[v],
+                    "baseline_std": base[f"{split}_std"],
                     "gain": gn,
                     "rel_gain_pct": rel_gain_pct(gn, base[v]),
+                    "verdict": verdict(gn, r[f"{split}_std"], base[f"{split}_std"]),
                     "n_seeds": r["n_seeds"],
                 }
             )
@@ -290,6 +319,7 @@ def combination_gains(
                     "member_std": m[f"{split}_std"],
                     "gain": gn,
                     "rel_gain_pct": rel_gain_pct(gn, m[v]),
+                    "verdict": verdict(gn, c[f"{split}_std"], m[f"{split}_std"]),
                 }
             )
     return pd.DataFrame(out), sorted(set(notes))
@@ -375,11 +405,21 @@ def plot_comparison(
         better = "higher" if g["higher_is_better"].iloc[0] else "lower"
         ax.set_xlabel(f"{metric_label(metric)}, {split}\n({better} is better)")
         ax.set_title(task)
+    from analysis.layout import fit_texts, legend_ncol
+
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(
-        handles, labels, title="probe", loc="outside lower center", ncol=min(len(probes), 4), fontsize=8
+        handles,
+        labels,
+        title="probe",
+        loc="outside lower center",
+        ncol=legend_ncol(fig, labels, 8, max_ncol=4),
+        fontsize=8,
     )
-    fig.suptitle(f"Best cell per model and probe (selected on val; {split} score ± std over seeds)")
+
+    spread = error_bar_phrase(table.get("n_seeds", []))
+    fig.suptitle(f"Best cell per model and probe (selected on val; {split} score; {spread})")
+    fit_texts(fig)
     return save_figure(fig, out_dir, stem)
 
 

@@ -1,7 +1,7 @@
 """Complementarity of backbones: does a generative backbone add anything to a discriminative one?
 
 - **Bars**: each member backbone alone vs the combination (concatenated, fused: one bar per probe of the
-  combination run), per task, seed std as error bars.
+  combination run), per task, seed std as error bars where a cell was fitted more than once.
 - **Per-class IoU gain** of one model over another. Input format (``per_class_iou.csv`` in a results
   directory, or any DataFrame with these columns)::
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,17 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analysis.common import PALETTE, SEQUENTIAL, colors_for, metric_label, save_figure, slug
+from analysis.common import (
+    PALETTE,
+    SEQUENTIAL,
+    colors_for,
+    error_bar_phrase,
+    metric_label,
+    save_figure,
+    slug,
+)
 from analysis.compare import best_cells, combination_members
+from analysis.layout import fit_texts, legend_ncol
 from probebench.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
@@ -122,12 +132,15 @@ def plot_complementarity(table: pd.DataFrame, out_dir: Path, split: str = "test"
             ax.bar(
                 x,
                 g["value"],
-                yerr=err,
-                capsize=4,
                 color=[colors[m] for m in g["model"]],
                 edgecolor=["black" if k == "combination" else "none" for k in g["kind"]],
                 linewidth=1.2,
             )
+            spread = g["std"].notna().to_numpy()  # error bars only where a std over seeds exists
+            if spread.any():
+                ax.errorbar(
+                    x[spread], g["value"][spread], yerr=err[spread], fmt="none", ecolor="black", capsize=4
+                )
             for xi, val, e in zip(x, g["value"], err):
                 ax.annotate(
                     f"{val:.3f}",
@@ -161,11 +174,13 @@ def plot_complementarity(table: pd.DataFrame, out_dir: Path, split: str = "test"
         handles,
         models,
         loc="outside lower center",
-        ncol=min(len(models), 3),
+        ncol=legend_ncol(fig, models, 8, max_ncol=3),
         fontsize=8,
         title="model (black edge: combination)",
     )
-    fig.suptitle(f"Single backbones vs their combination ({split} split; error bars: std over seeds)")
+    spread = error_bar_phrase(table["n_seeds"], single="every bar is a single fit")
+    fig.suptitle(f"Single backbones vs their combination ({split} split; {spread})")
+    fit_texts(fig)
     return save_figure(fig, out_dir, "complementarity")
 
 
@@ -267,6 +282,7 @@ def plot_per_class_gain(
             fontsize=8,
         )
     fig.suptitle("Per-class IoU gain")
+    fit_texts(fig)
     return save_figure(fig, out_dir, stem)
 
 
@@ -531,23 +547,51 @@ def cka_matrix(
         grid=grid,
         row_model=_cache_name(cache),
         col_model=_cache_name(other) if other is not None else _cache_name(cache),
+        row_keys=[tuple(k) for k in ka],
+        col_keys=[tuple(k) for k in kb],
     )
     return out
 
 
+def _no_timestep(t: Any) -> bool:
+    return t is None or str(t).lower() in ("none", "")
+
+
+def cka_key_label(key: tuple[Any, Any]) -> str:
+    """Tick label of a (layer, timestep) key: ``layer 3`` for a clean-image model (timestep None/"none"),
+    ``layer 3, t=0.2`` for a diffusion model."""
+    layer, t = key
+    if _no_timestep(t):
+        return f"layer {layer}"
+    return f"layer {layer}, t={format(t, 'g') if isinstance(t, float) else t}"
+
+
+_LABEL = re.compile(r"^(?:.* )?L(?P<layer>-?\d+)(?: t=(?P<t>\S+))?$")
+
+
+def _keys_of(mat: pd.DataFrame, axis: int) -> list[tuple[Any, Any]]:
+    """The (layer, timestep) keys of a CKA matrix's rows (0) or columns (1): from its attrs, else parsed from
+    its ``L<layer>[ t=<t>]`` labels (a label that does not parse keeps itself as the layer)."""
+    keys = mat.attrs.get("row_keys" if axis == 0 else "col_keys")
+    labels = list(mat.index if axis == 0 else mat.columns)
+    if keys is not None and len(keys) == len(labels):
+        return [tuple(k) for k in keys]
+    out = []
+    for lab in labels:
+        m = _LABEL.match(str(lab))
+        out.append((m["layer"], m["t"]) if m else (str(lab), None))
+    return out
+
+
 def plot_cka_matrix(mat: pd.DataFrame, out_dir: Path, stem: str, title: str | None = None) -> list[Path]:
-    """An annotated CKA heatmap on the fixed scale [0, 1] (rows/columns: layer, timestep of each model)."""
+    """An annotated CKA heatmap on the fixed scale [0, 1]; ticks name each key's layer, and its timestep only
+    for diffusion models (clean-image models have none)."""
     sns.set_theme(style="white", context="notebook")
     at = mat.attrs
-    shown = mat.copy()
-    for attr, axis in (("row_model", 0), ("col_model", 1)):
-        prefix = f"{at.get(attr, '')} "
-        labels = shown.index if axis == 0 else shown.columns
-        labels = [str(x).removeprefix(prefix) for x in labels]
-        if axis == 0:
-            shown.index = labels
-        else:
-            shown.columns = labels
+    rows, cols = _keys_of(mat, 0), _keys_of(mat, 1)
+    shown = pd.DataFrame(
+        mat.to_numpy(), index=[cka_key_label(k) for k in rows], columns=[cka_key_label(k) for k in cols]
+    )
     h, w = shown.shape
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * w + 3.2), max(3.8, 0.45 * h + 2.0)), layout="constrained")
     sns.heatmap(
@@ -568,11 +612,80 @@ def plot_cka_matrix(mat: pd.DataFrame, out_dir: Path, stem: str, title: str | No
         + f"\n{at.get('method', '?')} estimate, {at.get('n_pixels', '?')} pixels on a {at.get('grid')} grid",
         fontsize=10,
     )
-    ax.set_xlabel(f"{at.get('col_model', '')}: layer (L) and timestep (t)", fontsize=9)
-    ax.set_ylabel(f"{at.get('row_model', '')}: layer (L) and timestep (t)", fontsize=9)
+
+    def what(keys: list[tuple[Any, Any]]) -> str:
+        return "layer (block index)" if all(_no_timestep(t) for _, t in keys) else "layer and timestep"
+
+    ax.set_xlabel(f"{at.get('col_model', '')}: {what(cols)}".lstrip(": "), fontsize=9)
+    ax.set_ylabel(f"{at.get('row_model', '')}: {what(rows)}".lstrip(": "), fontsize=9)
     ax.tick_params(axis="x", labelsize=7, rotation=90)
     ax.tick_params(axis="y", labelsize=7, rotation=0)
+    fit_texts(fig)
     return save_figure(fig, out_dir, stem)
+
+
+def distinct_caches(caches: dict[str, Any]) -> dict[str, Any]:
+    """``{model label: cache}`` with each cache directory once: a combination's rows carry its main member's
+    cache hash, so the same cache is found under both labels and its CKA matrix would be drawn twice under
+    two names. The label of a single backbone (no ``+``) is kept, else the first in sorted order."""
+    by_path: dict[str, list[str]] = {}
+    for label, cache in sorted(caches.items()):
+        by_path.setdefault(str(getattr(cache, "path", id(cache))), []).append(label)
+    keep = {}
+    for labels in by_path.values():
+        single = [lab for lab in labels if "+" not in lab.split(" (")[0]]
+        label = (single or labels)[0]
+        keep[label] = caches[label]
+    return dict(sorted(keep.items()))
+
+
+def cka_figures(
+    caches: dict[str, Any],
+    df: pd.DataFrame,
+    fig_dir: Path,
+    max_images: int = 32,
+    pixels_per_image: int = 64,
+) -> tuple[list[Path], list[str]]:
+    """Within-model CKA matrices (each distinct cache with ≥ 2 keys, once) and across-model ones (combination
+    members, or every pair when there are at most 3 models) on a small pixel sample; returns the figures and
+    one line of text per figure."""
+    from analysis.common import with_model
+
+    # the unbiased (minibatch) estimator: with few pixels relative to the channel count the exact, biased
+    # estimate is pulled towards 1 (its bias is of order d/n)
+    kw = {"max_images": max_images, "pixels_per_image": pixels_per_image, "method": "minibatch"}
+    caches = distinct_caches(caches)
+    figs: list[Path] = []
+    texts: list[str] = []
+    for model, cache in caches.items():
+        if len(cache.keys) < 2:
+            continue
+        m = cka_matrix(cache, **kw)
+        figs += plot_cka_matrix(
+            m, fig_dir, cka_stem(model), title=f"{model}: linear CKA between feature maps"
+        )
+        texts.append(
+            f"{model}: {m.attrs['method']} (unbiased HSIC) linear CKA over {m.attrs['n_pixels']} pixels on a "
+            f"{m.attrs['grid']} grid (every map area-pooled to the coarsest)."
+        )
+    models = sorted(caches)
+    pairs: list[tuple[str, str]] = []
+    for _, c in with_model(df).drop_duplicates("model").iterrows():
+        if "+" in c["backbone"]:
+            mem = [f"{b} ({w})" for b, w in combination_members(c["backbone"], c["weights"])]
+            pairs += [(a, b) for i, a in enumerate(mem) for b in mem[i + 1 :] if a in caches and b in caches]
+    if not pairs and len(models) <= 3:
+        pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+    for a, b in dict.fromkeys(pairs):
+        if list(caches[a].image_ids) != list(caches[b].image_ids):
+            continue
+        m = cka_matrix(caches[a], other=caches[b], **kw)
+        figs += plot_cka_matrix(m, fig_dir, cka_stem(f"{a}_vs_{b}"), title=f"Linear CKA: {a} vs {b}")
+        texts.append(
+            f"{a} vs {b}: {m.attrs['method']} (unbiased HSIC) linear CKA over {m.attrs['n_pixels']} pixels on "
+            f"a {m.attrs['grid']} grid."
+        )
+    return figs, texts
 
 
 # -- error overlap --------------------------------------------------------------------------------------------
@@ -685,8 +798,9 @@ def plot_error_overlap(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         ]
         ax.set_title(f"{task} ({crit})", fontsize=10)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncol=legend_ncol(fig, labels, 8, 3), fontsize=8)
     fig.suptitle("Error overlap of the best cells on saved test predictions (rest of each bar: both right)")
+    fit_texts(fig)
     return save_figure(fig, out_dir, "error_overlap")
 
 

@@ -33,8 +33,20 @@ from analysis.common import (
     slug,
     timestep_rows,
 )
+from analysis.layout import fit_texts, legend_ncol
 from probebench.errors import ProbebenchError
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
+
+
+def seeds_phrase(n_seeds: pd.Series | list[int]) -> str:
+    """How the plotted values were aggregated, from their ``n_seeds``: "one fit per cell" (a closed-form
+    screen such as ridge is fitted once), "mean over 3 seeds", or "mean over up to 3 seeds" when cells
+    differ. Captions never claim a seed mean for single fits."""
+    n = pd.to_numeric(pd.Series(list(n_seeds)), errors="coerce").dropna()
+    if n.empty or n.max() <= 1:
+        return "one fit per cell"
+    top = int(n.max())
+    return f"mean over {top} seeds" if n.min() == top else f"mean over up to {top} seeds"
 
 
 def curve_table(
@@ -164,8 +176,10 @@ def plot_timestep_curves(
                 ax.set_title(f"{task} — {metric_name} ({better} is better)", fontsize=10)
             axes[0, c].legend(fontsize=7, loc="best")
         fig.suptitle(
-            f"{model}: {probe} probe score across the denoising trajectory ({split} split, mean over seeds)",
+            f"{model}: {probe} probe score across the denoising trajectory ({split} split, "
+            f"{seeds_phrase(dm['n_seeds'])}{'; band: ± std' if dm['std'].notna().any() else ''})",
         )
+        fit_texts(fig)
         paths += save_figure(fig, out_dir, f"timestep_curves_{slug(model)}")
     return paths
 
@@ -269,10 +283,11 @@ def plot_log_snr_comparison(
         handles.values(),
         handles.keys(),
         loc="outside lower center",
-        ncol=min(2, len(handles)),
+        ncol=legend_ncol(fig, list(handles), 8, max_ncol=2),
         fontsize=8,
         frameon=False,
     )
+    fit_texts(fig)
     return save_figure(fig, out_dir, "log_snr_comparison")
 
 

@@ -36,6 +36,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 from analysis.common import PALETTE, SEQUENTIAL, cell_of, head_dirs, save_figure, slug, t_label
+from analysis.layout import fit_texts, legend_ncol
 from probebench.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
@@ -217,6 +218,26 @@ def _task_order(tasks: set[str]) -> list[str]:
     return [t for t in MAIN_METRIC if t in tasks] + sorted(tasks - set(MAIN_METRIC))
 
 
+UNIFORM_TOLERANCE = 0.1  # weights within ±10 % of 1/K everywhere: no input is preferred anywhere
+
+
+def is_uniform(art: WeightArtifact, tolerance: float = UNIFORM_TOLERANCE) -> bool:
+    """Whether every per-pixel weight lies within ``tolerance`` × 1/K of the uniform 1/K (a ``mean``-like
+    fusion, or a gate that learned nothing). Then which input is the argmax is decided by tiny differences,
+    so the figures say "uniform weights" instead of drawing argmax fractions or an argmax map."""
+    w = np.asarray(art.weights, dtype=np.float64)
+    k = w.shape[1]
+    dev = np.abs(w - 1.0 / k)
+    return bool(np.all(np.isnan(dev) | (dev <= tolerance / k)))
+
+
+def _uniform_note(k: int) -> str:
+    return (
+        f"uniform weights: every per-pixel weight is within ±{UNIFORM_TOLERANCE:.0%} of 1/T = {1 / k:.2f},\n"
+        "so no input is preferred and no argmax is shown"
+    )
+
+
 def weight_summary(art: WeightArtifact) -> pd.DataFrame:
     """Per timestep: mean weight over all pixels, std over images of the per-image mean, the fraction of
     pixels where it is the argmax, and the mean per-pixel entropy (in nats; ln T = uniform)."""
@@ -302,13 +323,26 @@ def plot_weight_distributions(
                 color=sns.color_palette(PALETTE)[0],
                 label="mean weight (± std over images)",
             )
-            ax.bar(
-                range(T),
-                s["argmax_fraction"],
-                color=sns.color_palette(PALETTE)[1],
-                alpha=0.35,
-                label="fraction of pixels where it is the argmax",
-            )
+            uniform = is_uniform(a)
+            if not uniform:
+                ax.bar(
+                    range(T),
+                    s["argmax_fraction"],
+                    color=sns.color_palette(PALETTE)[1],
+                    alpha=0.35,
+                    label="fraction of pixels where it is the argmax",
+                )
+            else:
+                ax.text(
+                    0.5,
+                    0.93,
+                    _uniform_note(T),
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="top",
+                    fontsize=7,
+                    bbox={"facecolor": "white", "edgecolor": "0.7", "boxstyle": "round,pad=0.3"},
+                )
             ax.axhline(1 / T, color="0.3", ls="--", lw=1, label="uniform 1/T")
             ax.set_xticks(range(T))
             ax.set_xticklabels(a.t_labels, fontsize=8)
@@ -318,14 +352,16 @@ def plot_weight_distributions(
             ax.set_title(
                 f"{a.title}: mean weight; entropy {ent:.2f} of max {math.log(T):.2f} nats", fontsize=10
             )
-            top = float(np.nanmax(np.r_[s["mean_weight"] + s["std_over_images"], s["argmax_fraction"]]))
-            ax.set_ylim(0, 1.45 * top)
-            ax.legend(fontsize=7, loc="upper right")
+            shown = [s["mean_weight"] + s["std_over_images"]] + ([] if uniform else [s["argmax_fraction"]])
+            top = float(np.nanmax(np.concatenate([np.asarray(x, dtype=float) for x in shown])))
+            ax.set_ylim(0, (2.2 if uniform else 1.45) * top)
+            ax.legend(fontsize=7, loc="lower right" if uniform else "upper right")
         seeds = sorted({a.meta["probe_seed"] for a in group if "probe_seed" in a.meta})
         of_seed = f", probe seed {', '.join(map(str, seeds))}" if seeds else ""
         fig.suptitle(
             f"{model}: learned per-pixel fusion weights\n(fusion-spatial, validation images{of_seed})"
         )
+        fit_texts(fig)
         paths += save_figure(fig, out_dir, f"fusion_weights_{slug(model)}")
     return paths
 
@@ -334,7 +370,8 @@ def plot_weight_maps(
     arts: list[WeightArtifact], out_dir: Path, num_images: int = 4, max_t_columns: int = 6
 ) -> list[Path]:
     """Per model and task: each sample image, its argmax-timestep map over it, and per-timestep weight maps
-    (at most ``max_t_columns``, evenly spaced) over the greyscale image."""
+    (at most ``max_t_columns``, evenly spaced) over the greyscale image. Uniform weights (:func:`is_uniform`)
+    get no argmax map (it would show rounding noise): the column says "uniform weights" instead."""
     paths: list[Path] = []
     sns.set_theme(style="white", context="notebook")
     for a in arts:
@@ -350,6 +387,7 @@ def plot_weight_maps(
             n, cols, figsize=(1.9 * cols + 1.2, 1.9 * n + 1.4), squeeze=False, layout="constrained"
         )
         cmap = ListedColormap(sns.color_palette(SEQUENTIAL, T))  # timesteps are ordinal: noisy (dark) → clean
+        uniform = is_uniform(a)
         last = None
         for r in range(n):
             w = np.asarray(a.weights[r], dtype=np.float32)
@@ -363,15 +401,27 @@ def plot_weight_maps(
                 alpha = {"argmax": 1.0, "weight": 1.0}
             ext = (0, grey.shape[1], grey.shape[0], 0)
             axes[r, first].imshow(grey, cmap="gray", vmin=0, vmax=1, extent=ext)
-            axes[r, first].imshow(
-                w.argmax(0),
-                cmap=cmap,
-                vmin=-0.5,
-                vmax=T - 0.5,
-                alpha=alpha["argmax"],
-                interpolation="nearest",
-                extent=ext,
-            )
+            if uniform:
+                axes[r, first].text(
+                    0.5,
+                    0.5,
+                    "uniform\nweights",
+                    transform=axes[r, first].transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    bbox={"facecolor": "white", "edgecolor": "0.7", "boxstyle": "round,pad=0.3"},
+                )
+            else:
+                axes[r, first].imshow(
+                    w.argmax(0),
+                    cmap=cmap,
+                    vmin=-0.5,
+                    vmax=T - 0.5,
+                    alpha=alpha["argmax"],
+                    interpolation="nearest",
+                    extent=ext,
+                )
             for c, t in enumerate(show):
                 axes[r, first + 1 + c].imshow(grey, cmap="gray", vmin=0, vmax=1, extent=ext)
                 last = axes[r, first + 1 + c].imshow(
@@ -385,25 +435,29 @@ def plot_weight_maps(
                 )
         if images is not None:
             axes[0, 0].set_title("image", fontsize=9)
-        axes[0, first].set_title("argmax input", fontsize=9)
+        axes[0, first].set_title("argmax input" if not uniform else "argmax input: none", fontsize=9)
         for c, t in enumerate(show):
             axes[0, first + 1 + c].set_title(f"weight of {a.t_labels[t]}".replace("\n", " "), fontsize=8)
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
-        handles = [Patch(color=cmap(i), label=a.t_labels[i].replace("\n", " ")) for i in range(T)]
-        fig.legend(
-            handles=handles,
-            title="argmax input: timestep (log-SNR)",
-            loc="outside lower center",
-            ncol=min(T, 6),
-            fontsize=8,
-        )
+        if uniform:
+            fig.supxlabel(_uniform_note(T), fontsize=8)  # placed by constrained layout, under the panels
+        else:
+            handles = [Patch(color=cmap(i), label=a.t_labels[i].replace("\n", " ")) for i in range(T)]
+            fig.legend(
+                handles=handles,
+                title="argmax input: timestep (log-SNR)",
+                loc="outside lower center",
+                ncol=legend_ncol(fig, [h.get_label() for h in handles], 8, max_ncol=6),
+                fontsize=8,
+            )
         if last is not None:
             fig.colorbar(last, ax=axes[:, -1].tolist(), shrink=0.8, label="per-pixel weight (fraction)")
         where = "validation images" if images is not None else "validation images; no saved images to overlay"
         fig.suptitle(f"{a.model} — {a.title}: where each input is used ({where})", fontsize=11)
         stem = f"fusion_maps_{slug(a.model)}_{a.task}" + (f"_{slug(a.group)}" if a.group else "")
+        fit_texts(fig)
         paths += save_figure(fig, out_dir, stem)
     return paths
 
@@ -451,6 +505,7 @@ def plot_global_weights(arts: list[WeightArtifact], out_dir: Path) -> list[Path]
         fig.suptitle(
             f"{model}: global layer × timestep weights (fusion-global, Hyperfeatures-style; sum to 1)"
         )
+        fit_texts(fig)
         paths += save_figure(fig, out_dir, f"global_weights_{slug(model)}")
     return paths
 

@@ -24,7 +24,8 @@ from analysis.common import (
     slug,
     t_label,
 )
-from analysis.curves import chosen_cells, curve_table
+from analysis.curves import chosen_cells, curve_table, seeds_phrase
+from analysis.layout import fit_texts
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
 
 
@@ -103,8 +104,9 @@ def plot_heatmaps(
 ) -> list[Path]:
     """Per diffusion model: one annotated heatmap per task (red box = best cell, chosen on val when the results
     have a val split, as the report chooses cells). Per task, when several
-    models have maps: all of them side by side on one shared colour scale. ``models``: labels or backbone
-    names (default all)."""
+    models have maps: all of them side by side on one shared colour scale. A model with a single task whose
+    map is in such a comparison gets no figure of its own (it would repeat that panel). ``models``: labels or
+    backbone names (default all)."""
     split = split or pick_split(df)
     probe = cell_probe(df, probe)
     models = resolve_models(df, models)
@@ -119,8 +121,11 @@ def plot_heatmaps(
     tasks_all = [t for t in MAIN_METRIC if t in set(table["task"])] + sorted(
         set(table["task"]) - set(MAIN_METRIC)
     )
+    compared = {t for t in tasks_all if table[table["task"] == t]["model"].nunique() >= 2}
     for model, dm in table.groupby("model", sort=True):
         tasks = [t for t in tasks_all if t in set(dm["task"])]
+        if len(tasks) == 1 and tasks[0] in compared:
+            continue  # its one map is a panel of heatmap_compare_<task>: the same figure under two names
         mats = [heatmap_matrix(dm, model, t) for t in tasks]
         w = max(4.5, 0.75 * max(m.shape[1] for m in mats) + 2.2)
         h = max(3.8, 0.42 * max(m.shape[0] for m in mats) + 2.0)
@@ -132,7 +137,10 @@ def plot_heatmaps(
             lo, hi = float(np.nanmin(m.to_numpy())), float(np.nanmax(m.to_numpy()))
             _draw(ax, m, metric_name, lo, hi, True, _position(m, chosen.get((model, task))))
             ax.set_title(f"{task} — {metric_label(metric_name)}", fontsize=10)
-        fig.suptitle(f"{model}: {probe} probe, layer × timestep ({split} split, mean over seeds)")
+        fig.suptitle(
+            f"{model}: {probe} probe, layer × timestep ({split} split, {seeds_phrase(dm['n_seeds'])})"
+        )
+        fit_texts(fig)
         paths += save_figure(fig, out_dir, f"heatmap_{slug(model)}")
     for task in tasks_all:
         dt = table[table["task"] == task]
@@ -154,7 +162,9 @@ def plot_heatmaps(
             )
             ax.set_title(f"{model} · {probe}", fontsize=10)
         fig.suptitle(
-            f"{task} — {metric_label(metric_name)}: layer × timestep, shared colour scale ({split} split)"
+            f"{task} — {metric_label(metric_name)}: layer × timestep, shared colour scale ({split} split, "
+            f"{seeds_phrase(dt['n_seeds'])})"
         )
+        fit_texts(fig)
         paths += save_figure(fig, out_dir, f"heatmap_compare_{task}")
     return paths

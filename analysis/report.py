@@ -24,13 +24,12 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from analysis.common import (
+    CELLS_DIR,
     METRIC_LABELS,  # noqa: F401  (re-exported: older callers import it from here)
     PER_CELL_PROBES,
     best_row,
-    cell_of,
     colors_for,
     fmt_cell,
-    head_dirs,
     main_metric_rows,
     metric_label,
     model_label,  # noqa: F401  (re-exported)
@@ -38,14 +37,13 @@ from analysis.common import (
     save_figure,
     seed_mean,
     single_cells,
-    slug,
     timestep_rows,
     with_model,
 )
 from analysis.compare import (
     FUSION_MAIN,
+    VERDICT_RULE,
     combination_gains,
-    combination_members,
     comparison_table,
     fusion_gains,
     markdown_table,
@@ -55,26 +53,21 @@ from analysis.compare import (
 from analysis.compare import best_cells as _best_cells
 from analysis.complementarity import (
     PER_CLASS_FILE,
-    cka_matrix,
-    cka_stem,
+    cka_figures,
     complementarity_table,
     error_overlap_table,
     per_class_iou_gain,
-    plot_cka_matrix,
     plot_complementarity,
     plot_error_overlap,
     plot_per_class_gain,
     read_per_class_iou,
 )
-from analysis.curves import (
-    best_timestep_table,
-    curve_table,
-    plot_log_snr_comparison,
-    plot_timestep_curves,
-)
-from analysis.findings import findings_lines
+from analysis.curves import plot_log_snr_comparison, plot_timestep_curves
+from analysis.findings import best_timesteps, findings_lines
 from analysis.fusion_plots import load_weight_artifacts, plot_fusion
 from analysis.heatmaps import plot_heatmaps
+from analysis.layout import fit_texts
+from analysis.predictions import plot_predictions
 from probebench.errors import ProbebenchError
 from probes.results import RESULTS_FILE, read_results
 from tasks.base import MAIN_METRIC
@@ -90,6 +83,7 @@ FUSION_TABLE_COLUMNS = [
     "baseline_value",
     "gain",
     "rel_gain_pct",
+    "verdict",
     "n_seeds",
 ]
 COMBO_TABLE_COLUMNS = [
@@ -103,6 +97,20 @@ COMBO_TABLE_COLUMNS = [
     "member_value",
     "gain",
     "rel_gain_pct",
+    "verdict",
+]
+TIMESTEP_TABLE_COLUMNS = [
+    "model",
+    "task",
+    "metric",
+    "probe",
+    "layer",
+    "timestep",
+    "log_snr",
+    "val_value",
+    "test_value",
+    "test_std",
+    "n_seeds",
 ]
 
 
@@ -156,61 +164,8 @@ def plot_layer_curves(df: pd.DataFrame, out: Path, split: str = "test") -> list[
         f"{', '.join(sorted(d['dataset'].unique()))}",
     )
     out.mkdir(parents=True, exist_ok=True)
+    fit_texts(fig)
     return save_figure(fig, out, "layer_curves")
-
-
-def plot_predictions(rdir: Path, num_rows: int = 4) -> list[Path]:
-    """For each model with saved heads: input, ground truth and prediction of every task's best cell."""
-    paths = []
-    for d in head_dirs(rdir):
-        cell = cell_of(d)
-        kinds = [k for k in MAIN_METRIC if (d / f"{k}_pred.npy").is_file()]
-        if not kinds or not (d / "images.npy").is_file():
-            continue
-        images = np.load(d / "images.npy")[:num_rows]
-        n = len(images)
-        fig, axes = plt.subplots(
-            n,
-            1 + 2 * len(kinds),
-            figsize=(1.7 * (1 + 2 * len(kinds)), 1.75 * n + 0.6),
-            squeeze=False,
-            layout="constrained",
-        )
-        title = d.name
-        for c, kind in enumerate(kinds):
-            meta = json.loads((d / f"{kind}.json").read_text()) if (d / f"{kind}.json").is_file() else {}
-            if "backbone" in meta:
-                title = f"{meta['backbone']} ({meta['weights']})"
-            pred, tgt = np.load(d / f"{kind}_pred.npy")[:n], np.load(d / f"{kind}_target.npy")[:n]
-            if kind == "segmentation":
-                kw = {"cmap": "tab10", "vmin": 0, "vmax": 9, "interpolation": "nearest"}
-                tgt = np.where(tgt == 255, np.nan, tgt)
-            elif kind == "saliency":
-                kw = {"cmap": "gray", "vmin": 0, "vmax": 1}
-            else:
-                valid = tgt[tgt > 0]
-                kw = {
-                    "cmap": "magma_r",
-                    "vmin": float(valid.min()) if valid.size else 0,
-                    "vmax": float(np.percentile(valid, 98)) if valid.size else 1,
-                }
-                tgt = np.where(tgt > 0, tgt, np.nan)
-            for r in range(n):
-                axes[r, 1 + 2 * c].imshow(tgt[r], **kw)
-                axes[r, 2 + 2 * c].imshow(pred[r], **kw)
-            where = fmt_cell(meta.get("layer", "?"), meta.get("timestep", "none"))
-            axes[0, 1 + 2 * c].set_title(f"{kind}\ntarget", fontsize=9)
-            axes[0, 2 + 2 * c].set_title(f"{kind}\nprobe ({where})", fontsize=9)
-        for r in range(n):
-            axes[r, 0].imshow(np.clip(images[r], 0, 1))
-        axes[0, 0].set_title("input", fontsize=9)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        title = f"{cell}: {title}" if cell else title
-        fig.suptitle(f"{title}: best cell per task (test images)", fontsize=10)
-        paths += save_figure(fig, rdir / "figures", f"predictions_{slug(cell) + '_' if cell else ''}{d.name}")
-    return [p for p in paths if p.suffix == ".png"]
 
 
 # -- the generated summary ------------------------------------------------------------------------------------
@@ -239,19 +194,25 @@ def best_per_task(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_lines(
-    best: pd.DataFrame, fusion: pd.DataFrame, combos: pd.DataFrame, split: str, notes: list[str]
+    best: pd.DataFrame,
+    fusion: pd.DataFrame,
+    combos: pd.DataFrame,
+    split: str,
+    notes: list[str],
+    timesteps: pd.DataFrame | None = None,
 ) -> list[str]:
     """The summary bullets; every number is formatted from a row of the given tables (3 decimals)."""
     v = f"{split}_value"
     out = []
     if len(best):
         sel_on = best["selected_on"].iloc[0]
-        seeds = sorted(set(best["n_seeds"]))
+        several = (best["n_seeds"] > 1).any()
         out += [
-            f"Cells are selected on the **{sel_on}** split (mean over "
-            f"{'/'.join(map(str, seeds))} seed(s)) and reported on the **{split}** split. Gains are improvements "
-            "(positive = better, for lower-is-better metrics too), in the metric's units, with the relative "
-            "change in brackets.",
+            f"Cells are selected on the **{sel_on}** split"
+            + (" (by the mean over probe seeds where a probe was fitted with several)" if several else "")
+            + f" and reported on the **{split}** split, here and in every finding and figure. Gains are "
+            "improvements (positive = better, for lower-is-better metrics too), in the metric's units, with the "
+            "relative change in brackets. " + VERDICT_RULE,
             "",
             "**Best cell per task**",
             "",
@@ -264,6 +225,16 @@ def summary_lines(
                 f"{r['model']} · {r['probe']} · {fmt_cell(r['layer'], r['timestep'])} → "
                 f"{_num(r[v])} {split}{extra}."
             )
+        out.append("")
+    if timesteps is not None and len(timesteps):
+        probe = timesteps["probe"].iloc[0]
+        out += [f"**Best timestep per task** (the {probe} cell chosen on val; its {split} score)", ""]
+        for model, g in timesteps.groupby("model", sort=True):
+            cells = ", ".join(
+                f"{r['task']} t={r['timestep']} (layer {r['layer']}, {_num(r['test_value'])})"
+                for _, r in g.iterrows()
+            )
+            out.append(f"- {model}: {cells}.")
         out.append("")
     main = fusion[fusion["variant"] == FUSION_MAIN] if len(fusion) else fusion
     if len(main):
@@ -279,7 +250,7 @@ def summary_lines(
             out.append(
                 f"- {r['task']}, {r['model']}: fusion-spatial {_num(r['value'])} vs {r['baseline_probe']} "
                 f"{_num(r['baseline_value'])} ({fmt_cell(r['baseline_layer'], r['baseline_timestep'])}{named}) "
-                f"→ gain {_signed(r['gain'])} {r['metric']}{_pct(r['rel_gain_pct'])}."
+                f"→ gain {_signed(r['gain'])} {r['metric']}{_pct(r['rel_gain_pct'])}: {r['verdict']}."
             )
         out.append("")
     if len(combos):
@@ -288,7 +259,7 @@ def summary_lines(
             out.append(
                 f"- {r['task']}, {r['combination']} ({r['combination_probe']}, {_num(r['combination_value'])}) over "
                 f"{r['member']} ({r['member_probe']}, {_num(r['member_value'])}): gain {_signed(r['gain'])} "
-                f"{r['metric']}{_pct(r['rel_gain_pct'])}."
+                f"{r['metric']}{_pct(r['rel_gain_pct'])}: {r['verdict']}."
             )
         out.append("")
     out += [f"- Note: {n}" for n in notes]
@@ -322,53 +293,31 @@ def find_caches(rdir: Path, df: pd.DataFrame, cache_dir: str | Path | None = Non
     return found
 
 
+def _sweep_name(rdir: Path) -> str | None:
+    """The sweep's name when ``rdir`` is a sweep directory (it holds ``sweep.yaml``), else None."""
+    path = rdir / "sweep.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    name = (yaml.safe_load(path.read_text()) or {}).get("name")
+    return str(name) if name else rdir.name
+
+
+def backbone_notes(rdir: Path) -> dict[str, str]:
+    """``{model label: what its weights are}`` from the run's ``backbones.json`` (and its sweep cells')."""
+    notes: dict[str, str] = {}
+    for p in [rdir / "backbones.json", *sorted((rdir / CELLS_DIR).glob("*/backbones.json"))]:
+        if p.is_file():
+            notes.update({str(k): str(v) for k, v in json.loads(p.read_text()).items()})
+    return notes
+
+
 @dataclass
 class Section:
     title: str
     text: str = ""
     figures: list[Path] = field(default_factory=list)
-
-
-def _cka_sections(
-    caches: dict[str, Any], df: pd.DataFrame, fig_dir: Path, max_images: int, pixels_per_image: int
-) -> tuple[list[Path], list[str]]:
-    """Within-model CKA matrices (models with ≥ 2 keys) and across-model ones (combination members, or every
-    pair when there are at most 3 models) on a small pixel sample."""
-    # the unbiased (minibatch) estimator: with few pixels relative to the channel count the exact, biased
-    # estimate is pulled towards 1 (its bias is of order d/n)
-    kw = {"max_images": max_images, "pixels_per_image": pixels_per_image, "method": "minibatch"}
-    figs: list[Path] = []
-    texts: list[str] = []
-    for model, cache in sorted(caches.items()):
-        if len(cache.keys) < 2:
-            continue
-        m = cka_matrix(cache, **kw)
-        figs += plot_cka_matrix(
-            m, fig_dir, cka_stem(model), title=f"{model}: linear CKA between feature maps"
-        )
-        texts.append(
-            f"{model}: {m.attrs['method']} (unbiased HSIC) linear CKA over {m.attrs['n_pixels']} pixels on a "
-            f"{m.attrs['grid']} grid (every map area-pooled to the coarsest)."
-        )
-    models = sorted(caches)
-    d = with_model(df)
-    pairs = []
-    for _, c in d.drop_duplicates("model").iterrows():
-        if "+" in c["backbone"]:
-            mem = [f"{b} ({w})" for b, w in combination_members(c["backbone"], c["weights"])]
-            pairs += [(a, b) for i, a in enumerate(mem) for b in mem[i + 1 :] if a in caches and b in caches]
-    if not pairs and len(models) <= 3:
-        pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
-    for a, b in pairs:
-        if list(caches[a].image_ids) != list(caches[b].image_ids):
-            continue
-        m = cka_matrix(caches[a], other=caches[b], **kw)
-        figs += plot_cka_matrix(m, fig_dir, cka_stem(f"{a}_vs_{b}"), title=f"Linear CKA: {a} vs {b}")
-        texts.append(
-            f"{a} vs {b}: {m.attrs['method']} (unbiased HSIC) linear CKA over {m.attrs['n_pixels']} pixels on "
-            f"a {m.attrs['grid']} grid."
-        )
-    return figs, texts
 
 
 def write_report(
@@ -398,6 +347,7 @@ def write_report(
 
     best = best_cells(df, split=split)
     best.to_csv(rdir / "best_cells.csv", index=False)
+    timesteps = best_timesteps(df)  # (a)'s answer: chosen on val, scored on test
     comp = comparison_table(df, split=split)
     write_table(comp, rdir, "comparison")
     fusion = fusion_gains(df, split=split)
@@ -422,15 +372,14 @@ def write_report(
     multi_t = ts.groupby("model")["timestep"].nunique() if len(ts) else pd.Series(dtype=int)
     if (multi_t >= 2).any():
         figs = plot_timestep_curves(df, fig_dir, split=split)
-        bt = best_timestep_table(curve_table(df, split=split))
         figs_cmp = plot_log_snr_comparison(df, fig_dir, split=split)
-        sections.append(
-            Section(
-                "Where along the denoising trajectory",
-                "Best (layer, timestep) per model and task on the curves (★):\n\n" + markdown_table(bt),
-                figs + figs_cmp,
-            )
+        text = (
+            "Best (layer, timestep) per model and task — the cell chosen on val, starred on the curves — with "
+            f"its {split} score:\n\n" + markdown_table(timesteps[TIMESTEP_TABLE_COLUMNS])
+            if len(timesteps)
+            else ""
         )
+        sections.append(Section("Where along the denoising trajectory", text, figs + figs_cmp))
         sections.append(
             Section("Layer × timestep maps", "Red box: best cell.", plot_heatmaps(df, fig_dir, split=split))
         )
@@ -497,7 +446,7 @@ def write_report(
         )
     caches = find_caches(rdir, df, cache_dir) if cka else {}
     if caches:
-        figs, texts = _cka_sections(caches, df, fig_dir, cka_max_images, cka_pixels_per_image)
+        figs, texts = cka_figures(caches, df, fig_dir, cka_max_images, cka_pixels_per_image)
         if figs:
             sections.append(
                 Section(
@@ -516,15 +465,17 @@ def write_report(
     if preds:
         sections.append(Section("Predictions of the best cells", figures=preds))
 
-    findings = findings_lines(df, combos, split)
+    findings = findings_lines(df, combos, split, backbone_notes(rdir))
     runs = ", ".join(sorted(df["run"].unique()))
+    sweep = _sweep_name(rdir)
+    title = f"sweep {sweep} ({df['run'].nunique()} cells: {runs})" if sweep else runs
     commit = str(df["git_commit"].iloc[0])[:12]
     cols = ["model", "task", "probe", "layer", "timestep", "metric"]
     cols += [c for c in best.columns if c.endswith("_value")] + [f"{split}_std", "n_seeds"]
     if best["dataset"].nunique() > 1:
         cols.append("dataset")
     lines = [
-        f"# probebench report — {runs}",
+        f"# probebench report — {title}",
         "",
         f"{len(df)} result rows; datasets: {', '.join(sorted(df['dataset'].unique()))}; "
         f"probes: {', '.join(sorted(df['probe'].unique()))}; seeds: "
@@ -533,7 +484,7 @@ def write_report(
         "",
         "## Summary",
         "",
-        *summary_lines(best, fusion, combos, split, combo_notes),
+        *summary_lines(best, fusion, combos, split, combo_notes, timesteps),
         *(["## Findings", "", *findings, ""] if findings else []),
         "## Best cell per model and task",
         "",

@@ -61,14 +61,18 @@ def test_fusion_and_random_twin_and_ranking():
         + rows("m", "random", "ridge", "segmentation", "mIoU", [(1, "0.5")], [(0.3, 0.3)])
     )
     (f,) = fusion_findings(df)
-    assert "fusion-spatial mIoU 0.680 beats fusion-single 0.600 (gain +0.080)" in f
-    assert "does not beat fusion-noise-control 0.700 (gain -0.020)" in f
+    assert "fusion-spatial mIoU 0.680 beats (1 fit) fusion-single 0.600 (gain +0.080)" in f
+    assert "loses to (1 fit) fusion-noise-control 0.700 (gain -0.020)" in f
     assert "clean-image cell" not in f  # a noisy control cell carries noise diversity
     clean = df.assign(log_snr=df["log_snr"].mask(df["probe"] == "fusion-noise-control", float("inf")))
     (f,) = fusion_findings(clean)
     assert "clean-image cell (log-SNR +∞)" in f and "controls only for the fusion's width" in f
     (d,) = random_twin_findings(df)
-    assert "default weights mIoU 0.680 vs random 0.300 → beats its random twin (+0.380)" in d
+    assert d.endswith(
+        "m (default): mIoU 0.680 (fusion-spatial) beats (1 fit) its random twin 0.300 (ridge; gain +0.380)."
+    )
+    control, again = random_twin_findings(df, notes={"m (random)": "random init N(0, 0.02); VAE: trained"})
+    assert control == "- (d) The control, m (random): random init N(0, 0.02); VAE: trained." and again == d
     cells = [(i, "none") for i in range(4)]
     rank = pd.DataFrame(
         rows("e", "default", "ridge", "depth", "rmse", cells, [(1, 1), (2, 2), (3, 3), (4, 4)])
@@ -104,10 +108,10 @@ def test_gain_over_the_random_twin_by_timestep():
         )
     )
     (line,) = twin_gain_by_timestep_findings(df)
-    assert (
-        "t=0 +0.100, t=0.5 +0.350 — largest at t=0.5; the raw score (each timestep at its best val layer) peaks at t=0."
-        in line
-    )
+    assert "t=0 +0.100, t=0.5 +0.350 — the gain is largest at t=0.5 (the largest of these test gains)" in line
+    # the best timestep is (a)'s val-chosen one (layer 1, t=0 on val), not the test curve's peak
+    assert line.endswith("its best timestep (chosen on val, as in (a)) is t=0.")
+    assert "peaks" not in line
     assert twin_gain_by_timestep_findings(df[df["weights"] != "random"]) == []
 
 
@@ -128,5 +132,44 @@ def test_findings_over_probe_seeds_give_mean_std_and_flag_gains_within_the_std()
     )
     (f,) = fusion_findings(df)
     assert "fusion-spatial mIoU 0.620 ± 0.020 (3 probe seeds)" in f
-    assert "beats (within the seed std) fusion-single 0.600 ± 0.050 (gain +0.020)" in f
+    assert "is within noise of fusion-single 0.600 ± 0.050 (gain +0.020)" in f
     assert "beats fusion-noise-control 0.500 ± 0.000 (gain +0.120)" in f
+
+
+def test_verdicts_use_three_words_against_the_larger_seed_std():
+    from analysis.compare import VERDICT_RULE, VERDICTS, verdict
+
+    assert VERDICTS == ("beats", "within noise", "loses")
+    assert verdict(0.05, 0.02, 0.01) == "beats"
+    assert verdict(-0.05, 0.02, float("nan")) == "loses"
+    assert verdict(0.015, 0.01, 0.02) == "within noise"  # the larger std is the noise
+    assert verdict(-0.015, 0.02, 0.01) == "within noise"
+    assert verdict(0.01) == "beats (1 fit)" and verdict(-0.01) == "loses (1 fit)"
+    assert verdict(0.0) == "within noise (1 fit)"
+    from analysis.compare import verdict_phrase
+
+    assert [verdict_phrase(w) for w in ("beats", "loses (1 fit)", "within noise")] == [
+        "beats",
+        "loses to (1 fit)",
+        "is within noise of",
+    ]
+    assert all(w in VERDICT_RULE for w in VERDICTS)
+
+
+def test_one_best_timestep_per_task_chosen_on_val_in_every_finding():
+    """(a) and the per-timestep (d) name the val-chosen timestep even where the test curve peaks elsewhere."""
+    from analysis.findings import best_timesteps, twin_gain_by_timestep_findings
+
+    cells = [(1, "0"), (1, "0.1"), (1, "0.2")]
+    vals = [(0.50, 0.40), (0.60, 0.41), (0.55, 0.70)]  # val picks t=0.1; test peaks at t=0.2
+    df = pd.DataFrame(
+        rows("m", "default", "ridge", "segmentation", "mIoU", cells, vals)
+        + rows("m", "random", "ridge", "segmentation", "mIoU", cells, [(0.2, 0.2)] * 3)
+    )
+    bt = best_timesteps(df)
+    trained = bt[bt["model"] == "m (default)"].iloc[0]
+    assert (trained["layer"], trained["timestep"], trained["test_value"]) == ("1", "0.1", 0.41)
+    (a, _) = timestep_findings(df)
+    assert "segmentation t=0.1 (layer 1, test 0.410)" in a and "t=0.2" not in a.split("Test curves")[0]
+    (d,) = twin_gain_by_timestep_findings(df)
+    assert d.endswith("is t=0.1.")
