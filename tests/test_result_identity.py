@@ -196,3 +196,30 @@ def test_a_rerun_on_edited_data_is_refused_and_another_name_refits(tmp_path, cap
     a, b = read_results(tmp_path / "r" / "own"), read_results(tmp_path / "r" / "own2")
     assert set(a["setup_hash"]).isdisjoint(set(b["setup_hash"]))
     assert not np.allclose(a["value"].to_numpy(), b["value"].to_numpy())
+
+
+def test_a_sweep_report_is_titled_by_the_sweep(tmp_path):
+    import yaml
+    from analysis_fakes import frame, row
+
+    from analysis.report import write_report
+
+    rows = [
+        row(
+            run=run,
+            backbone="m",
+            weights="default",
+            task="depth",
+            metric="rmse",
+            layer=str(i),
+            split=s,
+            value=v,
+        )
+        for run, v in (("cell-a", 1.0), ("cell-b", 2.0))
+        for i in range(2)
+        for s in ("val", "test")
+    ]
+    frame(rows).to_csv(tmp_path / RESULTS_FILE, index=False)
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"name": "ablation", "cells": []}))
+    report = write_report(tmp_path, cka=False).read_text()
+    assert report.splitlines()[0] == "# probebench report — sweep ablation (2 cells: cell-a, cell-b)"
