@@ -289,10 +289,3 @@ def plot_log_snr_comparison(
     )
     fit_texts(fig)
     return save_figure(fig, out_dir, "log_snr_comparison")
-
-
-def best_timestep_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The starred points: best (layer, timestep) per (model, task) of :func:`curve_table`."""
-    rows = [_best(g) for _, g in table.groupby(["model", "task"], sort=True)]
-    cols = ["model", "task", "metric", "layer", "timestep", "log_snr", "value", "std", "n_seeds"]
-    return pd.DataFrame(rows)[cols].reset_index(drop=True) if rows else pd.DataFrame(columns=cols)

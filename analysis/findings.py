@@ -23,6 +23,7 @@ import pandas as pd
 
 from analysis.common import cell_probe, main_metric_rows, seed_mean, timestep_rows
 from analysis.compare import VERDICT_RULE, VERDICTS, best_cells, gain, verdict, verdict_phrase, with_model
+from analysis.curves import chosen_cells
 from probebench.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
@@ -53,14 +54,14 @@ def best_timesteps(df: pd.DataFrame, probe: str | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     m = seed_mean(d[d["probe"] == probe])
     val, test = m[m["split"] == "val"], m[m["split"] == "test"]
+    chosen = chosen_cells(df, probe=probe)  # the cell the curves star and the heatmaps box: one answer
     out = []
     for (model, task), g in val.groupby(["model", "task"], sort=True):
-        if g["timestep"].nunique() < 2:
+        if g["timestep"].nunique() < 2 or (model, task) not in chosen:
             continue
         metric = str(g["metric"].iloc[0])
-        higher = MAIN_METRIC.get(task, (metric, True))[1]
-        g = g.sort_values(["layer", "timestep"], kind="stable")
-        best = g.loc[g["value"].idxmax() if higher else g["value"].idxmin()]
+        layer, timestep = chosen[model, task]
+        best = g[(g["layer"] == layer) & (g["timestep"] == timestep)].iloc[0]
         t = test[(test["model"] == model) & (test["task"] == task) & (test["layer"] == best["layer"])]
         at = t[t["timestep"] == best["timestep"]]
         curve = t.assign(tn=pd.to_numeric(t["timestep"])).sort_values("tn")
@@ -90,9 +91,7 @@ def timestep_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
     how far from flat the test curve over the timesteps of that cell's layer is."""
     bt = best_timesteps(df)
     out = []
-    order = {t: i for i, t in enumerate(MAIN_METRIC)}
-    for model, g in bt.groupby("model", sort=True):
-        g = g.sort_values("task", key=lambda s: s.map(lambda t: order.get(t, len(order))))
+    for model, g in bt.groupby("model", sort=True):  # tasks already in the kinds' order
         where, spreads = [], []
         for _, r in g.iterrows():
             where.append(

@@ -17,7 +17,7 @@ from backbones.store import FeatureCache, extract_to_cache
 from probebench.config import BackboneConfig, ProbeConfig, RunConfig, resolve_tasks, save_config, to_dict
 from probebench.errors import ProbebenchError, did_you_mean
 from probebench.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, stable_hash
-from probebench.rundir import RUN_FILE, check_rerun, write_backbone_notes
+from probebench.rundir import check_rerun, write_backbone_notes, write_run_file
 from probes import PROBES
 from probes.results import (
     RESULTS_FILE,
@@ -47,8 +47,12 @@ def build_split(cfg: RunConfig, which: str) -> Dataset:
     return Subset(ds, limit) if limit is not None and limit < len(ds) else ds
 
 
-def build_adapter(b: BackboneConfig, cfg: RunConfig) -> backbones.Adapter:
-    return backbones.create(
+def build_adapter(
+    b: BackboneConfig, cfg: RunConfig, notes: dict[str, str] | None = None
+) -> backbones.Adapter:
+    """The frozen adapter of backbone ``b``; ``notes`` receives what its weights are (``adapter.weights_note``),
+    keyed by :func:`model_key` (a run writes them to ``backbones.json``)."""
+    adapter = backbones.create(
         b.name,
         weights=b.weights,
         device=cfg.extract.device,
@@ -56,6 +60,9 @@ def build_adapter(b: BackboneConfig, cfg: RunConfig) -> backbones.Adapter:
         **({"image_size": b.image_size} if b.image_size else {}),
         **b.options,
     )
+    if notes is not None:
+        notes[model_key([b])] = adapter.weights_note
+    return adapter
 
 
 def noise_seed(b: BackboneConfig, cfg: RunConfig) -> int:
@@ -70,11 +77,9 @@ def extract_backbone(
     progress: bool = True,
     notes: dict[str, str] | None = None,
 ) -> dict[str, FeatureCache]:
-    """Each split's complete feature cache for backbone ``b`` (extracted where missing); ``notes`` receives what
-    the backbone's weights are (``adapter.weights_note``), keyed by :func:`backbone_key`."""
-    adapter = build_adapter(b, cfg)
-    if notes is not None:
-        notes[backbone_key(b)] = getattr(adapter, "weights_note", "")
+    """Each split's complete feature cache for backbone ``b`` (extracted where missing); ``notes``: as in
+    :func:`build_adapter`."""
+    adapter = build_adapter(b, cfg, notes)
     caches = {}
     for which, ds in splits.items():
         caches[which] = extract_to_cache(
@@ -405,7 +410,7 @@ def prepare_run_dir(
     check_rerun(out, cfg, data_id)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    atomic_write_json(out / RUN_FILE, {"data": {w: stable_hash(d) for w, d in data_id.items()}})
+    write_run_file(out, data_id)
     return cfg, out, data_id
 
 
@@ -428,6 +433,7 @@ def _run(cfg: RunConfig, out: Path, *, extract: bool, analyze: bool, progress: b
                 if extract
                 else {w: find_cache(b, cfg, ds, notes) for w, ds in splits.items()}
             )
+            write_backbone_notes(out, notes)
         return caches[i]
 
     for st, probe in stages:
@@ -439,9 +445,7 @@ def _run(cfg: RunConfig, out: Path, *, extract: bool, analyze: bool, progress: b
         ]
         for group, seed, chash, setup in fits:
             models = [cfg.backbones[i] for i in group]
-            label = "{} ({})".format(*model_label(models)) + (
-                f", probe seed {seed}" if len(seeds) > 1 else ""
-            )
+            label = model_key(models) + (f", probe seed {seed}" if len(seeds) > 1 else "")
             done = done_cells(results, chash)
             todo = [k for k in cfg.tasks if (*model_label(models), k) not in done]
             if not todo:
@@ -453,8 +457,8 @@ def _run(cfg: RunConfig, out: Path, *, extract: bool, analyze: bool, progress: b
                         f"Probe {st.name!r} streams one backbone at a time; drop `backbones:`."
                     )
                 b = models[0]
-                adapter = build_adapter(b, cfg)
-                notes[backbone_key(b)] = adapter.weights_note
+                adapter = build_adapter(b, cfg, notes)
+                write_backbone_notes(out, notes)
                 output = probe(
                     adapter,
                     splits["train"],
@@ -472,11 +476,9 @@ def _run(cfg: RunConfig, out: Path, *, extract: bool, analyze: bool, progress: b
                 tag = "stream:" + stable_hash(adapter.fingerprint(), 12)
                 rows = result_rows(output.records, cfg, st, models, [tag], chash, setup, prov)
                 n = append_results(results, rows)
-                write_backbone_notes(out, notes)
                 say(f"[probebench] {st.name} on {label}: {n} result rows → {results}")
                 continue
             data = [{w: Split(caches_of(i)[w], splits[w]) for w in splits} for i in group]
-            write_backbone_notes(out, notes)
             extra = {w: [d[w] for d in data[1:]] for w in splits}
             # cells that do not depend on the task: one call for every task (one pass over the cache)
             batches = [todo] if st.cells == "all" or isinstance(st.cells, list) else [[t] for t in todo]
@@ -529,9 +531,9 @@ def _run(cfg: RunConfig, out: Path, *, extract: bool, analyze: bool, progress: b
     return out
 
 
-def backbone_key(b: BackboneConfig) -> str:
-    """``backbone (weights)``: how result tables name a model."""
-    return "{} ({})".format(*model_label([b]))
+def model_key(models: list[BackboneConfig]) -> str:
+    """``backbone (weights)``: how result tables and messages name a model (or a joint group)."""
+    return "{} ({})".format(*model_label(models))
 
 
 def stage_is_seeded(cfg: RunConfig, stage: ProbeConfig) -> bool:
@@ -627,9 +629,7 @@ def find_cache(
     """The complete cache for a backbone config and split, without extracting (``probebench fit``)."""
     from backbones.store import cache_dir_for, extraction_fingerprint
 
-    adapter = build_adapter(b, cfg)
-    if notes is not None:
-        notes[backbone_key(b)] = getattr(adapter, "weights_note", "")
+    adapter = build_adapter(b, cfg, notes)
     fp = extraction_fingerprint(
         adapter,
         ds,

@@ -14,14 +14,26 @@ from typing import Any
 
 import yaml
 
-from probebench.config import RunConfig, load_config, to_dict
+from probebench.config import RUNTIME_ONLY, RunConfig, load_config, to_dict
 from probebench.errors import ProbebenchError
 from probebench.io import atomic_write_json, stable_hash
 from probes.results import RESULTS_FILE, read_results
 
 RUN_FILE = "run.json"  # beside config.yaml: the data identity the results were made with
 GROWABLE = ("backbones", "probes")  # lists a rerun may extend at the end
-FREE_KEYS = ("name", "output_dir", "extract", "probe_seeds", "tasks")  # change no existing row's numbers
+# keys whose change alters no existing row's numbers: the runtime-only ones (out of the config hash), the run's
+# name, and what only adds rows (tasks, probe seeds)
+FREE_KEYS = (*(path[0] for path in RUNTIME_ONLY), "name", "probe_seeds", "tasks")
+
+
+def data_digests(data_id: dict[str, Any]) -> dict[str, str]:
+    """One digest per split of a :func:`probebench.pipeline.data_identity` (what ``run.json`` records)."""
+    return {w: stable_hash(d) for w, d in data_id.items()}
+
+
+def write_run_file(out: Path, data_id: dict[str, Any]) -> None:
+    """``run.json``: the data identity the run directory's results are made with (:func:`check_rerun` reads it)."""
+    atomic_write_json(out / RUN_FILE, {"data": data_digests(data_id)})
 
 
 def _changes(old: Any, new: Any, path: str) -> list[str]:
@@ -73,7 +85,7 @@ def check_rerun(out: Path, cfg: RunConfig, data_id: dict[str, Any]) -> None:
         problems += config_changes(old, to_dict(cfg))
     if (out / RUN_FILE).is_file() and not any(p.startswith("data.") for p in problems):
         before = json.loads((out / RUN_FILE).read_text()).get("data", {})
-        now = {w: stable_hash(d) for w, d in data_id.items()}
+        now = data_digests(data_id)
         problems += [
             f"the content of the {w} split changed (data identity {before[w]} → {now[w]})"
             for w in now

@@ -571,7 +571,7 @@ def missing_parts(
     """(probe, model, task) triples of ``cfg`` without rows in its results file: the pipeline's only-missing
     rule (rows keyed by the stage hash), so an empty list means ``pipeline.run(cfg)`` would skip everything.
     ``stages``: only these probe stages (indices into ``cfg.probes``)."""
-    from probebench.pipeline import model_label, stage_keys
+    from probebench.pipeline import model_key, model_label, stage_keys
     from probes.results import RESULTS_FILE, done_cells
 
     results = results or Path(cfg.output_dir) / cfg.name / RESULTS_FILE
@@ -584,7 +584,7 @@ def missing_parts(
         for seed, chash in keys:
             done = done_cells(results, chash)
             name = st.name if len(keys) == 1 else f"{st.name} (probe seed {seed})"
-            out += [(name, "{} ({})".format(*label), t) for t in cfg.tasks if (*label, t) not in done]
+            out += [(name, model_key(models), t) for t in cfg.tasks if (*label, t) not in done]
     return out
 
 
@@ -847,7 +847,7 @@ def screen_of(cfg: RunConfig, index: int, sweep_dir: Path) -> Screen:
     """Probe stage ``index`` of ``cfg`` as a shared screen. Its config holds only that stage; backbones the stage
     does not read are replaced by one it reads (so cells that differ only in those share it; indices, and with
     them the stage hash, stay), and probe seeds are dropped (a closed-form stage fits once)."""
-    from probebench.pipeline import model_label, stage_keys
+    from probebench.pipeline import model_key, stage_keys
     from probebench.pipeline import stage_groups as groups
 
     stage = cfg.probes[index]
@@ -861,7 +861,7 @@ def screen_of(cfg: RunConfig, index: int, sweep_dir: Path) -> Screen:
     ident = {k: v for k, v in d.items() if k not in ("name", "output_dir", "extract")}
     key = stable_hash({"config": ident, "stage_keys": keys}, 16)
     d["name"], d["output_dir"] = key, str(sweep_dir.expanduser().resolve() / SCREENS_DIR)
-    models = ", ".join("{} ({})".format(*model_label([cfg.backbones[i] for i in g])) for g in fits)
+    models = ", ".join(model_key([cfg.backbones[i] for i in g]) for g in fits)
     return Screen(key, f"{stage.label or stage.name} on {models} [{key[:8]}]", d)
 
 

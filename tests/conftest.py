@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -17,3 +18,27 @@ def _hash_memo_in_tmp(tmp_path_factory):
     mp.setenv("PROBEBENCH_HASH_CACHE", str(tmp_path_factory.mktemp("hash_memo") / "file_hashes.sqlite"))
     yield
     mp.undo()
+
+
+@pytest.fixture
+def isolated_registries(monkeypatch):
+    """Plugins register into the global registries: restore them, the loaded-plugin memo and
+    ``$PROBEBENCH_PLUGINS`` (which ``--plugin`` extends) afterwards, and forget the plugin modules."""
+    import probebench.plugins as plugins
+    from backbones import BACKBONES
+    from probes import PROBES
+    from tasks import TASKS
+
+    regs = (BACKBONES, TASKS, PROBES)
+    saved = [dict(r._entries) for r in regs]
+    loaded = dict(plugins._LOADED)
+    monkeypatch.setenv(plugins.ENV_VAR, "")  # recorded, so the teardown also removes what --plugin adds
+    monkeypatch.delenv(plugins.ENV_VAR)
+    yield
+    for r, entries in zip(regs, saved):
+        r._entries.clear()
+        r._entries.update(entries)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+    for name in [m for m in sys.modules if m.startswith("probebench_plugin_")]:
+        del sys.modules[name]

@@ -5,7 +5,6 @@ matching check."""
 from __future__ import annotations
 
 import inspect
-import sys
 import textwrap
 
 import pytest
@@ -199,22 +198,13 @@ def broken_plugin() -> str:
 
 
 @pytest.fixture
-def plugin_files(tmp_path, monkeypatch):
+def plugin_files(tmp_path, isolated_registries):
     """``my_cnn.py`` and ``broken_cnns.py`` in tmp_path, no $PROBEBENCH_PLUGINS; the global registries and the
-    variable (which ``--plugin`` extends) are restored afterwards."""
-    monkeypatch.setenv(plugins.ENV_VAR, "")
-    monkeypatch.delenv(plugins.ENV_VAR)
+    variable (which ``--plugin`` extends) are restored afterwards (``isolated_registries``)."""
     good, broken = tmp_path / "my_cnn.py", tmp_path / "broken_cnns.py"
     good.write_text(PLUGIN)
     broken.write_text(broken_plugin())
-    saved, loaded = dict(BACKBONES._entries), dict(plugins._LOADED)
     yield good, broken
-    BACKBONES._entries.clear()
-    BACKBONES._entries.update(saved)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
-    for name in [m for m in sys.modules if m.startswith("probebench_plugin_")]:
-        del sys.modules[name]
 
 
 def test_cli_check_backbone_passes_a_plugin_cnn(plugin_files, capsys):

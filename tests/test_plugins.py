@@ -14,7 +14,6 @@ import probebench.plugins as plugins
 import tasks
 from probebench.cli import main
 from probebench.errors import ProbebenchError
-from probes import PROBES
 
 PLUGIN = """\
 from backbones import BACKBONES
@@ -33,21 +32,9 @@ def make_task(split="train", **options):
 
 
 @pytest.fixture(autouse=True)
-def isolated_registries(monkeypatch):
-    """Plugins register into the global registries: restore them, the loaded-plugin memo and the env."""
-    regs = (backbones.BACKBONES, tasks.TASKS, PROBES)
-    saved = [dict(r._entries) for r in regs]
-    loaded = dict(plugins._LOADED)
-    monkeypatch.setenv(plugins.ENV_VAR, "")  # recorded, so the teardown also removes what --plugin adds
-    monkeypatch.delenv(plugins.ENV_VAR)
+def _isolated(isolated_registries):
+    """Every test here registers plugins: the conftest fixture restores the registries afterwards."""
     yield
-    for r, entries in zip(regs, saved):
-        r._entries.clear()
-        r._entries.update(entries)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
-    for name in [m for m in sys.modules if m.startswith("probebench_plugin_")]:
-        del sys.modules[name]
 
 
 def write(path, text: str):
