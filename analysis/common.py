@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from probebench.errors import ProbebenchError, UnknownNameError
+from probebench.core.errors import ProbebenchError, UnknownNameError
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
 
 PALETTE = "colorblind"  # seaborn's colour-blind-safe qualitative palette

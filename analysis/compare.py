@@ -29,8 +29,8 @@ from analysis.common import (
     seed_mean,
     with_model,
 )
-from probebench.errors import ProbebenchError
-from probes.results import RESULTS_FILE, read_results
+from probebench.core.errors import ProbebenchError
+from probebench.core.results import RESULTS_FILE, read_results
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
 
 FUSION_MAIN = "fusion-spatial"

@@ -42,7 +42,7 @@ from analysis.common import (
 )
 from analysis.compare import best_cells, combination_members
 from analysis.layout import fit_texts, legend_ncol
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
 # -- single vs combination ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from analysis.common import (
     timestep_rows,
 )
 from analysis.layout import fit_texts, legend_ncol
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 from analysis.common import cell_probe, main_metric_rows, seed_mean, timestep_rows
 from analysis.compare import VERDICT_RULE, VERDICTS, best_cells, gain, verdict, verdict_phrase, with_model
 from analysis.curves import chosen_cells
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
 NOISE_CONTROL_SUFFIX = "noise-control"  # stage labels ending in this are noise controls of fusion-spatial

@@ -37,7 +37,7 @@ from matplotlib.patches import Patch
 
 from analysis.common import PALETTE, SEQUENTIAL, cell_of, head_dirs, save_figure, slug, t_label
 from analysis.layout import fit_texts, legend_ncol
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
 

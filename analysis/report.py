@@ -1,6 +1,6 @@
 """Figures, tables and ``REPORT.md`` from a results directory (``probebench analyze RESULTS_DIR``).
 
-Everything here reads the tidy result table (:mod:`probes.results`) and, where present, the saved heads,
+Everything here reads the tidy result table (:mod:`probebench.core.results`) and, where present, the saved heads,
 weight arrays, per-class IoUs and feature caches; nothing knows which backbone made them. Each analysis runs
 only where its inputs exist; the report lists the ones that did not apply and why. Every number in the
 generated summary is read from a table that is written beside the report (``best_cells.csv``,
@@ -68,8 +68,8 @@ from analysis.fusion_plots import load_weight_artifacts, plot_fusion
 from analysis.heatmaps import plot_heatmaps
 from analysis.layout import fit_texts
 from analysis.predictions import plot_predictions
-from probebench.errors import ProbebenchError
-from probes.results import RESULTS_FILE, read_results
+from probebench.core.errors import ProbebenchError
+from probebench.core.results import RESULTS_FILE, read_results
 from tasks.base import MAIN_METRIC
 
 _markdown_table = markdown_table  # older name

@@ -1,6 +1,6 @@
 """The backbone registry (kept in its own module so family modules can import it without cycles)."""
 
-from probebench.registry import Registry
+from probebench.core.registry import Registry
 
 BACKBONES = Registry(
     "backbone",

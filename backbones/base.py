@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 FeatureKey = tuple[int, "float | int | None"]
 """``(layer, timestep)``; the timestep is ``None`` for non-diffusion backbones."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from backbones._registry import BACKBONES
 from backbones.base import Adapter
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -456,7 +456,7 @@ CHECK_NAMES: tuple[str, ...] = (*ADAPTER_CHECKS, "offline")
 def run_check(check: str, adapter: Adapter) -> CheckResult:
     """One adapter check by name; an exception inside it is that check's FAIL (with the error)."""
     if check not in ADAPTER_CHECKS:
-        from probebench.errors import UnknownNameError
+        from probebench.core.errors import UnknownNameError
 
         raise UnknownNameError("contract check", check, ADAPTER_CHECKS)
     try:
@@ -486,7 +486,7 @@ def iter_checks(
     selected = list(CHECK_NAMES if checks is None else checks)
     for c in selected:
         if c not in CHECK_NAMES:
-            from probebench.errors import UnknownNameError
+            from probebench.core.errors import UnknownNameError
 
             raise UnknownNameError("contract check", c, CHECK_NAMES)
     BACKBONES.entry(name)  # unknown names: one error with did-you-mean, before anything is built

@@ -52,7 +52,7 @@ from torch import nn
 from backbones.base import Adapter, BackboneMeta, FeatureKey
 from backbones.random_init import RANDOM_INIT, random_weights_note, standard_random_init
 from backbones.weights import find_hf_file, hf_offline
-from probebench.errors import ProbebenchError, WeightsNotFoundError
+from probebench.core.errors import ProbebenchError, WeightsNotFoundError
 
 # ---------------------------------------------------------------------------------------------------------------
 # noise: a pure function of (seed, image id, draw)

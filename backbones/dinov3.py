@@ -20,7 +20,7 @@ import torch
 from backbones._registry import BACKBONES
 from backbones.base import BackboneMeta, FeatureKey
 from backbones.timm_backbones import TimmAdapter, build_timm_adapter
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 _CLS = "cls"  # internal key marking CLS rows between _extract and extract
 

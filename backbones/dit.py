@@ -23,7 +23,7 @@ from backbones.diffusion import (
     register_diffusion,
     tiny_vae_config,
 )
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 NULL_CLASS = 1000
 

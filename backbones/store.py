@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from backbones.base import Adapter, FeatureKey, all_finite
-from probebench.errors import ProbebenchError
-from probebench.io import atomic_save_npy, atomic_write_json, package_versions, stable_hash
+from probebench.core.errors import ProbebenchError
+from probebench.core.io import atomic_save_npy, atomic_write_json, package_versions, stable_hash
 from tasks.base import Dataset
 
 FORMAT_VERSION = 1

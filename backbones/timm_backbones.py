@@ -17,7 +17,7 @@ import torch
 from backbones._registry import BACKBONES
 from backbones.base import Adapter, BackboneMeta, FeatureKey, file_sha256
 from backbones.weights import find_hf_file, load_state_dict_file
-from probebench.errors import ProbebenchError, UnknownNameError
+from probebench.core.errors import ProbebenchError, UnknownNameError
 
 
 def _efficientnet_lite0_from_package() -> tuple[dict[str, torch.Tensor], str]:

@@ -31,7 +31,7 @@ from backbones.base import BackboneMeta, file_sha256, module_sha256
 from backbones.diffusion import DiffusionModules, FlowSchedule, TextConditioning, vae_downsample
 from backbones.mmdit import SD3Adapter
 from backbones.random_init import RANDOM_INIT, random_weights_note, standard_random_init
-from probebench.errors import ProbebenchError, WeightsNotFoundError
+from probebench.core.errors import ProbebenchError, WeightsNotFoundError
 
 
 class PixelSpace(nn.Module):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from probebench.errors import ProbebenchError, WeightsNotFoundError
+from probebench.core.errors import ProbebenchError, WeightsNotFoundError
 
 
 def hf_offline() -> bool:

@@ -1,6 +1,6 @@
 """The ``probebench`` command line. Errors caused by input are one line and exit code 2 (``--debug`` for a
 traceback); each subcommand has ``--help``. ``--plugin FILE.py`` (repeatable, before or after the subcommand)
-imports outside files that register backbones, tasks or probes (see :mod:`probebench.plugins`)."""
+imports outside files that register backbones, tasks or probes (see :mod:`probebench.core.plugins`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from probebench.errors import ProbebenchError, did_you_mean
+from probebench.core.errors import ProbebenchError, did_you_mean
 
 EXIT_USAGE = 2
 
@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plugins = [p for dest in ("plugin", "plugin_1", "plugin_2") for p in getattr(args, dest, [])]
         if plugins:
-            from probebench.plugins import add_to_env, load_plugins
+            from probebench.core.plugins import add_to_env, load_plugins
 
             load_plugins(plugins, origin="--plugin")
             add_to_env(plugins)  # child processes (sweep workers, torchrun ranks) load them too

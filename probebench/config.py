@@ -33,8 +33,8 @@ from typing import Any, Union
 
 import yaml
 
-from probebench.errors import ProbebenchError, did_you_mean
-from probebench.io import atomic_write_bytes, stable_hash
+from probebench.core.errors import ProbebenchError, did_you_mean
+from probebench.core.io import atomic_write_bytes, stable_hash
 
 Layers = Union[str, int, list[int]]  # noqa: UP007  (a runtime union typing can introspect on 3.10)
 

@@ -15,11 +15,9 @@ import tasks
 from backbones.base import FeatureKey
 from backbones.store import FeatureCache, extract_to_cache
 from probebench.config import BackboneConfig, ProbeConfig, RunConfig, resolve_tasks, save_config, to_dict
-from probebench.errors import ProbebenchError, did_you_mean
-from probebench.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, stable_hash
-from probebench.rundir import check_rerun, write_backbone_notes, write_run_file
-from probes import PROBES
-from probes.results import (
+from probebench.core.errors import ProbebenchError, did_you_mean
+from probebench.core.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, stable_hash
+from probebench.core.results import (
     RESULTS_FILE,
     append_results,
     done_cells,
@@ -28,6 +26,8 @@ from probes.results import (
     provenance,
     read_results,
 )
+from probebench.rundir import check_rerun, write_backbone_notes, write_run_file
+from probes import PROBES
 from probes.screen import ProbeOutput, Split, predict_maps
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC, Dataset, Subset
 

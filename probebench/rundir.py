@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from probebench.config import RUNTIME_ONLY, RunConfig, load_config, to_dict
-from probebench.errors import ProbebenchError
-from probebench.io import atomic_write_json, stable_hash
-from probes.results import RESULTS_FILE, read_results
+from probebench.core.errors import ProbebenchError
+from probebench.core.io import atomic_write_json, stable_hash
+from probebench.core.results import RESULTS_FILE, read_results
 
 RUN_FILE = "run.json"  # beside config.yaml: the data identity the results were made with
 GROWABLE = ("backbones", "probes")  # lists a rerun may extend at the end

@@ -84,8 +84,8 @@ from typing import Any
 import yaml
 
 from probebench.config import RunConfig, apply_overrides, from_dict, load_config, resolve_tasks, to_dict
-from probebench.errors import ProbebenchError, did_you_mean
-from probebench.io import atomic_write_bytes, stable_hash
+from probebench.core.errors import ProbebenchError, did_you_mean
+from probebench.core.io import atomic_write_bytes, stable_hash
 
 DEFAULT_MAX_CELLS = 500
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
@@ -139,7 +139,7 @@ class Cell:
 
     @property
     def results(self) -> Path:
-        from probes.results import RESULTS_FILE
+        from probebench.core.results import RESULTS_FILE
 
         return self.dir / RESULTS_FILE
 
@@ -163,7 +163,7 @@ class Sweep:
 
     @property
     def table(self) -> Path:
-        from probes.results import RESULTS_FILE
+        from probebench.core.results import RESULTS_FILE
 
         return self.dir / RESULTS_FILE
 
@@ -368,7 +368,7 @@ def _validate_cell(cfg: RunConfig) -> None:
     """Names that would only fail once a cell runs: probes and their params, tasks, dataset, backbones."""
     import backbones
     import tasks
-    from probebench.errors import UnknownNameError
+    from probebench.core.errors import UnknownNameError
     from probebench.pipeline import checked_probe, probe_seeds
     from tasks.base import MAIN_METRIC
 
@@ -571,8 +571,8 @@ def missing_parts(
     """(probe, model, task) triples of ``cfg`` without rows in its results file: the pipeline's only-missing
     rule (rows keyed by the stage hash), so an empty list means ``pipeline.run(cfg)`` would skip everything.
     ``stages``: only these probe stages (indices into ``cfg.probes``)."""
+    from probebench.core.results import RESULTS_FILE, done_cells
     from probebench.pipeline import model_key, model_label, stage_keys
-    from probes.results import RESULTS_FILE, done_cells
 
     results = results or Path(cfg.output_dir) / cfg.name / RESULTS_FILE
     chosen = None if stages is None else [cfg.probes[i] for i in stages]
@@ -602,7 +602,7 @@ def _parts_count(cfg: RunConfig) -> int:
 # -- results files: merge into the sweep table, delete a cell's rows ------------------------------------------
 def merge_into_table(cell_results: Path, table: Path) -> int:
     """Add a cell's rows to the sweep table (locked, atomic, identity de-duplicated); returns rows added."""
-    from probes.results import append_results, read_results
+    from probebench.core.results import append_results, read_results
 
     if not cell_results.is_file():
         return 0
@@ -614,7 +614,7 @@ def delete_rows(path: Path, run: str | None = None) -> int:
     """Delete rows (all, or those whose ``run`` is ``run``) from a results file, atomically under its lock."""
     import pandas as pd
 
-    from probes.results import locked, read_results
+    from probebench.core.results import locked, read_results
 
     if not path.is_file():
         return 0
@@ -648,7 +648,7 @@ def force_cells(sweep: Sweep, patterns: Sequence[str]) -> list[Cell]:
 
 def reset_cell(cell: Cell, table: Path) -> int:
     """Delete a cell's rows (its own results file and its rows in the sweep table) so that it runs again."""
-    from probes.results import locked
+    from probebench.core.results import locked
 
     cell.dir.mkdir(parents=True, exist_ok=True)
     with locked(cell.dir / RUN_LOCK):
@@ -705,7 +705,7 @@ class Task:
 
     def _extract(self) -> str:
         from probebench import pipeline
-        from probes.results import locked
+        from probebench.core.results import locked
 
         cfg = from_dict(RunConfig, self.config)
         b = cfg.backbones[self.backbone]
@@ -719,7 +719,7 @@ class Task:
         return "done" if fresh or not manifests else "skipped"  # skipped: every cache was already complete
 
     def _cell(self) -> str:
-        from probes.results import RESULTS_FILE
+        from probebench.core.results import RESULTS_FILE
 
         cfg = from_dict(RunConfig, self.config)
         status = run_locked(cfg, self.imports)
@@ -733,7 +733,7 @@ def run_locked(cfg: RunConfig, imports: Iterable[tuple[int, str]] = ()) -> str:
     another sweep, or an orphaned worker, may be on it — after importing the shared screens ``imports`` (probe
     stage index, screen directory) whose rows it lacks. ``skipped`` if nothing was missing, else ``done``."""
     from probebench import pipeline
-    from probes.results import locked
+    from probebench.core.results import locked
 
     out = Path(cfg.output_dir) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
@@ -872,7 +872,7 @@ def screens_of(cfg: RunConfig, sweep_dir: Path) -> list[tuple[int, Screen]]:
 
 def screen_state(screen: Screen) -> str:
     """``complete`` (every row written), ``partial`` (some: a killed screen job) or ``todo``."""
-    from probes.results import RESULTS_FILE, read_results
+    from probebench.core.results import RESULTS_FILE, read_results
 
     results = screen.dir / RESULTS_FILE
     if not results.is_file() or read_results(results).empty:
@@ -882,7 +882,7 @@ def screen_state(screen: Screen) -> str:
 
 def reset_screen(screen: Screen) -> int:
     """Delete a screen's rows (``--force`` of a cell that uses it), so that it is computed again."""
-    from probes.results import RESULTS_FILE, locked
+    from probebench.core.results import RESULTS_FILE, locked
 
     if not screen.dir.is_dir():
         return 0
@@ -900,7 +900,7 @@ def import_screen(cfg: RunConfig, index: int, screen_dir: Path) -> int:
     import json
 
     from probebench import pipeline, rundir
-    from probes.results import RESULTS_FILE, append_results, done_cells, locked, read_results
+    from probebench.core.results import RESULTS_FILE, append_results, done_cells, locked, read_results
 
     stage = cfg.probes[index]
     fits = []

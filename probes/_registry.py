@@ -1,6 +1,6 @@
 """The probe registry."""
 
-from probebench.registry import Registry
+from probebench.core.registry import Registry
 
 PROBES = Registry("probe", group="probebench.probes")
 PROBES.register(

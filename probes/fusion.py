@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from backbones.base import FeatureKey
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from probes.heads import DEFAULT_WIDTH, check_heads, make_head, resample
 from probes.screen import ProbeOutput, Split
 from probes.training import Fitted, Input, ProbeRun, cpu_state, is_better, parse_keys, resolve_params

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones.base import FeatureKey
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from probes.screen import ProbeOutput, Split
 from probes.training import ProbeRun, cpu_state, parse_keys, resolve_params
 

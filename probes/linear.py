@@ -25,7 +25,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from backbones.base import FeatureKey
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from probes.heads import LinearHead
 from probes.screen import ProbeOutput, Split
 from probes.training import Input, ProbeRun, cpu_state, parse_keys, resolve_params
@@ -174,7 +174,7 @@ def _as_frame(records: Any) -> pd.DataFrame:
     df = records.copy() if isinstance(records, pd.DataFrame) else pd.DataFrame(list(records))
     if df.empty:
         return df
-    from probes.results import fmt_layers, fmt_timestep
+    from probebench.core.results import fmt_layers, fmt_timestep
 
     for col, fmt in (("layer", fmt_layers), ("timestep", fmt_timestep)):
         df[col] = [v if isinstance(v, str) else fmt(v) for v in df[col]]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 
 class RidgeAccumulator:

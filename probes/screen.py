@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from backbones.base import FeatureKey
 from backbones.store import FeatureCache
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from probes.ridge import RidgeAccumulator, RidgeSolution
 from probes.targets import (
     balance_weights,

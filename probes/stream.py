@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from backbones.base import Adapter, FeatureKey
 from backbones.store import _load_batch, pool_features
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from probes.ridge import RidgeAccumulator, RidgeSolution
 from probes.screen import DEFAULT_LAMBDAS, ProbeOutput
 from probes.targets import (

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from backbones.base import FeatureKey
 from backbones.store import key_stem
-from probebench.errors import ProbebenchError, did_you_mean
+from probebench.core.errors import ProbebenchError, did_you_mean
 from probes.screen import Split
 from probes.targets import class_frequencies, inverse_frequency_weights, make_metric
 from tasks.base import TargetSpec
@@ -585,7 +585,7 @@ def describe_inputs(inputs: Sequence[Input]) -> dict[str, Any]:
 def cell_name(inputs: Sequence[Input]) -> str:
     """A short file-system name of a cell: ``L2_T0.25``, ``L1+2_Tnone``, ``L1_T0+0.5``; keys of extra cache ``s``
     follow as ``+x<s>-L11_Tnone``."""
-    from probes.results import fmt_layers, fmt_timestep
+    from probebench.core.results import fmt_layers, fmt_timestep
 
     parts = []
     for s in sorted({i.source for i in inputs}):

@@ -1,5 +1,5 @@
 """The dataset ("task") registry."""
 
-from probebench.registry import Registry
+from probebench.core.registry import Registry
 
 TASKS = Registry("task", group="probebench.tasks", lazy_modules=("tasks.scenes", "tasks.loaders"))

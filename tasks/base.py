@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 KINDS = ("segmentation", "saliency", "depth")
 MAIN_METRIC: dict[str, tuple[str, bool]] = {  # kind -> (metric, higher is better)

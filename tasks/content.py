@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 HASH_CACHE_ENV = "PROBEBENCH_HASH_CACHE"
 DEFAULT_HASH_CACHE = "~/.cache/probebench/file_hashes.sqlite"

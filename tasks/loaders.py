@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from probebench.errors import ProbebenchError, UnknownNameError
+from probebench.core.errors import ProbebenchError, UnknownNameError
 from tasks._registry import TASKS
 from tasks.base import KINDS, Dataset, TargetSpec
 from tasks.content import digest_lines, file_digests

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from tasks._registry import TASKS
 from tasks.base import Dataset, TargetSpec
 from tasks.scenes_render import CLASS_NAMES, Scene, render_scene

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from probes.results import to_frame
+from probebench.core.results import to_frame
 
 PROV = {
     "run": "fake",

@@ -24,7 +24,7 @@ def _hash_memo_in_tmp(tmp_path_factory):
 def isolated_registries(monkeypatch):
     """Plugins register into the global registries: restore them, the loaded-plugin memo and
     ``$PROBEBENCH_PLUGINS`` (which ``--plugin`` extends) afterwards, and forget the plugin modules."""
-    import probebench.plugins as plugins
+    import probebench.core.plugins as plugins
     from backbones import BACKBONES
     from probes import PROBES
     from tasks import TASKS

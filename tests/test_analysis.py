@@ -37,7 +37,7 @@ from analysis.fusion_plots import load_weight_artifacts, weight_summary
 from analysis.heatmaps import heatmap_matrix
 from analysis.report import best_per_task, write_report
 from backbones.store import FeatureCache
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 
 # -- CKA ------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from backbones.diffusion import (
     unpack_latents_2x2,
     vae_downsample,
 )
-from probebench.errors import ProbebenchError, WeightsNotFoundError
+from probebench.core.errors import ProbebenchError, WeightsNotFoundError
 
 FAMILIES = {"dit", "sd3", "flux", "pixart", "sana", "dinov3"}
 ENTRIES = [e for e in BACKBONES if e.extra.get("family") in FAMILIES]

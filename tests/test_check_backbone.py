@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import backbones
-import probebench.plugins as plugins
+import probebench.core.plugins as plugins
 from backbones import BACKBONES
 from backbones.contract import ADAPTER_CHECKS, CHECK_NAMES, check_backbone, check_offline, run_check
 from probebench.cli import main

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from probebench.config import RunConfig, config_hash, load_config, to_dict
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from PIL import Image
 import backbones
 import tasks
 from backbones.store import extract_to_cache
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from tasks.base import Subset
 from tasks.scenes import export_scenes
 

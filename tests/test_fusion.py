@@ -8,7 +8,7 @@ import pytest
 import torch
 from _synthetic import synthetic_splits
 
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from probes.fusion import FusionNet, TimestepFusion, fusion_probe
 from probes.linear import combine_probe
 

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 import tasks
-from probebench.errors import ProbebenchError, UnknownNameError
+from probebench.core.errors import ProbebenchError, UnknownNameError
 from tasks.scenes import export_scenes
 
 H, W = 8, 10

@@ -10,10 +10,10 @@ import textwrap
 import pytest
 
 import backbones
-import probebench.plugins as plugins
+import probebench.core.plugins as plugins
 import tasks
 from probebench.cli import main
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 PLUGIN = """\
 from backbones import BACKBONES

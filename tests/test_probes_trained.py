@@ -12,7 +12,7 @@ from scipy.stats import spearmanr
 import backbones
 import tasks
 from backbones.store import extract_to_cache
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 from probes import PROBES
 from probes import training as tr
 from probes.heads import (

@@ -12,8 +12,8 @@ from _runs import small_run
 
 from analysis.report import best_cells
 from probebench.config import load_config
+from probebench.core.results import COLUMNS, read_results
 from probebench.pipeline import run
-from probes.results import COLUMNS, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from probebench.config import RunConfig, load_config, to_dict
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
+from probebench.core.results import read_results
 from probebench.pipeline import run
-from probes.results import read_results
 
 TS = "[0.0, 0.35, 0.7]"
 

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 import backbones
-import probebench.registry as registry_module
+import probebench.core.registry as registry_module
 import tasks
-from probebench.errors import ProbebenchError, UnknownNameError, did_you_mean
-from probebench.registry import DuplicateRegistrationError, Registry
+from probebench.core.errors import ProbebenchError, UnknownNameError, did_you_mean
+from probebench.core.registry import DuplicateRegistrationError, Registry
 from probes import PROBES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from _runs import small_run
 from analysis.common import seed_mean, with_model
 from analysis.compare import best_cells
 from probebench.cli import main
-from probes.results import LEGACY_SETUP, RESULTS_FILE, read_results
+from probebench.core.results import LEGACY_SETUP, RESULTS_FILE, read_results
 
 EFFNET = "backbones=[{name: 'timm:efficientnet_lite0', image_size: 32, layers: [2, 3]}]"
 RIDGE = "probes=[{name: ridge}]"

@@ -8,7 +8,7 @@ from PIL import Image
 
 import tasks
 from probebench.cli import main
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 
 def test_splits_are_disjoint_and_deterministic():

@@ -17,7 +17,7 @@ import torch
 import backbones
 import tasks
 from backbones.store import FeatureCache, ShardedArray, extract_to_cache
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 
 @pytest.fixture(scope="module")

@@ -73,8 +73,8 @@ def test_stream_fit_equals_cached_screen(tmp_path, name, kwargs, timesteps):
 
 def test_pipeline_stream_stage_writes_rows_and_no_cache(tmp_path):
     from probebench.config import load_config
+    from probebench.core.results import read_results
     from probebench.pipeline import run
-    from probes.results import read_results
 
     cfg = load_config(
         None,

@@ -25,9 +25,9 @@ from _runs import small_run
 from probebench import pipeline
 from probebench.cli import main
 from probebench.config import load_config
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
+from probebench.core.results import IDENTITY, read_results
 from probebench.sweep import _expand_axis, load_sweep, missing_parts, plan_sweep, run_sweep, screen_state
-from probes.results import IDENTITY, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

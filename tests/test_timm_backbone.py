@@ -15,7 +15,7 @@ import backbones
 from backbones.contract import check_early_exit
 from backbones.timm_backbones import _efficientnet_lite0_from_package
 from backbones.weights import load_state_dict_file
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 
 @pytest.fixture(scope="module")

@@ -446,7 +446,7 @@ def test_shipped_weights_are_the_latent_model() -> None:
 
 def test_missing_weight_file_is_named(tmp_path: Path) -> None:
     import backbones
-    from probebench.errors import WeightsNotFoundError
+    from probebench.core.errors import WeightsNotFoundError
 
     with pytest.raises(WeightsNotFoundError, match=str(tmp_path / "nope.safetensors")):
         backbones.create("tiny-mmdit", weights=str(tmp_path / "nope.safetensors"))

@@ -58,7 +58,7 @@ from backbones.tiny.model import (
     without_objects,
 )
 from backbones.tiny.train import Denoiser, Guidance, encode_pool, render_pool, sample, to_rgb
-from probebench.io import atomic_write_bytes
+from probebench.core.io import atomic_write_bytes
 from tasks.scenes_render import PRIMITIVE_KINDS
 
 ACCURACY_FIELDS = tuple(f"accuracy_{k}" for k in PRIMITIVE_KINDS)

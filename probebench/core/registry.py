@@ -13,7 +13,7 @@ objects under one name: :class:`DuplicateRegistrationError` naming both. A lazy 
 known yet is checked when the name is first used.
 
 Before every lookup the registry imports the plugins listed in ``$PROBEBENCH_PLUGINS``
-(:mod:`probebench.plugins`), so their decorators have run whichever registry is asked first.
+(:mod:`probebench.core.plugins`), so their decorators have run whichever registry is asked first.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from probebench.errors import ProbebenchError, UnknownNameError
-from probebench.plugins import describe_import_error, load_env_plugins
+from probebench.core.errors import ProbebenchError, UnknownNameError
+from probebench.core.plugins import describe_import_error, load_env_plugins
 
 
 class DuplicateRegistrationError(ProbebenchError, ValueError):

@@ -27,8 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-from probebench.errors import ProbebenchError
-from probebench.io import atomic_write_bytes
+from probebench.core.errors import ProbebenchError
+from probebench.core.io import atomic_write_bytes
 
 SCHEMA_VERSION = 2
 COLUMNS: dict[str, str] = {  # name -> pandas dtype
@@ -90,7 +90,7 @@ def git_commit() -> str:
 
 
 def provenance() -> dict[str, Any]:
-    from probebench.io import package_versions
+    from probebench.core.io import package_versions
 
     v = package_versions()
     return {

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-from probebench.errors import ProbebenchError
+from probebench.core.errors import ProbebenchError
 
 ENV_VAR = "PROBEBENCH_PLUGINS"
 
