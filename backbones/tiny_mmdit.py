@@ -63,7 +63,7 @@ ARCHITECTURE = {
 """The shipped DiT's size (``backbones.tiny.model.model_config`` arguments): what ``weights="random"`` builds
 (with the shipped trained VAE, whatever its size)."""
 VAE_ARCHITECTURE = {"resolution": 64, "channels": (32, 64, 64), "latent_channels": 4}
-"""The shipped autoencoder's size (``backbones.tiny.autoencoder.vae_config`` arguments)."""
+"""The shipped autoencoder's size (``backbones.tiny.model.vae_config`` arguments)."""
 
 
 def _weights_path(weights: str) -> Path:
@@ -164,7 +164,7 @@ def create_tiny_mmdit(
         note = (
             f"trained: {where} {path.name} (sha256 {digest}), MM-DiT, caption embedding and "
             + ("VAE" if vae is not None else "no VAE (pixel space)")
-            + " trained by backbones/tiny/train.py on the scene dataset"
+            + " trained by recipes/tiny_mmdit/train.py on the scene dataset"
         )
     transformer.eval().requires_grad_(False)
     caption_enc.eval().requires_grad_(False)

@@ -1,6 +1,6 @@
 """Benchmark one training step of the shipped tiny MM-DiT shape with each CPU attention kernel.
 
-``backbones.tiny.train.flow_loss`` runs the transformer under ``sdpa_kernel(SDPBackend.MATH)``. At the shipped
+``recipes.tiny_mmdit.train.flow_loss`` runs the transformer under ``sdpa_kernel(SDPBackend.MATH)``. At the shipped
 shape (64 image + 8 caption tokens, 3 heads of 64, batch 32, bf16 autocast) the fused CPU flash-attention
 backward dominated a step; this script times full optimisation steps (forward, backward, clip, AdamW, EMA) with
 the math kernel (the training default) and with the flash kernel forced, alternating the two in ``--rounds``
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import backbones.tiny.train as train_mod  # noqa: E402
-from backbones.tiny.train import Trainer, shipped_config  # noqa: E402
+import recipes.tiny_mmdit.train as train_mod  # noqa: E402
+from recipes.tiny_mmdit.train import Trainer, shipped_config  # noqa: E402
 
 DEFAULT = train_mod.CPU_TRAIN_ATTENTION
 

@@ -1,4 +1,4 @@
-"""Sample scores of the tiny MM-DiT (backbones.tiny.evaluate): FD and KID formulas, and the CLI end to end."""
+"""Sample scores of the tiny MM-DiT (recipes.tiny_mmdit.evaluate): FD and KID formulas, and the CLI end to end."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from backbones.tiny import evaluate as ev
 from backbones.tiny.model import DEFAULT_WEIGHTS, caption_from_names, load_weights, object_caption
-from backbones.tiny.train import Denoiser, render_pool, sample
+from recipes.tiny_mmdit import evaluate as ev
+from recipes.tiny_mmdit.train import Denoiser, render_pool, sample
 
 
 def test_frechet_distance_of_a_shift_is_its_squared_length() -> None:

@@ -1,4 +1,4 @@
-"""The recipe sweep (backbones.tiny.sweep) on the CPU: variant parsing, independence of variants, outputs."""
+"""The recipe sweep (recipes.tiny_mmdit.sweep) on the CPU: variant parsing, independence of variants, outputs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones.tiny import sweep
-from backbones.tiny import train as T
 from backbones.tiny.model import MAX_TOKENS, VOCAB, load_weights
-from backbones.tiny.train import TrainConfig
+from recipes.tiny_mmdit import sweep
+from recipes.tiny_mmdit import train as T
+from recipes.tiny_mmdit.train import TrainConfig
 
 
 def _small_recipe(**over: object) -> TrainConfig:
@@ -87,7 +87,7 @@ def test_a_bad_variant_fails_before_the_pool_is_rendered(
 
 
 def test_a_variant_step_is_the_trainers_step() -> None:
-    """On the CPU a sweep variant draws the same batches as backbones.tiny.train's Trainer and takes the same
+    """On the CPU a sweep variant draws the same batches as recipes.tiny_mmdit.train's Trainer and takes the same
     step (foreach AdamW and the sub/mul/add EMA agree with the trainer's to float rounding)."""
     cfg = _small_recipe()
     latents, ids = _fake_pool()

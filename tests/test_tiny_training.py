@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from backbones.tiny import model as tiny
-from backbones.tiny import train as tt
+from recipes.tiny_mmdit import train as tt
 
 SMALL = {
     "resolution": 16,
@@ -321,7 +321,7 @@ def test_new_phase_restarts_the_schedule_and_keeps_the_history(tmp_path: Path) -
 @pytest.fixture(scope="module")
 def small_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-level AutoencoderKL (16 px → 8×8×4) with non-trivial latent factors, as a vae file."""
-    from backbones.tiny.autoencoder import save_vae, vae_config
+    from backbones.tiny.model import save_vae, vae_config
 
     vae = tiny.build_vae(vae_config(16, (8, 8), 4), seed=0)
     vae.register_to_config(shift_factor=0.1, scaling_factor=2.0)
@@ -409,7 +409,7 @@ def test_adapter_encodes_through_the_files_autoencoder(
 
 
 def test_autoencoder_training_writes_a_loadable_file(tmp_path: Path) -> None:
-    from backbones.tiny.autoencoder import VAEConfig, train_vae
+    from recipes.tiny_mmdit.autoencoder import VAEConfig, train_vae
 
     cfg = VAEConfig(
         resolution=16, channels=(8, 8), crop=8, pool_size=8, batch_size=4, steps=3, warmup=1, val_images=4
@@ -423,7 +423,7 @@ def test_autoencoder_training_writes_a_loadable_file(tmp_path: Path) -> None:
 
 def test_shipped_weights_are_the_latent_model() -> None:
     import backbones
-    from backbones.tiny.autoencoder import vae_config
+    from backbones.tiny.model import vae_config
     from backbones.tiny_mmdit import ARCHITECTURE, VAE_ARCHITECTURE
 
     adapter = backbones.create("tiny-mmdit")  # weights="default": the file in backbones/tiny/weights/
@@ -463,14 +463,14 @@ def test_bad_vae_file_fails_before_rendering(tmp_path: Path) -> None:
 
 
 def test_autoencoder_cli_rejects_empty_runs() -> None:
-    from backbones.tiny.autoencoder import main
+    from recipes.tiny_mmdit.autoencoder import main
 
     with pytest.raises(SystemExit):
         main(["--steps", "0"])
 
 
 def test_autoencoder_crop_off_the_latent_grid_is_refused_before_rendering(tmp_path: Path) -> None:
-    from backbones.tiny.autoencoder import main
+    from recipes.tiny_mmdit.autoencoder import main
 
     for crop in ("30", "128"):  # not a multiple of the factor 4; larger than the 64-px images
         with pytest.raises(SystemExit):
@@ -479,7 +479,7 @@ def test_autoencoder_crop_off_the_latent_grid_is_refused_before_rendering(tmp_pa
 
 
 def test_autoencoder_crops_lie_on_the_latent_grid() -> None:
-    from backbones.tiny.autoencoder import crop_offsets
+    from recipes.tiny_mmdit.autoencoder import crop_offsets
 
     gen = torch.Generator().manual_seed(0)
     offsets = {crop_offsets(gen, 64, 32, 4) for _ in range(2000)}
@@ -488,7 +488,7 @@ def test_autoencoder_crops_lie_on_the_latent_grid() -> None:
 
 
 def test_autoencoder_trains_on_crops(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from backbones.tiny import autoencoder as ae
+    from recipes.tiny_mmdit import autoencoder as ae
 
     seen: list[tuple[int, ...]] = []
     vae_class = type(tiny.build_vae(ae.vae_config(16, (8, 8), 4), seed=0))
@@ -519,7 +519,7 @@ def test_shipped_config_finds_its_autoencoder_from_any_directory(
 def test_scale_equivariance_loss_decodes_the_pooled_latent(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from backbones.tiny import autoencoder as ae
+    from recipes.tiny_mmdit import autoencoder as ae
 
     vae_class = type(tiny.build_vae(ae.vae_config(16, (8, 8), 4), seed=0))
     real_decode = vae_class.decode
@@ -545,7 +545,7 @@ def test_scale_equivariance_loss_decodes_the_pooled_latent(
 
 
 def test_autoencoder_cli_rejects_a_negative_se_weight(tmp_path: Path) -> None:
-    from backbones.tiny.autoencoder import main
+    from recipes.tiny_mmdit.autoencoder import main
 
     with pytest.raises(SystemExit):
         main(["--se-weight", "-1", "--out", str(tmp_path / "out")])
@@ -555,7 +555,7 @@ def test_autoencoder_cli_rejects_a_negative_se_weight(tmp_path: Path) -> None:
 def test_autoencoder_cli_sets_the_levels_and_latent_channels(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from backbones.tiny import autoencoder as ae
+    from recipes.tiny_mmdit import autoencoder as ae
 
     got: list[ae.VAEConfig] = []
     monkeypatch.setattr(ae, "train_vae", lambda cfg, *a, **k: got.append(cfg))
@@ -579,7 +579,7 @@ def test_autoencoder_cli_sets_the_levels_and_latent_channels(
 
 
 def test_autoencoder_stop_at_step_keeps_the_longer_schedule(tmp_path: Path) -> None:
-    from backbones.tiny.autoencoder import VAEConfig, train_vae
+    from recipes.tiny_mmdit.autoencoder import VAEConfig, train_vae
 
     small = dict(resolution=16, channels=(8, 8), crop=8, pool_size=8, batch_size=4, warmup=1, val_images=4)
     runs = {

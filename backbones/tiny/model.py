@@ -15,7 +15,10 @@ its ``encoder_hidden_states`` and ``pooled_projections``.
 One safetensors file holds everything (parameters fp16, buffers fp32): ``transformer.*`` (the SD3 module's
 state dict), ``caption.embedding.weight`` (the token embedding), ``vae.*`` (the autoencoder), and in its
 metadata the model config, vocabulary, preprocessing and the autoencoder's config, so :func:`load_weights` and
-:func:`load_vae` need nothing else. No training code here.
+:func:`load_vae` need nothing else. The autoencoder's architecture is :func:`vae_config`.
+
+No training code here: the recipe that trains both models (and measures them) is ``recipes/tiny_mmdit/`` in the
+repository, which imports this module and is not installed.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ PAD_ID = 0
 MAX_TOKENS = 8  # every scene class fits: a caption never needs truncation
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "tiny_mmdit.safetensors"
+VAE_NAME = "vae.safetensors"
+DEFAULT_VAE = WEIGHTS_DIR / VAE_NAME  # the autoencoder alone (what the DiT's training encodes with)
 FORMAT_VERSION = "1"
 
 # Preprocessing stored with the weights: what an adapter must do to an RGB image in [0, 1].
@@ -139,7 +144,7 @@ def without_objects(ids: torch.Tensor) -> torch.Tensor:
     """The caption(s) ``ids`` (..., max_tokens) with the object classes (sphere, box, cylinder, cone, torus)
     left out and the rest kept in order, padded: the scene's stuff alone (``background floor``, ``floor wall``).
     As the negative caption of classifier-free guidance it makes the guidance direction the objects' classes
-    alone (:func:`backbones.tiny.train.sample`'s ``negative``)."""
+    alone (``negative`` of ``sample`` in the training recipe, ``recipes/tiny_mmdit/train.py``)."""
     keep = ~torch.isin(ids, torch.tensor(OBJECT_IDS, device=ids.device))
     # a stable sort on "dropped" moves the kept tokens to the front in their order, the dropped ones behind
     order = torch.sort((~keep).to(torch.uint8), dim=-1, stable=True).indices
@@ -316,6 +321,30 @@ def load_weights(
     return transformer, caption, meta
 
 
+def vae_config(
+    resolution: int = 64,
+    channels: Sequence[int] = (32, 64, 64),
+    latent_channels: int = 4,
+    mid_attention: bool = False,
+) -> dict[str, Any]:
+    """Keyword arguments of diffusers ``AutoencoderKL``: downsampling 2^(len(channels) − 1)."""
+    n = len(channels)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(channels),
+        "layers_per_block": 1,
+        "latent_channels": latent_channels,
+        "norm_num_groups": 8,
+        "mid_block_add_attention": mid_attention,
+        "sample_size": resolution,
+        "scaling_factor": 1.0,
+        "shift_factor": 0.0,
+    }
+
+
 def build_vae(config: dict[str, Any], seed: int | None = 0) -> nn.Module:
     """A diffusers ``AutoencoderKL`` of this config (seeded random weights)."""
     from diffusers import AutoencoderKL
@@ -354,3 +383,12 @@ def vae_tensors(
         "vae_class": "diffusers.AutoencoderKL",
         "vae_config": json.dumps(config, sort_keys=True, default=list),
     }
+
+
+def save_vae(path: str | Path, vae: nn.Module, extra: dict[str, Any] | None = None) -> Path:
+    """``vae.*`` tensors (parameters fp16, buffers fp32) and the config in the metadata, written atomically;
+    :func:`load_vae` reads it back."""
+    tensors, vmeta = vae_tensors(vae)
+    meta = {"format": "pt", **vmeta}
+    meta["extra"] = json.dumps(extra or {}, sort_keys=True)
+    return write_safetensors(path, tensors, meta)

@@ -1,16 +1,16 @@
 """Train the tiny MM-DiT (``backbones.tiny.model``) on ``scenes`` with rectified flow, on a CPU, reproducibly.
 
-    python -m backbones.tiny.train --vae backbones/tiny/weights/vae.safetensors --resolution 64 --patch-size 1
-    python -m backbones.tiny.train --resume                    # continue from the last checkpoint
-    python -m backbones.tiny.train --sample-only --samples-path /tmp/s.png   # render samples of the weights
+    python -m recipes.tiny_mmdit.train --vae backbones/tiny/weights/vae.safetensors --resolution 64 --patch-size 1
+    python -m recipes.tiny_mmdit.train --resume                    # continue from the last checkpoint
+    python -m recipes.tiny_mmdit.train --sample-only --samples-path /tmp/s.png   # render samples of the weights
 
 What: a fixed pool of ``scenes`` train renders (uint8, in memory, random horizontal flips), captions listing
 the classes visible in each image (20 % dropped to the empty caption), σ from a logit-normal (SD3), loss
 ‖v̂ − (ε − x0)‖², AdamW with warmup + cosine decay, an EMA of the weights (saved as the model), bf16 autocast.
-With ``--vae`` (an autoencoder trained by ``backbones.tiny.autoencoder``) the DiT diffuses its scaled latents:
+With ``--vae`` (an autoencoder trained by ``recipes.tiny_mmdit.autoencoder``) the DiT diffuses its scaled latents:
 the pool is encoded once, both orientations, and the autoencoder is stored inside the weight file; without it
 the DiT diffuses pixels in [-1, 1].
-Why this way: see ``backbones/tiny/README.md``. All randomness comes from one seeded ``torch.Generator`` whose
+Why this way: see ``recipes/tiny_mmdit/README.md``. All randomness comes from one seeded ``torch.Generator`` whose
 state is checkpointed, so a resumed run continues exactly as an uninterrupted one (on the same thread count).
 
 Outputs in ``--out``: ``tiny_mmdit.safetensors`` (EMA weights fp16 + token embedding; written at every
@@ -97,7 +97,7 @@ class TrainConfig:
     hflip: bool = True
     caption_dropout: float = 0.2
     val_images: int = 32
-    vae: str = ""  # an autoencoder file (backbones.tiny.autoencoder): diffuse its latents; "" = pixel space
+    vae: str = ""  # a file of recipes.tiny_mmdit.autoencoder: diffuse its latents; "" = pixel space
     # optimisation
     batch_size: int = 32
     steps: int = 4800
@@ -171,13 +171,17 @@ class TrainConfig:
 def vae_config_of(path: str | Path) -> dict[str, Any]:
     """The diffusers config stored in an autoencoder file (metadata only; the tensors are not read)."""
     if not Path(path).is_file():
-        raise SystemExit(f"--vae {path}: no such file (train one with python -m backbones.tiny.autoencoder)")
+        raise SystemExit(
+            f"--vae {path}: no such file (train one with python -m recipes.tiny_mmdit.autoencoder)"
+        )
     try:
         raw = file_metadata(path)
     except Exception as e:  # safetensors raises its own error types for a file of another format
         raise SystemExit(f"--vae {path}: not a safetensors file ({e})") from None
     if "vae_config" not in raw:
-        raise SystemExit(f"{path} is not an autoencoder file of backbones.tiny.autoencoder (no vae_config)")
+        raise SystemExit(
+            f"{path} is not an autoencoder file of recipes.tiny_mmdit.autoencoder (no vae_config)"
+        )
     return json.loads(raw["vae_config"])
 
 

@@ -1,7 +1,7 @@
 """Score the tiny MM-DiT's samples against real ``scenes`` renders, with numbers rather than by eye.
 
-    python -m backbones.tiny.evaluate                          # the shipped weights, 500 images
-    python -m backbones.tiny.evaluate --weights A.safetensors B.safetensors --images 1000
+    python -m recipes.tiny_mmdit.evaluate                          # the shipped weights, 500 images
+    python -m recipes.tiny_mmdit.evaluate --weights A.safetensors B.safetensors --images 1000
 
 What: ``--images`` val renders (the reference), as many more val renders (what two real sets score: the floor), the
 weight file's autoencoder reconstructions of the reference (what its decoder can reach), and as many
@@ -19,7 +19,7 @@ And whether the objects are recognisable: a logistic-regression classifier on th
 train renders that show exactly one object class (``--probe-images`` renders, ~24 % of them qualify), names the
 class of ``--class-images`` samples per object class drawn with the caption ``background floor <class>`` — without
 guidance (cfg 1) and with object guidance at each ``--object-cfg`` scale (classifier-free guidance against
-``background floor``, :func:`backbones.tiny.train.sample`). **class accuracy** = the share of samples whose
+``background floor``, :func:`recipes.tiny_mmdit.train.sample`). **class accuracy** = the share of samples whose
 predicted class is the one asked for (chance 0.2), per class and averaged; on the ``real`` row, the classifier's
 accuracy on the val renders of both real sets that show one object class (its ceiling).
 
@@ -57,8 +57,8 @@ from backbones.tiny.model import (
     object_caption,
     without_objects,
 )
-from backbones.tiny.train import Denoiser, Guidance, encode_pool, render_pool, sample, to_rgb
 from probebench.core.io import atomic_write_bytes
+from recipes.tiny_mmdit.train import Denoiser, Guidance, encode_pool, render_pool, sample, to_rgb
 from tasks.scenes_render import PRIMITIVE_KINDS
 
 ACCURACY_FIELDS = tuple(f"accuracy_{k}" for k in PRIMITIVE_KINDS)

@@ -1,11 +1,11 @@
 """Recipe sweep: train several variants of the shipped tiny-MM-DiT recipe side by side, then score and sample
 each exactly as the shipped model is scored and sampled.
 
-    python -m backbones.tiny.sweep --out /tmp/sweep --deadline-minutes 6.5 \\
+    python -m recipes.tiny_mmdit.sweep --out /tmp/sweep --deadline-minutes 6.5 \\
         --variant A:32:5e-4 --variant B:256:5e-4 --variant C:32:1e-3 --variant E:32:1e-3:logit_mean=-1.0
 
 A variant is ``NAME:BATCH:LR[:field=value,...]``: the shipped run's training config (read from the shipped
-weight file) with the batch size, peak learning rate and any other :class:`~backbones.tiny.train.TrainConfig`
+weight file) with the batch size, peak learning rate and any other :class:`~recipes.tiny_mmdit.train.TrainConfig`
 fields replaced. Every variant uses the same seed, pool, autoencoder and schedule (warmup + cosine over
 ``steps``) and stops at ``--stop-at`` (default: the shipped run's last step) or at the deadline, whichever
 comes first; results.json says which.
@@ -16,9 +16,9 @@ batch is drawn outside the graph from the variant's own generator. On a CPU the 
 steps). Either way the variants never share random numbers, so a variant's result does not depend on which
 others run beside it (tested on the CPU). The GPU numbers are not bit-identical to a CPU run of the same recipe.
 
-Scoring runs on the CPU for every device: the validation loss of :func:`backbones.tiny.train.validation_loss`
+Scoring runs on the CPU for every device: the validation loss of :func:`recipes.tiny_mmdit.train.validation_loss`
 (fixed val images, σ grid and noise — the number the shipped run reports) and the sample grid of
-:func:`backbones.tiny.train.render_samples` (same noise as ``weights/samples.png``).
+:func:`recipes.tiny_mmdit.train.render_samples` (same noise as ``backbones/tiny/weights/samples.png``).
 
 Outputs in ``--out``: ``results.json`` (per variant: config, steps, val loss, training-loss log, whether a
 graph was used, and why it stopped), ``samples_<NAME>.png``, and ``weights_<NAME>.safetensors`` for the
@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones.tiny import train as T
 from backbones.tiny.model import DEFAULT_WEIGHTS, PAD_ID, build, load_vae, read_metadata, save_weights
+from recipes.tiny_mmdit import train as T
 
 _T0 = time.perf_counter()
 # fields every variant shares: the pool, its latents and the val set are made once, from the shipped run's config
@@ -101,7 +101,7 @@ def parse_variant(spec: str, base: T.TrainConfig) -> tuple[str, T.TrainConfig]:
     if cfg.repa_weight > 0:
         raise ValueError(
             f"variant {spec!r}: repa_weight {cfg.repa_weight} — the sweep trains without representation "
-            "alignment (it computes no EfficientNet targets); train such a run with python -m backbones.tiny.train"
+            "alignment (it computes no EfficientNet targets); train such a run with python -m recipes.tiny_mmdit.train"
         )
     return name, cfg
 
@@ -112,7 +112,7 @@ def _render_chunk(job: tuple[str, int, int, int, int]) -> tuple[torch.Tensor, to
 
 
 def render_parallel(split: str, n: int, res: int, seed: int, procs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`backbones.tiny.train.render_pool` split over ``procs`` processes (scenes render by index, so the
+    """:func:`recipes.tiny_mmdit.train.render_pool` split over ``procs`` processes (scenes render by index, so the
     pool is the same)."""
     if procs <= 1:
         return T.render_pool(split, n, res, seed)

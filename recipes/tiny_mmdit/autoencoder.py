@@ -1,6 +1,6 @@
 """The tiny MM-DiT's autoencoder: a small diffusers ``AutoencoderKL`` trained here on ``scenes``.
 
-    python -m backbones.tiny.autoencoder --max-minutes 14        # train, write backbones/tiny/weights/vae.*
+    python -m recipes.tiny_mmdit.autoencoder --max-minutes 14        # train, write backbones/tiny/weights/vae.*
 
 Why: a pixel-space DiT spends its capacity on pixel detail and draws blotchy patch mosaics; an autoencoder
 hands the detail to a convolutional decoder, so the DiT models a smooth 16×16×4 latent of a 64×64 image (as
@@ -23,7 +23,7 @@ variance over the pool) are written into the model config, so diffusers-style co
 
 ``--se-weight`` adds the scale-equivariance loss of Skorokhodov et al. 2025 (the 2×-pooled latent must decode to
 the 2×-pooled image): a latent with less high-frequency energy (measured: 22 % vs 35 % of it at ≥ ¼ cycle/cell),
-worse reconstructions and, for the shipped DiT recipe, worse samples — off by default (``backbones/tiny/README.md``).
+worse reconstructions and, for the shipped DiT recipe, worse samples — off by default (``recipes/tiny_mmdit/README.md``).
 
 Outputs in ``--out``: ``vae.safetensors`` (fp16 parameters, fp32 buffers; the diffusers config and the training
 settings in the metadata), ``vae_loss.csv`` and ``vae_recon.png`` (val images over their reconstructions).
@@ -33,55 +33,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from backbones.diffusion import vae_downsample
-from backbones.tiny.model import WEIGHTS_DIR, build_vae, vae_tensors, write_safetensors
-from backbones.tiny.train import image_grid, render_pool, save_png, to_model_space, warmup_cosine
-
-VAE_NAME = "vae.safetensors"
-DEFAULT_VAE = WEIGHTS_DIR / VAE_NAME
-
-
-def vae_config(
-    resolution: int = 64,
-    channels: Sequence[int] = (32, 64, 64),
-    latent_channels: int = 4,
-    mid_attention: bool = False,
-) -> dict[str, Any]:
-    """Keyword arguments of diffusers ``AutoencoderKL``: downsampling 2^(len(channels) − 1)."""
-    n = len(channels)
-    return {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * n,
-        "up_block_types": ["UpDecoderBlock2D"] * n,
-        "block_out_channels": list(channels),
-        "layers_per_block": 1,
-        "latent_channels": latent_channels,
-        "norm_num_groups": 8,
-        "mid_block_add_attention": mid_attention,
-        "sample_size": resolution,
-        "scaling_factor": 1.0,
-        "shift_factor": 0.0,
-    }
-
-
-def save_vae(path: str | Path, vae: nn.Module, extra: dict[str, Any] | None = None) -> Path:
-    """``vae.*`` tensors (parameters fp16, buffers fp32) and the config in the metadata, written atomically;
-    :func:`backbones.tiny.model.load_vae` reads it back."""
-    tensors, vmeta = vae_tensors(vae)
-    meta = {"format": "pt", **vmeta}
-    meta["extra"] = json.dumps(extra or {}, sort_keys=True)
-    return write_safetensors(path, tensors, meta)
+from backbones.tiny.model import VAE_NAME, WEIGHTS_DIR, build_vae, save_vae, vae_config
+from recipes.tiny_mmdit.train import image_grid, render_pool, save_png, to_model_space, warmup_cosine
 
 
 @dataclass
