@@ -18,8 +18,8 @@ from probebench.config import RUNTIME_ONLY, RunConfig, load_config, to_dict
 from probebench.core.errors import ProbebenchError
 from probebench.core.io import atomic_write_json, stable_hash
 from probebench.core.results import RESULTS_FILE, read_results
+from probebench.core.rundir import CONFIG_FILE, RUN_FILE, RunDir
 
-RUN_FILE = "run.json"  # beside config.yaml: the data identity the results were made with
 GROWABLE = ("backbones", "probes")  # lists a rerun may extend at the end
 # keys whose change alters no existing row's numbers: the runtime-only ones (out of the config hash), the run's
 # name, and what only adds rows (tasks, probe seeds)
@@ -50,6 +50,10 @@ def _changes(old: Any, new: Any, path: str) -> list[str]:
     return [] if old == new else [f"{path}: {old!r} → {new!r}"]
 
 
+def _without_role(stage: Any) -> Any:
+    return {k: v for k, v in stage.items() if k != "role"} if isinstance(stage, dict) else stage
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The changes from ``old`` to ``new`` (resolved config dicts) that would put rows of another setup into a
     run directory: anything that changes numbers, except adding backbones and probe stages at the end, and
@@ -61,6 +65,8 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         new.pop(k, None)
     for k in GROWABLE:
         o, n = list(old.pop(k, None) or []), list(new.pop(k, None) or [])
+        if k == "probes":  # a stage's role labels it for the analysis; it changes no number
+            o, n = [_without_role(x) for x in o], [_without_role(x) for x in n]
         for i, item in enumerate(o):
             out += [f"{k}.{i}: removed"] if i >= len(n) else _changes(item, n[i], f"{k}.{i}")
     return out + _changes(old, new, "")
@@ -77,11 +83,11 @@ def check_rerun(out: Path, cfg: RunConfig, data_id: dict[str, Any]) -> None:
     if not results.is_file() or read_results(results).empty:
         return
     problems: list[str] = []
-    if (out / "config.yaml").is_file():
+    if (out / CONFIG_FILE).is_file():
         try:
-            old = to_dict(load_config(out / "config.yaml"))
+            old = to_dict(load_config(out / CONFIG_FILE))
         except ProbebenchError:  # written by another version: compare what is there
-            old = yaml.safe_load((out / "config.yaml").read_text()) or {}
+            old = yaml.safe_load((out / CONFIG_FILE).read_text()) or {}
         problems += config_changes(old, to_dict(cfg))
     if (out / RUN_FILE).is_file() and not any(p.startswith("data.") for p in problems):
         before = json.loads((out / RUN_FILE).read_text()).get("data", {})
@@ -102,14 +108,6 @@ def check_rerun(out: Path, cfg: RunConfig, data_id: dict[str, Any]) -> None:
         )
 
 
-BACKBONES_FILE = "backbones.json"  # what each model's weights are (e.g. how a random twin was initialised)
-
-
 def write_backbone_notes(out: Path, notes: dict[str, str]) -> None:
-    """Merge ``{model: weights note}`` into ``backbones.json`` of the run directory (the report names the random
-    control with it)."""
-    path = out / BACKBONES_FILE
-    have = json.loads(path.read_text()) if path.is_file() else {}
-    merged = {**have, **{k: v for k, v in notes.items() if v}}
-    if merged != have:
-        atomic_write_json(path, merged)
+    """Merge ``{model: weights note}`` into the run directory's ``backbones.json`` (:class:`RunDir`)."""
+    RunDir(out).write_backbone_notes(notes)

@@ -1,4 +1,4 @@
-"""Ablation sweeps: one YAML file → a grid of run configs → shared extractions → probe jobs → one results table.
+"""The sweep file: parsing, axis expansion, cell naming and validation — one YAML file → a grid of run configs.
 
 A sweep file (``configs/sweeps/*.yaml``, read with ``yaml.safe_load``)::
 
@@ -19,86 +19,37 @@ A sweep file (``configs/sweeps/*.yaml``, read with ``yaml.safe_load``)::
 Every cell (base + set + its axis values) is validated into a :class:`RunConfig` before anything runs: an
 unknown key, an empty axis, a value of the wrong type, zipped axes of different lengths, an unknown probe,
 probe parameter, task or backbone are errors naming the axis and the value; so is a grid larger than
-``max_cells``.
-
-**Layout.** ``results/<sweep>/results.csv`` is the sweep's table: every cell's rows, with the cell's name in
-the ``run`` column, so ``probebench analyze results/<sweep>`` works directly. Each cell also runs as an
-ordinary pipeline run in ``results/<sweep>/cells/<cell>/`` (its own ``results.csv``, ``config.yaml`` and
-``heads/``). Why both: the pipeline's per-run semantics stay intact — ``cells: best`` reads the best ridge
-cell of *this* cell's results, not another cell's; each cell's config and heads have their own place — and
-the per-cell file is the cell's state (only-missing), while the sweep table is its union, merged under the
-results lock with identity de-duplication after every cell and again at the end of every sweep (so a crash
-between the two costs nothing: the next sweep merges it).
-
-**Planning.** Distinct extraction configs (backbone config × data × seed × cache dir) of the cells still to
-run are extracted once, as jobs of their own, before the cell jobs; the cache is content-addressed, so the
-cell jobs then find complete caches (``pipeline.run(cfg, extract=False)``). An extraction that fails fails the
-cells that need it (with the reason) and no others.
-
-**Shared screens.** A screen stage — closed-form (the ridge screen), on cells that come from no other results
-(``all`` or explicit) — whose stage keys (the pipeline's stage hashes: data and its content, seed, backbones,
-stage; :func:`probebench.pipeline.stage_keys`) are equal in several cells to run is computed ONCE, as a job of its
-own after the extractions: an ordinary pipeline run of a config holding only that stage, in
-``results/<sweep>/screens/<key>/``. Each cell job then imports it before its pipeline runs: heads first, then
-the rows (relabelled with the cell's name) — so the pipeline's only-missing rule skips the stage and the cell's
-``cells: best`` stages read its own rows. The import holds the screen's lock, which the screen job holds while
-it computes, and takes only a complete screen (else the cell fits the stage itself), so no cell reads a
-half-written screen; a killed screen job resumes from its rows like any run (a screen with rows on disk is
-always finished and imported, even for one cell). ``--dry-run`` lists the shared screens and their state;
-``--force`` recomputes the forced cells' screens.
-
-**Executors.** ``local``: in this process, one job after another (``workers=1``), or N worker processes
-(``concurrent.futures.ProcessPoolExecutor``, spawn). ``slurm``: ``submitit.AutoExecutor`` job arrays (partition,
-GPUs, time limit, ``array_parallelism``; jobs are :class:`submitit.helpers.Checkpointable`, so a pre-empted or
-timed-out job is requeued — pre-emptions always, time-outs up to ``max_num_timeout`` times — and resumes from
-the cache shards and result rows already written). ``submitit-local`` / ``submitit-debug``: the same submitit
-code path with its ``LocalExecutor`` (one subprocess per job) or ``DebugExecutor`` (in-process).
-Multi-GPU extraction is not split inside a sweep job: run ``torchrun --nproc-per-node N -m probebench.cli
-extract ...`` (ranks write disjoint shards) for the big extraction configs first; the sweep then finds those
-caches complete. Locks are ``fcntl.flock`` files, which work on local disks and on shared file systems mounted
-with flock support (NFSv4, Lustre with ``-o flock``).
-
-**Resume.** Results are the state: a cell is done when every (probe stage, model group, task) of it has rows
-in its results file — the same hashes the pipeline's only-missing rule uses. A rerun runs only what is missing;
-``force`` deletes the named cells' rows (atomically, under the results lock) and reruns them. Rows are written
-atomically, and a per-cell lock keeps two sweeps (or a sweep and its orphaned workers) from running one cell
-twice at once, so a killed sweep resumes without duplicated or half-written rows.
+``max_cells``. Nothing here runs or reads results: that is :mod:`.state`, :mod:`.plan` and :mod:`.runner`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
-import io
 import itertools
 import math
 import re
-import sys
-import time
-import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+import backbones
+import tasks
 from probebench.config import RunConfig, apply_overrides, from_dict, load_config, resolve_tasks, to_dict
-from probebench.core.errors import ProbebenchError, did_you_mean
-from probebench.core.io import atomic_write_bytes, stable_hash
+from probebench.core.errors import ProbebenchError, UnknownNameError, did_you_mean
+from probebench.core.io import stable_hash
+from probebench.core.results import RESULTS_FILE
+from probebench.core.rundir import CELLS_DIR
+from probebench.pipeline import checked_probe, probe_seeds, resolved
+from tasks.base import MAIN_METRIC
 
 DEFAULT_MAX_CELLS = 500
-EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
-SPLITS = ("train", "val", "test")
 SWEEP_KEYS = ("name", "base", "set", "axes", "zip", "cell_name", "slurm")
 RANGE_KINDS = ("range", "linspace")
 RESERVED_AXES = ("name", "output_dir")  # set by the sweep for every cell
-CELLS_DIR = "cells"
-SCREENS_DIR = "screens"  # <sweep>/screens/<key>/: the shared screens, each a run directory of its own
-RUN_LOCK = ".cell"  # locked(<run dir>/RUN_LOCK) while a job works on a cell's or a screen's run directory
 
 
-# -- the sweep file --------------------------------------------------------------------------------------------
 @dataclass
 class SlurmConfig:
     """Resources of every sweep job on SLURM (``slurm:`` in the sweep file), passed to submitit."""
@@ -139,8 +90,6 @@ class Cell:
 
     @property
     def results(self) -> Path:
-        from probebench.core.results import RESULTS_FILE
-
         return self.dir / RESULTS_FILE
 
 
@@ -163,18 +112,17 @@ class Sweep:
 
     @property
     def table(self) -> Path:
-        from probebench.core.results import RESULTS_FILE
-
         return self.dir / RESULTS_FILE
 
     def cell(self, name: str) -> Cell:
         for c in self.cells:
             if c.name == name:
                 return c
-        raise ProbebenchError(_unknown_cell(name, [c.name for c in self.cells]))
+        raise ProbebenchError(unknown_cell(name, [c.name for c in self.cells]))
 
 
-def _unknown_cell(name: str, names: list[str]) -> str:
+def unknown_cell(name: str, names: list[str]) -> str:
+    """The error for a cell name (or --force pattern) that matches no cell: close names, then the cells."""
     close = did_you_mean(name, names)
     listed = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
     return (
@@ -184,7 +132,7 @@ def _unknown_cell(name: str, names: list[str]) -> str:
     )
 
 
-def _inline(value: Any) -> str:
+def inline(value: Any) -> str:
     """A value as one line of YAML (flow style), as the user would write it in an override."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     return text[: -len("...")].strip() if text.endswith("...") else text
@@ -240,7 +188,7 @@ def _expand_axis(key: str, spec: Any, where: str) -> Axis:
     else:
         raise ProbebenchError(
             f"{where}: axis {key!r} must be a list of values (or a {{range: ...}} mapping), got {spec!r}; "
-            f"write [{_inline(spec)}] for a single value."
+            f"write [{inline(spec)}] for a single value."
         )
     if not values:
         raise ProbebenchError(f"{where}: axis {key!r} is empty ({spec!r}); give it at least one value.")
@@ -269,14 +217,12 @@ def _load_base(raw: Any, source: Path | None, where: str) -> dict[str, Any]:
 def _set_paths(data: dict[str, Any], values: dict[str, Any]) -> None:
     """``key.path = value`` for each item, as ONE layer of CLI overrides (same semantics and errors; a layer that
     names another dataset starts its options and root afresh, see :mod:`probebench.config`)."""
-    apply_overrides(data, [f"{key}={_inline(value)}" for key, value in values.items()])
+    apply_overrides(data, [f"{key}={inline(value)}" for key, value in values.items()])
 
 
 def _resolve_tasks(cfg: RunConfig, memo: dict[str, list[str]]) -> RunConfig:
     """``cfg`` with ``tasks: null`` filled in from its dataset, as the pipeline does (``pipeline.resolved``; the
     dataset is built once per data config)."""
-    from probebench.pipeline import resolved
-
     if cfg.tasks is not None:
         return cfg
     key = stable_hash(to_dict(cfg.data))
@@ -366,12 +312,6 @@ def _cell_name(
 
 def _validate_cell(cfg: RunConfig) -> None:
     """Names that would only fail once a cell runs: probes and their params, tasks, dataset, backbones."""
-    import backbones
-    import tasks
-    from probebench.core.errors import UnknownNameError
-    from probebench.pipeline import checked_probe, probe_seeds
-    from tasks.base import MAIN_METRIC
-
     probe_seeds(cfg)
     for st in cfg.probes:
         checked_probe(st)
@@ -489,10 +429,8 @@ def load_sweep(
             except ProbebenchError as e:
                 hint = ""
                 if "expects list" in str(e) and not isinstance(value, list):
-                    hint = f" (a list per cell: write the axis as [{_inline([value])}, ...])"
-                raise ProbebenchError(
-                    f"{where}: axis {ax.key!r}, value {_inline(value)}: {e}{hint}"
-                ) from None
+                    hint = f" (a list per cell: write the axis as [{inline([value])}, ...])"
+                raise ProbebenchError(f"{where}: axis {ax.key!r}, value {inline(value)}: {e}{hint}") from None
 
     cell_name = raw.get("cell_name")
     if cell_name is not None and not isinstance(cell_name, str):
@@ -515,7 +453,7 @@ def load_sweep(
         point = {k: vi for part in combo for k, vi in part.items()}
         overrides_of = {k: v for k, (v, _) in point.items()}
         data = _copy(base)
-        label = ", ".join(f"{k}={_inline(v)}" for k, v in overrides_of.items()) or "the base config"
+        label = ", ".join(f"{k}={inline(v)}" for k, v in overrides_of.items()) or "the base config"
         try:
             _set_paths(data, overrides_of)
             cname = _cell_name(cell_name, point, data, where)
@@ -532,8 +470,8 @@ def load_sweep(
             raise ProbebenchError(f"{where}: cell with {label}: {e}") from None
         if cname in names:
             raise ProbebenchError(
-                f"{where}: two cells are both named {cname!r} ({_inline(names[cname])} and "
-                f"{_inline(overrides_of)}); give a cell_name pattern with a field for every axis."
+                f"{where}: two cells are both named {cname!r} ({inline(names[cname])} and "
+                f"{inline(overrides_of)}); give a cell_name pattern with a field for every axis."
             )
         names[cname] = overrides_of
         cells.append(Cell(cname, overrides_of, cfg))
@@ -549,836 +487,9 @@ def _copy(obj: Any) -> Any:
     return obj
 
 
-# -- state: which cells are done -------------------------------------------------------------------------------
-def stage_index_groups(cfg: RunConfig) -> Iterator[tuple[Any, list[int]]]:
-    """(probe stage, backbone indices) pairs in the pipeline's order, by the pipeline's own rule."""
-    from probebench.pipeline import stage_groups as pipeline_groups
-
-    for st in cfg.probes:
-        for group in pipeline_groups(cfg, st):
-            yield st, group
-
-
-def stage_groups(cfg: RunConfig) -> Iterator[tuple[Any, list[Any]]]:
-    """(probe stage, its model configs) pairs: what the pipeline fits, and keys its result rows by."""
-    for st, group in stage_index_groups(cfg):
-        yield st, [cfg.backbones[i] for i in group]
-
-
-def missing_parts(
-    cfg: RunConfig, results: Path | None = None, stages: Sequence[int] | None = None
-) -> list[tuple[str, str, str]]:
-    """(probe, model, task) triples of ``cfg`` without rows in its results file: the pipeline's only-missing
-    rule (rows keyed by the stage hash), so an empty list means ``pipeline.run(cfg)`` would skip everything.
-    ``stages``: only these probe stages (indices into ``cfg.probes``)."""
-    from probebench.core.results import RESULTS_FILE, done_cells
-    from probebench.pipeline import model_key, model_label, stage_keys
-
-    results = results or Path(cfg.output_dir) / cfg.name / RESULTS_FILE
-    chosen = None if stages is None else [cfg.probes[i] for i in stages]
-    out = []
-    for st, models in stage_groups(cfg):
-        if chosen is not None and not any(st is c for c in chosen):
-            continue
-        label, keys = model_label(models), stage_keys(cfg, st, models)
-        for seed, chash in keys:
-            done = done_cells(results, chash)
-            name = st.name if len(keys) == 1 else f"{st.name} (probe seed {seed})"
-            out += [(name, model_key(models), t) for t in cfg.tasks if (*label, t) not in done]
-    return out
-
-
-def cell_done(cfg: RunConfig) -> bool:
-    """Whether every result row of the cell's config exists (what the pipeline would skip)."""
-    return not missing_parts(cfg)
-
-
-def _parts_count(cfg: RunConfig) -> int:
-    from probebench.pipeline import stage_seeds
-
-    return sum(len(cfg.tasks) * len(stage_seeds(cfg, st)) for st, _ in stage_groups(cfg))
-
-
-# -- results files: merge into the sweep table, delete a cell's rows ------------------------------------------
-def merge_into_table(cell_results: Path, table: Path) -> int:
-    """Add a cell's rows to the sweep table (locked, atomic, identity de-duplicated); returns rows added."""
-    from probebench.core.results import append_results, read_results
-
-    if not cell_results.is_file():
-        return 0
-    df = read_results(cell_results)
-    return append_results(table, df.to_dict("records")) if len(df) else 0
-
-
-def delete_rows(path: Path, run: str | None = None) -> int:
-    """Delete rows (all, or those whose ``run`` is ``run``) from a results file, atomically under its lock."""
-    import pandas as pd
-
-    from probebench.core.results import locked, read_results
-
-    if not path.is_file():
-        return 0
-    with locked(path):
-        df = read_results(path)
-        drop = (df["run"] == run).fillna(False) if run is not None else pd.Series(True, index=df.index)
-        if not drop.any():
-            return 0
-        buf = io.StringIO()
-        df[~drop].to_csv(buf, index=False)
-        atomic_write_bytes(path, buf.getvalue().encode())
-    return int(drop.sum())
-
-
-def sync_table(sweep: Sweep) -> int:
-    """Merge every cell's results into the sweep table (idempotent); returns rows added."""
-    return sum(merge_into_table(c.results, sweep.table) for c in sweep.cells)
-
-
-def force_cells(sweep: Sweep, patterns: Sequence[str]) -> list[Cell]:
-    """The cells named by ``patterns`` (exact names or shell globs); an unmatched pattern is an error."""
-    names = [c.name for c in sweep.cells]
-    chosen: dict[str, None] = {}
-    for pat in patterns:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
-            raise ProbebenchError("--force: " + _unknown_cell(pat, names))
-        chosen.update(dict.fromkeys(hits))
-    return [c for c in sweep.cells if c.name in chosen]
-
-
-def reset_cell(cell: Cell, table: Path) -> int:
-    """Delete a cell's rows (its own results file and its rows in the sweep table) so that it runs again."""
-    from probebench.core.results import locked
-
-    cell.dir.mkdir(parents=True, exist_ok=True)
-    with locked(cell.dir / RUN_LOCK):
-        return delete_rows(cell.results) + delete_rows(table, run=cell.name)
-
-
-# -- jobs ------------------------------------------------------------------------------------------------------
-@dataclass
-class JobResult:
-    """What one job reports back (plain data: it crosses process and cluster boundaries)."""
-
-    kind: str  # extract | screen | cell
-    name: str
-    status: str  # done | skipped | failed | cancelled
-    reason: str = ""
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Task:
-    """One unit of work, as plain picklable data: an extraction, a shared screen, or a cell's probe stages."""
-
-    kind: str  # extract | screen | cell
-    name: str
-    config: dict[str, Any]
-    key: str = ""  # extraction key (extract), screen key (screen), or the cell name
-    backbone: int = 0  # extract: index into config backbones
-    table: str = ""  # cell: the sweep table to merge into
-    needs: tuple[str, ...] = ()  # screen, cell: the extraction (and, for cells, screen) keys it needs
-    error_file: str = ""  # where a failure's traceback is written (removed again on success)
-    imports: tuple[tuple[int, str], ...] = ()  # cell: (probe stage index, screen directory) to import
-
-    def run(self) -> JobResult:
-        """Run the task; an exception becomes a ``failed`` result with its reason, and its traceback goes to
-        ``error_file``, so one bad cell never stops the others and the failure stays on record."""
-        t0 = time.time()
-        err = Path(self.error_file) if self.error_file else None
-        try:
-            if self.kind == "extract":
-                status = self._extract()
-            elif self.kind == "screen":
-                status = run_locked(from_dict(RunConfig, self.config))
-            else:
-                status = self._cell()
-        except Exception as e:  # recorded per cell; the sweep goes on
-            why = reason(e)
-            if err is not None:
-                atomic_write_bytes(err, traceback.format_exc().encode())
-                why += f" (traceback: {err})"
-            return JobResult(self.kind, self.name, "failed", why, time.time() - t0)
-        if err is not None:
-            err.unlink(missing_ok=True)
-        return JobResult(self.kind, self.name, status, seconds=time.time() - t0)
-
-    def _extract(self) -> str:
-        from probebench import pipeline
-        from probebench.core.results import locked
-
-        cfg = from_dict(RunConfig, self.config)
-        b = cfg.backbones[self.backbone]
-        lock_dir = Path(cfg.extract.cache_dir).expanduser() / ".locks"
-        t0 = time.time()
-        with locked(lock_dir / self.key):  # two sweeps never write one cache at once
-            splits = {w: pipeline.build_split(cfg, w) for w in SPLITS}
-            caches = pipeline.extract_backbone(b, cfg, splits, progress=False)
-        manifests = [Path(getattr(c, "path", c)) / "manifest.json" for c in (caches or {}).values()]
-        fresh = any(m.is_file() and m.stat().st_mtime >= t0 - 1 for m in manifests)
-        return "done" if fresh or not manifests else "skipped"  # skipped: every cache was already complete
-
-    def _cell(self) -> str:
-        from probebench.core.results import RESULTS_FILE
-
-        cfg = from_dict(RunConfig, self.config)
-        status = run_locked(cfg, self.imports)
-        if self.table:
-            merge_into_table(Path(cfg.output_dir) / cfg.name / RESULTS_FILE, Path(self.table))
-        return status
-
-
-def run_locked(cfg: RunConfig, imports: Iterable[tuple[int, str]] = ()) -> str:
-    """Run ``cfg``'s missing probe stages (``pipeline.run`` on complete caches) under its run directory's lock —
-    another sweep, or an orphaned worker, may be on it — after importing the shared screens ``imports`` (probe
-    stage index, screen directory) whose rows it lacks. ``skipped`` if nothing was missing, else ``done``."""
-    from probebench import pipeline
-    from probebench.core.results import locked
-
-    out = Path(cfg.output_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    with locked(out / RUN_LOCK):
-        if cell_done(cfg):
-            return "skipped"
-        for index, screen_dir in imports:
-            if missing_parts(cfg, stages=[index]):
-                import_screen(cfg, index, Path(screen_dir))
-        pipeline.run(cfg, extract=False, analyze=False, progress=False)
-        missing = missing_parts(cfg)
-        if missing:
-            raise ProbebenchError(
-                "the run finished without result rows for "
-                + ", ".join(f"{p} on {m}, {t}" for p, m, t in missing[:4])
-            )
-    return "done"
-
-
-def reason(e: BaseException) -> str:
-    """An exception as one short line: ``Type: message``."""
-    text = " ".join(str(e).split())
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _run_task(task: Task) -> JobResult:
-    """Module-level entry point of worker processes."""
-    return task.run()
-
-
-try:  # submitit requeues Checkpointable callables on pre-emption and time-out
-    from submitit.helpers import Checkpointable as _Checkpointable
-except ImportError:  # pragma: no cover - submitit is only needed for the slurm executors
-    _Checkpointable = object  # type: ignore[assignment,misc]
-
-
-class SweepJob(_Checkpointable):  # type: ignore[misc,valid-type]
-    """The callable submitit runs for every task. Checkpointable: on pre-emption or time-out submitit calls
-    ``checkpoint`` (the default resubmits the same task) and requeues it; the task resumes from the cache
-    shards and result rows already written, so nothing else needs saving."""
-
-    def __call__(self, task: Task) -> JobResult:
-        return task.run()
-
-
-def extraction_key(cfg: RunConfig, index: int) -> str:
-    """What makes one extraction: backbone config × data × seed × cache root (the cache is content-addressed
-    inside that root, so equal keys always mean one shared cache)."""
-    backbone = to_dict(cfg.backbones[index])
-    return stable_hash(
-        {
-            "backbone": {k: v for k, v in backbone.items() if k != "seed"},
-            "data": to_dict(cfg.data),
-            "seed": noise_seed(cfg, index),
-            "cache_dir": str(Path(cfg.extract.cache_dir).expanduser().resolve()),
-        },
-        16,
-    )
-
-
-def noise_seed(cfg: RunConfig, index: int) -> int:
-    """The seed an extraction uses: the backbone's own ``seed`` when set (noise controls), else the run's."""
-    own = getattr(cfg.backbones[index], "seed", None)
-    return cfg.seed if own is None else own
-
-
-def used_backbones(cfg: RunConfig) -> list[int]:
-    """Indices of the backbones some probe stage of ``cfg`` reads (the pipeline extracts only those)."""
-    return sorted({i for _, group in stage_index_groups(cfg) for i in group})
-
-
-def _absolute(cfg: RunConfig) -> dict[str, Any]:
+def absolute_config(cfg: RunConfig) -> dict[str, Any]:
     """The config with output and cache paths made absolute, so jobs find them from any working directory."""
     d = to_dict(cfg)
     d["output_dir"] = str(Path(d["output_dir"]).expanduser().resolve())
     d["extract"]["cache_dir"] = str(Path(d["extract"]["cache_dir"]).expanduser().resolve())
     return d
-
-
-# -- shared screens --------------------------------------------------------------------------------------------
-def is_screen(cfg: RunConfig, stage: Any) -> bool:
-    """Whether a probe stage is a *screen* that cells can share: closed-form (fitted once, no probe seed), on cells
-    that come from no other results (``all`` or an explicit list) and on backbones without ``cells_from``. Its rows
-    and heads then depend on its stage keys alone, so cells with equal keys would compute the same thing."""
-    from probebench.pipeline import stage_groups as groups
-    from probes import PROBES
-
-    if not PROBES.entry(stage.name).kind.startswith("closed form"):
-        return False
-    if not (stage.cells == "all" or isinstance(stage.cells, list)):
-        return False
-    return all(cfg.backbones[i].cells_from is None for g in groups(cfg, stage) for i in g)
-
-
-@dataclass(frozen=True)
-class Screen:
-    """One screen stage as a run of its own, ``<sweep>/screens/<key>/``: computed once, imported into every cell
-    whose stage has the same key."""
-
-    key: str  # the stage keys (stage hashes: data and its content, seed, backbones, stage) and the run config
-    label: str
-    config: dict[str, Any]  # the screen's run config: the cell's, with only this stage
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.config["output_dir"]) / self.config["name"]
-
-
-def screen_of(cfg: RunConfig, index: int, sweep_dir: Path) -> Screen:
-    """Probe stage ``index`` of ``cfg`` as a shared screen. Its config holds only that stage; backbones the stage
-    does not read are replaced by one it reads (so cells that differ only in those share it; indices, and with
-    them the stage hash, stay), and probe seeds are dropped (a closed-form stage fits once)."""
-    from probebench.pipeline import model_key, stage_keys
-    from probebench.pipeline import stage_groups as groups
-
-    stage = cfg.probes[index]
-    fits = groups(cfg, stage)
-    used = sorted({i for g in fits for i in g})
-    d = _absolute(cfg)
-    d["backbones"] = [d["backbones"][i if i in used else used[0]] for i in range(len(d["backbones"]))]
-    d["probes"] = [to_dict(stage)]
-    d["probe_seeds"] = None
-    keys = [stage_keys(cfg, stage, [cfg.backbones[i] for i in g]) for g in fits]
-    ident = {k: v for k, v in d.items() if k not in ("name", "output_dir", "extract")}
-    key = stable_hash({"config": ident, "stage_keys": keys}, 16)
-    d["name"], d["output_dir"] = key, str(sweep_dir.expanduser().resolve() / SCREENS_DIR)
-    models = ", ".join(model_key([cfg.backbones[i] for i in g]) for g in fits)
-    return Screen(key, f"{stage.label or stage.name} on {models} [{key[:8]}]", d)
-
-
-def screens_of(cfg: RunConfig, sweep_dir: Path) -> list[tuple[int, Screen]]:
-    """(probe stage index, screen) of every screen stage of ``cfg``."""
-    return [(i, screen_of(cfg, i, sweep_dir)) for i, st in enumerate(cfg.probes) if is_screen(cfg, st)]
-
-
-def screen_state(screen: Screen) -> str:
-    """``complete`` (every row written), ``partial`` (some: a killed screen job) or ``todo``."""
-    from probebench.core.results import RESULTS_FILE, read_results
-
-    results = screen.dir / RESULTS_FILE
-    if not results.is_file() or read_results(results).empty:
-        return "todo"
-    return "partial" if missing_parts(from_dict(RunConfig, screen.config), results) else "complete"
-
-
-def reset_screen(screen: Screen) -> int:
-    """Delete a screen's rows (``--force`` of a cell that uses it), so that it is computed again."""
-    from probebench.core.results import RESULTS_FILE, locked
-
-    if not screen.dir.is_dir():
-        return 0
-    with locked(screen.dir / RUN_LOCK):
-        return delete_rows(screen.dir / RESULTS_FILE)
-
-
-def import_screen(cfg: RunConfig, index: int, screen_dir: Path) -> int:
-    """Import a complete screen into ``cfg``'s run directory for its probe stage ``index``: the screen's heads
-    (and backbone notes), then its rows for the stage's keys and ``cfg``'s tasks, relabelled with ``cfg``'s run
-    name — heads before rows, as the pipeline writes them, so a killed import leaves the rows missing and is
-    redone. The pipeline's only-missing rule then skips the stage. Runs under the screen's lock, so a screen being
-    computed is never read; an incomplete screen imports nothing (the pipeline then fits the stage itself).
-    Returns the rows added."""
-    import json
-
-    from probebench import pipeline, rundir
-    from probebench.core.results import RESULTS_FILE, append_results, done_cells, locked, read_results
-
-    stage = cfg.probes[index]
-    fits = []
-    for g in pipeline.stage_groups(cfg, stage):
-        models = [cfg.backbones[i] for i in g]
-        fits += [
-            (pipeline.model_label(models), chash) for _, chash in pipeline.stage_keys(cfg, stage, models)
-        ]
-    out, src = Path(cfg.output_dir) / cfg.name, screen_dir / RESULTS_FILE
-    with locked(screen_dir / RUN_LOCK):
-        for label, chash in fits:
-            have = done_cells(src, chash)
-            if any((*label, task) not in have for task in cfg.tasks):
-                return 0
-        df = read_results(src)
-        df = df[df["config_hash"].isin([c for _, c in fits]) & df["task"].isin(list(cfg.tasks))].copy()
-        pipeline.prepare_run_dir(cfg)  # refuses a directory of another setup, as the pipeline would
-        heads = screen_dir / "heads"
-        for f in sorted(heads.rglob("*")) if heads.is_dir() else []:
-            if f.is_file() and not f.name.startswith("."):  # not a leftover temporary file
-                atomic_write_bytes(out / "heads" / f.relative_to(heads), f.read_bytes())
-        notes = screen_dir / rundir.BACKBONES_FILE
-        if notes.is_file():
-            rundir.write_backbone_notes(out, json.loads(notes.read_text()))
-        df["run"] = cfg.name
-        return append_results(out / RESULTS_FILE, df.to_dict("records"))
-
-
-@dataclass
-class Plan:
-    """The work of one sweep invocation: extractions first, then the shared screens, then the cells."""
-
-    extractions: list[Task]
-    cells: list[Task]
-    skipped: list[Cell]  # complete before this invocation
-    users: dict[str, list[str]]  # extraction key → cell names that need it
-    screens: list[Task] = field(default_factory=list)  # shared screens still to compute
-    # (screen, its state, the cells that import it) of every screen the cells to run share
-    shared: list[tuple[Screen, str, list[str]]] = field(default_factory=list)
-
-
-def plan_sweep(sweep: Sweep, force: Iterable[str] = ()) -> Plan:
-    """Which cells run (missing, or forced), the distinct extractions they need, and the screens they share,
-    each once. A screen stage still missing in two or more of the cells to run — or already (partly) computed
-    by an earlier invocation — becomes one screen job; a screen only one cell needs stays in that cell."""
-    forced = set(force)
-    extractions: dict[str, Task] = {}
-    users: dict[str, list[str]] = {}
-    candidates: dict[str, Screen] = {}
-    wanting: dict[str, list[str]] = {}
-    to_run: list[tuple[Cell, list[str], list[tuple[int, str]]]] = []
-    skipped = []
-    table = str(sweep.table.expanduser().resolve())
-    sweep_dir = sweep.dir.expanduser().resolve()
-    for cell in sweep.cells:
-        if cell.name not in forced and cell_done(cell.config):
-            skipped.append(cell)
-            continue
-        cfg = _absolute(cell.config)
-        needs = []
-        for i in used_backbones(cell.config):
-            key = extraction_key(cell.config, i)
-            needs.append(key)
-            users.setdefault(key, []).append(cell.name)
-            if key not in extractions:
-                b = cell.config.backbones[i]
-                label = (
-                    f"{b.name} ({b.weights}) layers={_inline(b.layers)} timesteps={_inline(b.timesteps)} "
-                    f"seed={noise_seed(cell.config, i)} [{key[:8]}]"
-                )
-                err = sweep_dir / "errors" / f"extract-{key}.txt"
-                extractions[key] = Task("extract", label, cfg, key=key, backbone=i, error_file=str(err))
-        wants = []
-        for index, screen in screens_of(cell.config, sweep_dir):
-            if cell.name not in forced and not missing_parts(cell.config, stages=[index]):
-                continue  # this cell has the stage's rows already
-            candidates.setdefault(screen.key, screen)
-            if cell.name not in wanting.setdefault(screen.key, []):
-                wanting[screen.key].append(cell.name)
-            wants.append((index, screen.key))
-        to_run.append((cell, needs, wants))
-
-    shared: dict[str, str] = {}  # screen key → state
-    for key, screen in candidates.items():
-        state = screen_state(screen)
-        if len(wanting[key]) >= 2 or state != "todo":
-            shared[key] = state
-    screens = []
-    for key, state in shared.items():
-        if state == "complete":
-            continue
-        sc = candidates[key]
-        cfg = from_dict(RunConfig, sc.config)
-        needs = tuple(dict.fromkeys(extraction_key(cfg, i) for i in used_backbones(cfg)))
-        err = sweep_dir / "errors" / f"screen-{key}.txt"
-        screens.append(Task("screen", sc.label, sc.config, key=key, needs=needs, error_file=str(err)))
-    cells = []
-    for cell, needs, wants in to_run:
-        cfg = _absolute(cell.config)
-        imports = [(index, key) for index, key in wants if key in shared]
-        err = Path(cfg["output_dir"]) / cell.name / "error.txt"
-        cells.append(
-            Task(
-                "cell",
-                cell.name,
-                cfg,
-                key=cell.name,
-                table=table,
-                needs=(*needs, *dict.fromkeys(key for _, key in imports)),
-                error_file=str(err),
-                imports=tuple((index, str(candidates[key].dir)) for index, key in imports),
-            )
-        )
-    listed = [(candidates[k], state, wanting[k]) for k, state in shared.items()]
-    return Plan(list(extractions.values()), cells, skipped, users, screens, listed)
-
-
-# -- executors -------------------------------------------------------------------------------------------------
-class Backend:
-    """Runs tasks and yields their results as they complete; ``cancel`` stops what has not finished."""
-
-    def map(self, tasks: list[Task]) -> Iterator[JobResult]:
-        raise NotImplementedError
-
-    def cancel(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class SequentialBackend(Backend):
-    """In this process, one task after another (the default; monkeypatchable in tests)."""
-
-    def map(self, tasks: list[Task]) -> Iterator[JobResult]:
-        for t in tasks:
-            yield t.run()
-
-
-class PoolBackend(Backend):
-    """N worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn: safe with torch's threads)."""
-
-    def __init__(self, workers: int):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-    def map(self, tasks: list[Task]) -> Iterator[JobResult]:
-        from concurrent.futures import as_completed
-
-        futures = {self.pool.submit(_run_task, t): t for t in tasks}
-        for fut in as_completed(futures):
-            t = futures[fut]
-            if fut.cancelled():
-                yield JobResult(t.kind, t.name, "cancelled", "cancelled (--fail-fast)")
-                continue
-            try:
-                yield fut.result()
-            except Exception as e:  # the worker died: killed, out of memory ...
-                yield JobResult(t.kind, t.name, "failed", "worker process died: " + reason(e))
-
-    def cancel(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class SubmititBackend(Backend):
-    """submitit job arrays: ``cluster`` is ``slurm``, ``local`` (LocalExecutor: a subprocess per job) or
-    ``debug`` (DebugExecutor: in this process). The same code path, so tests cover what SLURM runs."""
-
-    def __init__(self, cluster: str, folder: Path, slurm: SlurmConfig, job_name: str, poll_s: float):
-        import submitit
-
-        kwargs = {} if cluster == "debug" else {f"{cluster}_max_num_timeout": slurm.max_num_timeout}
-        try:
-            self.executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, **kwargs)
-        except RuntimeError as e:  # e.g. 'Could not detect "srun"' off a cluster
-            raise ProbebenchError(
-                f"--executor {'slurm' if cluster == 'slurm' else 'submitit-' + cluster}: {e} "
-                "(--executor submitit-local runs the same jobs on this machine)."
-            ) from None
-        params: dict[str, Any] = {"timeout_min": slurm.timeout_min, "name": job_name}
-        if cluster == "slurm":
-            params.update(gpus_per_node=slurm.gpus_per_node, cpus_per_task=slurm.cpus_per_task)
-            if slurm.mem_gb is not None:
-                params["mem_gb"] = slurm.mem_gb
-            params["slurm_array_parallelism"] = slurm.array_parallelism
-            for key in ("partition", "account", "qos", "constraint"):
-                if getattr(slurm, key) is not None:
-                    params[f"slurm_{key}"] = getattr(slurm, key)
-            if slurm.setup:
-                params["slurm_setup"] = list(slurm.setup)
-            if slurm.additional:
-                params["slurm_additional_parameters"] = dict(slurm.additional)
-        self.executor.update_parameters(**params)
-        self.poll_s = poll_s
-        self.jobs: list[Any] = []
-
-    def map(self, tasks: list[Task]) -> Iterator[JobResult]:
-        from submitit.helpers import as_completed
-
-        if not tasks:
-            return
-        self.jobs = self.executor.map_array(SweepJob(), tasks)
-        by_id = {id(j): t for j, t in zip(self.jobs, tasks)}
-        for job in as_completed(self.jobs, poll_frequency=self.poll_s):
-            t = by_id[id(job)]
-            try:
-                yield job.result()
-            except Exception as e:  # job killed, cancelled, node failure ...
-                status = (
-                    "cancelled" if getattr(job, "state", "") in ("CANCELLED", "INTERRUPTED") else "failed"
-                )
-                yield JobResult(t.kind, t.name, status, f"job {job.job_id}: " + reason(e))
-
-    def cancel(self) -> None:
-        for job in self.jobs:
-            if not job.done():
-                job.cancel(check=False)
-
-
-def make_backend(executor: str, workers: int, sweep: Sweep, poll_s: float | None = None) -> Backend:
-    if executor not in EXECUTORS:
-        raise ProbebenchError(f"Unknown executor {executor!r}. Valid: {', '.join(EXECUTORS)}.")
-    if workers < 1:
-        raise ProbebenchError(f"--workers must be >= 1, got {workers}.")
-    if executor == "local":
-        return SequentialBackend() if workers == 1 else PoolBackend(workers)
-    cluster = {"slurm": "slurm", "submitit-local": "local", "submitit-debug": "debug"}[executor]
-    folder = sweep.dir.expanduser().resolve() / "submitit"
-    poll = poll_s if poll_s is not None else (30.0 if cluster == "slurm" else 1.0)
-    return SubmititBackend(cluster, folder, sweep.slurm, f"probebench-{sweep.name}", poll)
-
-
-# -- running a sweep -------------------------------------------------------------------------------------------
-@dataclass
-class Summary:
-    """Per-cell outcome of one sweep invocation, and the extractions and shared screens it ran."""
-
-    sweep: Sweep
-    cells: list[JobResult]
-    extractions: list[JobResult]
-    report: Path | None = None
-    report_error: str = ""
-    screens: list[JobResult] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[JobResult]:
-        return [r for r in self.cells if r.status in ("failed", "cancelled")]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.report_error
-
-    def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("done", "skipped", "failed", "cancelled"), 0)
-        for r in self.cells:
-            out[r.status] = out.get(r.status, 0) + 1
-        return out
-
-    def text(self) -> str:
-        """The summary table: one line per cell with its status, time and (for failures) the reason."""
-        c = self.counts()
-        ran = sum(r.status == "done" for r in self.extractions)
-        found = sum(r.status == "skipped" for r in self.extractions)
-        head = (
-            f"sweep {self.sweep.name}: {len(self.cells)} cells — {c['done']} done, {c['skipped']} skipped, "
-            f"{c['failed']} failed"
-            + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
-            + f"; {len(self.extractions)} extraction jobs ({ran} extracted, {found} found complete)"
-            + (
-                f"; {len(self.screens)} shared screen jobs "
-                f"({sum(r.status == 'done' for r in self.screens)} computed, "
-                f"{sum(r.status == 'skipped' for r in self.screens)} found complete)"
-                if self.screens
-                else ""
-            )
-            + f" → {self.sweep.table}"
-        )
-        rows = [
-            {
-                "cell": r.name,
-                "status": r.status,
-                "time": f"{r.seconds:.1f}s" if r.seconds else "",
-                "reason": r.reason,
-            }
-            for r in self.cells
-        ]
-        lines = [head, *format_table(rows)]
-        failed_ext = [r for r in self.extractions if r.status == "failed"]
-        lines += [f"extraction {r.name} failed: {r.reason}" for r in failed_ext]
-        lines += [f"screen {r.name} failed: {r.reason}" for r in self.screens if r.status == "failed"]
-        if self.report:
-            lines.append(f"report: {self.report}")
-        if self.report_error:
-            lines.append(f"report failed: {self.report_error}")
-        return "\n".join(lines)
-
-
-def format_table(rows: list[dict[str, str]]) -> list[str]:
-    if not rows:
-        return []
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    out = ["  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip()]
-    out += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip() for r in rows]
-    return out
-
-
-def _write_state(sweep: Sweep) -> None:
-    """``sweep.yaml`` (the expanded grid: each cell's overrides) and ``config.yaml`` (the base config, where
-    ``probebench analyze`` looks for the cache directory) in the sweep directory."""
-    sweep.dir.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "name": sweep.name,
-        "source": str(sweep.source) if sweep.source else None,
-        "cells": [{"name": c.name, "dir": str(c.dir), "overrides": c.overrides} for c in sweep.cells],
-    }
-    atomic_write_bytes(sweep.dir / "sweep.yaml", yaml.safe_dump(doc, sort_keys=False).encode())
-    atomic_write_bytes(sweep.dir / "config.yaml", yaml.safe_dump(sweep.base, sort_keys=False).encode())
-
-
-def run_sweep(
-    sweep: Sweep,
-    *,
-    executor: str = "local",
-    workers: int = 1,
-    force: Sequence[str] = (),
-    fail_fast: bool = False,
-    progress: bool = True,
-    report: bool = True,
-    poll_s: float | None = None,
-) -> Summary:
-    """Run the sweep's missing (and forced) cells: distinct extractions first, then the shared screens, then the
-    cells; returns the per-cell summary (a failing job is recorded — with the cells that need it — and the others
-    go on unless ``fail_fast``). Forced cells' screens are recomputed too."""
-    from tqdm import tqdm
-
-    forced = force_cells(sweep, force) if force else []
-    backend = make_backend(executor, workers, sweep, poll_s)
-    _write_state(sweep)
-    for cell in forced:
-        reset_cell(cell, sweep.table)
-        for _, screen in screens_of(cell.config, sweep.dir):  # recomputed, not re-imported
-            reset_screen(screen)
-    plan = plan_sweep(sweep, [c.name for c in forced])
-    results: dict[str, JobResult] = {c.name: JobResult("cell", c.name, "skipped") for c in plan.skipped}
-    phases: dict[str, list[JobResult]] = {"extract": [], "screen": []}
-    bar = tqdm(
-        total=len(plan.extractions) + len(plan.screens) + len(plan.cells),
-        desc=f"sweep {sweep.name}",
-        unit="job",
-        disable=not progress,
-        file=sys.stderr,
-    )
-    stop = False
-    try:
-        failed_keys: dict[str, str] = {}  # extraction or screen key → why the jobs that need it cannot run
-        for kind, tasks in (("extract", plan.extractions), ("screen", plan.screens)):
-            what = "extraction" if kind == "extract" else "screen"
-            runnable = []
-            for t in tasks:
-                blocked = [failed_keys[k] for k in t.needs if k in failed_keys]
-                if stop:
-                    phases[kind].append(JobResult(kind, t.name, "cancelled", "not run (--fail-fast)"))
-                elif blocked:
-                    phases[kind].append(JobResult(kind, t.name, "failed", blocked[0]))
-                    failed_keys[t.key] = f"{what} {t.name} failed: {blocked[0]}"
-                    bar.update()
-                else:
-                    runnable.append(t)
-            if stop:
-                continue
-            by_name = {t.name: t for t in runnable}
-            for r in backend.map(runnable):
-                phases[kind].append(r)
-                bar.update()
-                if r.status not in ("done", "skipped"):
-                    failed_keys[by_name[r.name].key] = f"{what} {r.name} failed: {r.reason}"
-                    if fail_fast:
-                        stop = True
-                        backend.cancel()
-                        break
-        runnable = []
-        for t in plan.cells:
-            blocked = [failed_keys[k] for k in t.needs if k in failed_keys]
-            if stop:
-                results[t.name] = JobResult("cell", t.name, "cancelled", "not run (--fail-fast)")
-            elif blocked:
-                results[t.name] = JobResult("cell", t.name, "failed", blocked[0])
-                bar.update()
-            else:
-                runnable.append(t)
-        if not stop:
-            for r in backend.map(runnable):
-                results[r.name] = r
-                bar.update()
-                bar.set_postfix(failed=sum(x.status == "failed" for x in results.values()), refresh=False)
-                if r.status == "failed" and fail_fast:
-                    backend.cancel()
-                    break
-        for t in plan.cells:
-            results.setdefault(t.name, JobResult("cell", t.name, "cancelled", "not run (--fail-fast)"))
-    finally:
-        bar.close()
-        backend.close()
-    sync_table(sweep)
-    summary = Summary(
-        sweep, [results[c.name] for c in sweep.cells], phases["extract"], screens=phases["screen"]
-    )
-    _write_summary(summary)
-    if report and sweep.table.is_file() and any(r.status == "done" for r in summary.cells):
-        try:
-            from analysis.report import write_report
-
-            summary.report = write_report(sweep.dir)
-        except Exception as e:  # the results are safe; say what went wrong
-            summary.report_error = reason(e)
-    return summary
-
-
-def _write_summary(summary: Summary) -> None:
-    rows = [dataclasses.asdict(r) for r in [*summary.extractions, *summary.screens, *summary.cells]]
-    buf = io.StringIO()
-    import csv
-
-    w = csv.DictWriter(buf, fieldnames=["kind", "name", "status", "reason", "seconds"])
-    w.writeheader()
-    w.writerows({**r, "seconds": f"{r['seconds']:.2f}"} for r in rows)
-    atomic_write_bytes(summary.sweep.dir / "summary.csv", buf.getvalue().encode())
-
-
-def dry_run_text(sweep: Sweep, force: Sequence[str] = ()) -> str:
-    """The expanded cells (name, state, overrides), how many are done, and the extractions still needed."""
-    forced = {c.name for c in force_cells(sweep, force)} if force else set()
-    rows, done = [], 0
-    for c in sweep.cells:
-        total = _parts_count(c.config)
-        missing = len(missing_parts(c.config))
-        if c.name in forced:
-            state = "forced"
-        elif missing == 0:
-            state, done = "done", done + 1
-        elif missing < total:
-            state = f"partial {total - missing}/{total}"
-        else:
-            state = "todo"
-        rows.append(
-            {
-                "cell": c.name,
-                "state": state,
-                "overrides": " ".join(f"{k}={_inline(v)}" for k, v in c.overrides.items()) or "(base)",
-            }
-        )
-    plan = plan_sweep(sweep, forced)
-    lines = [
-        f"sweep {sweep.name}: {len(sweep.cells)} cells, {done} done, {len(plan.cells)} to run "
-        f"→ {sweep.table}",
-        *format_table(rows),
-        f"{len(plan.extractions)} distinct extraction configs for the cells to run (each extracted once; "
-        "complete caches are reused):",
-    ]
-    for t in plan.extractions:
-        users = plan.users[t.key]
-        lines.append(
-            f"  {t.name}: {len(users)} cells ({', '.join(users[:6])}{', ...' if len(users) > 6 else ''})"
-        )
-    if plan.shared:
-        lines.append(
-            f"{len(plan.shared)} shared screens (cells whose screen stage has the same stage keys: computed "
-            f"once in {sweep.dir / SCREENS_DIR}, then imported into each cell):"
-        )
-    for screen, state, users in plan.shared:
-        lines.append(
-            f"  {screen.label}: {state}, {len(users)} cells "
-            f"({', '.join(users[:6])}{', ...' if len(users) > 6 else ''})"
-        )
-    return "\n".join(lines)
