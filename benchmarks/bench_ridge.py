@@ -75,7 +75,7 @@ def rows(split: Split, key, class_w: np.ndarray, batch_size: int):
     for start in range(0, len(arr), batch_size):
         x = arr[start : start + batch_size].astype(np.float64).reshape(-1, dim)
         y, wt = targets_at(split.targets(start, start + len(x) // (h * w), "segmentation"), spec, (h, w))
-        yield x, y.reshape(len(x), -1), balance_weights(y, wt, class_w).reshape(-1)
+        yield x, y.reshape(len(x), -1), balance_weights(y, wt, class_w, spec).reshape(-1)
 
 
 def screen(split: Split, class_w: np.ndarray, lambdas, batch_size: int) -> dict:

@@ -84,8 +84,8 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    ls = sub.add_parser("list", help="list registered backbones, tasks or probes")
-    ls.add_argument("what", choices=["backbones", "tasks", "probes"])
+    ls = sub.add_parser("list", help="list registered backbones, tasks, probes or target kinds")
+    ls.add_argument("what", choices=["backbones", "tasks", "probes", "kinds"])
 
     ex = sub.add_parser(
         "extract", help="extract features of one backbone on one dataset split into the cache"
@@ -225,6 +225,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         from backbones import BACKBONES as reg
     elif args.what == "tasks":
         from tasks import TASKS as reg
+    elif args.what == "kinds":
+        from tasks.kinds import TARGET_KINDS as reg
     else:
         from probes import PROBES as reg
     _print_table(reg.table())

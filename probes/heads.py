@@ -7,13 +7,14 @@ Every head takes a list of input maps ``[(B, C_i, h_i, w_i)]`` ordered shallow �
 CPU batches and single-image batches behave like large ones), except the linear head's BatchNorm, which is the
 DINOv2 protocol.
 
-``head_probe`` trains them on one or several cached keys (+ keys of extra caches) through
+``HeadProbe`` (``head_probe``) trains them on one or several cached keys (+ keys of extra caches) through
 :mod:`probes.training`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,17 +23,13 @@ from torch import nn
 
 from backbones.base import FeatureKey
 from probebench.core.errors import ProbebenchError
-from probes.screen import ProbeOutput, Split
-from probes.training import ProbeRun, cpu_state, parse_keys, resolve_params
+from probes.base import ProbeOutput, Split
+from probes.training import ProbeRun, TrainConfig, TrainedProbe, cpu_state, parse_keys
+from tasks.kinds import get_kind, kind_names
 
 FULL_WIDTH = 256  # MMDiff scale: DPT features 256 / DeepLabV3+ ASPP 256 over a 2048-channel trunk
 DEFAULT_WIDTH = 32  # CPU-sized
-HEAD_TASKS = {  # which head fits which target kind
-    "linear": ("segmentation", "saliency", "depth"),
-    "deeplab": ("segmentation", "saliency"),
-    "dpt": ("depth",),
-}
-AUTO_HEAD = {"segmentation": "deeplab", "saliency": "deeplab", "depth": "dpt"}
+HEADS = ("linear", "deeplab", "dpt")  # what make_head builds; each target kind lists those that fit it
 
 
 def resample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -193,20 +190,21 @@ def make_head(name: str, in_dims: Sequence[int], out: int, *, width: int, dropou
         return DeepLabV3PlusLite(in_dims, out, width, rates=kw.get("rates", (6, 12, 18)))
     if name == "dpt":
         return DPTLite(in_dims, out, width)
-    raise ProbebenchError(f"Unknown head {name!r}. Valid: {', '.join(HEAD_TASKS)}.")
+    raise ProbebenchError(f"Unknown head {name!r}. Valid: {', '.join(HEADS)}.")
 
 
 def head_for(head: str, kind: str, probe: str) -> str:
-    """Resolve ``auto`` and refuse a head that does not fit the task (a depth head on segmentation...)."""
-    name = AUTO_HEAD[kind] if head == "auto" else head
-    if name not in HEAD_TASKS:
+    """Resolve ``auto`` (the kind's ``default_head``) and refuse a head that does not fit the task (a depth head
+    on segmentation...): the target kind lists the heads that fit it."""
+    target = get_kind(kind)
+    name = target.default_head if head == "auto" else head
+    if name not in HEADS:
+        raise ProbebenchError(f"Probe {probe!r}: unknown head {head!r}. Valid: auto, {', '.join(HEADS)}.")
+    if name not in target.heads:
+        serves = [k for k in kind_names() if name in get_kind(k).heads]
+        fits = [h for h in HEADS if h in target.heads and h != "linear"]
         raise ProbebenchError(
-            f"Probe {probe!r}: unknown head {head!r}. Valid: auto, {', '.join(HEAD_TASKS)}."
-        )
-    if kind not in HEAD_TASKS[name]:
-        fits = [h for h, ks in HEAD_TASKS.items() if kind in ks and h != "linear"]
-        raise ProbebenchError(
-            f"Probe {probe!r}: the {name} head is a {'/'.join(HEAD_TASKS[name])} head and does not fit the "
+            f"Probe {probe!r}: the {name} head is a {'/'.join(serves)} head and does not fit the "
             f"{kind} task. Use head='auto' or {', '.join(repr(h) for h in fits)}."
         )
     return name
@@ -216,13 +214,56 @@ def check_heads(head: str, kinds: Sequence[str], probe: str) -> dict[str, str]:
     return {k: head_for(head, k, probe) for k in kinds}
 
 
-HEAD_PARAMS: dict[str, Any] = {
-    "head": "auto",
-    "width": DEFAULT_WIDTH,
-    "rates": (6, 12, 18),
-    "extra_keys": None,
-}
-HEAD_TRAIN_DEFAULTS = {"epochs": 30}
+class HeadProbe(TrainedProbe):
+    """Train a light head per task on ``keys`` (default: every key of the main cache), used as the head's levels
+    in the given order (shallow → deep), then every extra cache's keys (``extra_keys``, default all). To fuse the
+    timesteps of each layer before the head, use the ``fusion`` probe with ``head=...``."""
+
+    name = "head"
+
+    @dataclass
+    class Params(TrainConfig):
+        """``head`` (``auto``: DeepLabV3+-lite for segmentation/saliency, DPT-lite for depth; a head that does not
+        fit a task is an error), ``width`` (32; 256 = MMDiff scale), ``rates`` (DeepLab atrous rates),
+        ``extra_keys`` and the training parameters (``epochs`` 30 here)."""
+
+        epochs: int = 30
+        head: str = "auto"
+        width: int = DEFAULT_WIDTH
+        rates: Any = (6, 12, 18)
+        extra_keys: Any = None
+
+    def fit(
+        self,
+        train: Split,
+        val: Split,
+        test: Split | None,
+        kinds: Sequence[str],
+        *,
+        keys: Sequence[FeatureKey] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        extra: Any = None,
+    ) -> ProbeOutput:
+        p = self.params
+        heads = check_heads(p.head, kinds, "head")
+        run = ProbeRun(self.name, train, val, test, kinds, cfg=p, seed=seed, progress=progress, extra=extra)
+        main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
+        extra_keys = parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None
+        inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
+        feats = run.features(inputs, grid="native")
+        out = ProbeOutput([])
+        for kind in kinds:
+            variant = f"head-{heads[kind]}"
+            dims, channels = [i.dim for i in inputs], run.objective(kind).channels
+
+            def build(name: str = heads[kind], dims: list[int] = dims, channels: int = channels) -> nn.Module:
+                return make_head(name, dims, channels, width=p.width, rates=tuple(p.rates))
+
+            fitted = run.train(build, feats, kind, variant, inputs)
+            out.records += run.records(fitted, feats, kind, variant, inputs, width=p.width)
+            out.state_dicts[run.state_dict_name(variant, kind, inputs)] = cpu_state(fitted.model)
+        return out
 
 
 def head_probe(
@@ -237,33 +278,9 @@ def head_probe(
     extra: Any = None,
     **params: Any,
 ) -> ProbeOutput:
-    """Train a light head per task on ``keys`` (default: every key of the main cache), used as the head's
-    levels in the given order (shallow → deep), then every extra cache's keys (``extra_keys``, default all).
-
-    Params: ``head`` (``auto``: DeepLabV3+-lite for segmentation/saliency, DPT-lite for depth; a head that does
-    not fit a task is an error), ``width`` (32; 256 = MMDiff scale), ``rates`` (DeepLab atrous rates), and the
-    training parameters of :class:`probes.training.TrainConfig` (``epochs`` defaults to 30 here). To fuse the
-    timesteps of each layer before the head, use the ``fusion`` probe with ``head=...``.
-    """
-    cfg, p = resolve_params("head", params, HEAD_PARAMS, HEAD_TRAIN_DEFAULTS)
-    heads = check_heads(p["head"], kinds, "head")
-    run = ProbeRun("head", train, val, test, kinds, cfg=cfg, seed=seed, progress=progress, extra=extra)
-    main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
-    extra_keys = parse_keys(p["extra_keys"], "extra_keys") if p["extra_keys"] is not None else None
-    inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
-    feats = run.features(inputs, grid="native")
-    out = ProbeOutput([])
-    for kind in kinds:
-        variant = f"head-{heads[kind]}"
-        dims, channels = [i.dim for i in inputs], run.objective(kind).channels
-
-        def build(name: str = heads[kind], dims: list[int] = dims, channels: int = channels) -> nn.Module:
-            return make_head(name, dims, channels, width=p["width"], rates=tuple(p["rates"]))
-
-        fitted = run.train(build, feats, kind, variant, inputs)
-        out.records += run.records(fitted, feats, kind, variant, inputs, width=p["width"])
-        out.state_dicts[run.state_dict_name(variant, kind, inputs)] = cpu_state(fitted.model)
-    return out
+    """:class:`HeadProbe` as a function, its parameters by keyword."""
+    probe = HeadProbe.from_config(params)
+    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
 
 
 def count_parameters(module: nn.Module) -> int:

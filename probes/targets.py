@@ -1,11 +1,13 @@
-"""Dense targets brought to feature resolution, and the task-specific decoding of probe outputs.
+"""Dense targets brought to feature resolution, and the decoding of probe outputs: each a call of the target's
+kind (``spec.target_kind``, :mod:`tasks.kinds`), under the names probe code has always imported.
 
-Probes fit at feature resolution (one row per feature cell) and are scored at label resolution, by
-bilinear upsampling of logits (segmentation), scores (saliency) or log-depth (depth).
+Probes fit at feature resolution (one row per feature cell) and are scored at label resolution, by bilinear
+upsampling (:func:`upsample`) of the regressed outputs, which the kind then decodes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -13,71 +15,39 @@ import torch
 import torch.nn.functional as F
 
 from tasks.base import TargetSpec
-from tasks.metrics import DepthMetric, SaliencyMetric, SegmentationMetric
+from tasks.kinds import inverse_frequency_weights
+
+__all__ = [
+    "balance_weights",
+    "class_frequencies",
+    "decode",
+    "inverse_frequency_weights",
+    "make_metric",
+    "num_outputs",
+    "targets_at",
+    "upsample",
+]
 
 
 def num_outputs(spec: TargetSpec) -> int:
-    return int(spec.num_classes) if spec.kind == "segmentation" else 1
-
-
-def _pool(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Area average of (B, C, H, W) to (B, C, h, w)."""
-    return F.adaptive_avg_pool2d(x, hw)
+    return spec.target_kind.num_outputs(spec)
 
 
 def targets_at(targets: np.ndarray, spec: TargetSpec, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Targets (B, H, W) → soft targets (B, h, w, K) and cell weights (B, h, w) at feature resolution.
-
-    segmentation: class fractions over non-ignored pixels, weight = non-ignored fraction; saliency: foreground
-    fraction; depth: mean log-depth over valid pixels, weight = valid fraction.
-    """
-    t = torch.from_numpy(np.asarray(targets))
-    if spec.kind == "segmentation":
-        valid = t != spec.ignore_index
-        onehot = F.one_hot(torch.where(valid, t, 0).long(), spec.num_classes).permute(0, 3, 1, 2).double()
-        onehot = onehot * valid[:, None]
-        w = _pool(valid[:, None].double(), hw)
-        y = _pool(onehot, hw) / w.clamp_min(1e-12)
-    elif spec.kind == "saliency":
-        y = _pool(t[:, None].double(), hw)
-        w = torch.ones_like(y)
-    else:
-        d = t.double()
-        valid = torch.isfinite(d) & (d >= spec.min_depth) & (d <= spec.max_depth)
-        logd = torch.where(valid, torch.log(torch.where(valid, d, 1.0)), 0.0)
-        w = _pool(valid[:, None].double(), hw)
-        y = _pool(logd[:, None], hw) / w.clamp_min(1e-12)
-    return y.permute(0, 2, 3, 1).numpy(), w[:, 0].numpy()
+    """Targets (B, H, W) → soft targets (B, h, w, K) and cell weights (B, h, w) at feature resolution."""
+    return spec.target_kind.soft_targets(targets, spec, hw)
 
 
-def balance_weights(y: np.ndarray, w: np.ndarray, class_weights: np.ndarray | None) -> np.ndarray:
-    """Per-cell weights times class-balancing weights (soft: Σ_c y_c · w_c)."""
-    if class_weights is None:
-        return w
-    if y.shape[-1] == 1:  # saliency: foreground/background weights
-        cw = y[..., 0] * class_weights[1] + (1 - y[..., 0]) * class_weights[0]
-    else:
-        cw = y @ class_weights
-    return w * cw
+def balance_weights(
+    y: np.ndarray, w: np.ndarray, class_weights: np.ndarray | None, spec: TargetSpec
+) -> np.ndarray:
+    """Per-cell weights times class-balancing weights (soft: Σ_c y_c · w_c), as ``spec``'s kind balances them."""
+    return spec.target_kind.balance_weights(y, w, class_weights)
 
 
-def class_frequencies(targets: list[np.ndarray], spec: TargetSpec) -> np.ndarray:
-    """Pixel frequency of each class (segmentation) or of background/foreground (saliency)."""
-    k = spec.num_classes if spec.kind == "segmentation" else 2
-    counts = np.zeros(k, dtype=np.float64)
-    for t in targets:
-        t = np.asarray(t)
-        t = t[t != spec.ignore_index] if spec.kind == "segmentation" else t.astype(np.int64)
-        counts += np.bincount(t.ravel().astype(np.int64), minlength=k)[:k]
-    return counts
-
-
-def inverse_frequency_weights(counts: np.ndarray) -> np.ndarray:
-    """w_c = N / (K_present · N_c) for present classes (mean weight 1 over pixels), 0 for absent ones."""
-    present = counts > 0
-    w = np.zeros_like(counts)
-    w[present] = counts.sum() / (present.sum() * counts[present])
-    return w
+def class_frequencies(targets: Iterable[np.ndarray], spec: TargetSpec) -> np.ndarray | None:
+    """Pixel frequency of each class of ``spec``'s kind (``None`` for a kind without classes)."""
+    return spec.target_kind.class_frequencies(targets, spec)
 
 
 def upsample(pred: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -89,18 +59,10 @@ def upsample(pred: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Te
 
 
 def decode(pred_up: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
-    """Upsampled raw outputs (B, K, H, W) → what the metric scores: class ids, [0, 1] scores, metres."""
-    if spec.kind == "segmentation":
-        return pred_up.argmax(1)
-    if spec.kind == "saliency":
-        return pred_up[:, 0].clamp(0, 1)
-    return torch.exp(pred_up[:, 0].clamp(max=float(np.log(spec.max_depth)) + 1.0))
+    """Upsampled raw outputs (B, K, H, W) → what the metric scores (class ids, [0, 1] scores, metres...)."""
+    return spec.target_kind.decode(pred_up, spec)
 
 
 def make_metric(spec: TargetSpec, **options: Any):
-    """The task's accumulator (``tasks.metrics``) for a target spec."""
-    if spec.kind == "segmentation":
-        return SegmentationMetric(spec.num_classes, ignore_index=spec.ignore_index)
-    if spec.kind == "saliency":
-        return SaliencyMetric()
-    return DepthMetric(min_depth=spec.min_depth, max_depth=spec.max_depth, **options)
+    """The kind's accumulator (``tasks.metrics``) for a target spec."""
+    return spec.target_kind.make_metric(spec, **options)

@@ -1,4 +1,5 @@
-"""Datasets, dense targets and metrics. ``tasks.create(name, split=...)`` returns a :class:`Dataset`."""
+"""Datasets, dense targets and metrics. ``tasks.create(name, split=...)`` returns a :class:`Dataset`; the kinds of
+target (segmentation, saliency, depth, ...) are objects in :mod:`tasks.kinds` (registry ``TARGET_KINDS``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 from tasks._registry import TASKS
 from tasks.base import KINDS, Dataset, Subset, TargetSpec
+from tasks.kinds import TARGET_KINDS, TargetKind
 
-__all__ = ["KINDS", "TASKS", "Dataset", "Subset", "TargetSpec", "create"]
+__all__ = ["KINDS", "TARGET_KINDS", "TASKS", "Dataset", "Subset", "TargetKind", "TargetSpec", "create"]
 
 
 def create(name: str, split: str = "train", **options: Any) -> Dataset:

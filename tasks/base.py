@@ -2,7 +2,8 @@
 
 A dataset may carry several *target kinds* (the scene dataset has segmentation, saliency and depth); a probe
 run is a (dataset, kind) pair. Each kind is declared by a :class:`TargetSpec`: classes, ignore index, depth range
-and scale, and the main metric with its direction.
+and scale; the kind itself (:mod:`tasks.kinds`) owns the main metric with its direction and everything probes and
+analysis do with targets of that kind.
 
 A split has two identities, used differently:
 
@@ -19,45 +20,25 @@ of the first ``n`` items (:class:`Subset`), reading only those items' files.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from probebench.core.errors import ProbebenchError
+from tasks.kinds._registry import BUILTIN, KindTable, get_kind, main_metrics, metric_directions
+from tasks.kinds.base import TargetKind
 
-KINDS = ("segmentation", "saliency", "depth")
-MAIN_METRIC: dict[str, tuple[str, bool]] = {  # kind -> (metric, higher is better)
-    "segmentation": ("mIoU", True),
-    "saliency": ("maxF", True),
-    "depth": ("rmse", False),
-}
-HIGHER_IS_BETTER = {
-    "mIoU": True,
-    "pixel_acc": True,
-    "MAE": False,
-    "maxF": True,
-    "meanF": True,
-    "adpF": True,
-    "S": True,
-    "maxE": True,
-    "meanE": True,
-    "adpE": True,
-    "abs_rel": False,
-    "sq_rel": False,
-    "rmse": False,
-    "rmse_log": False,
-    "log10": False,
-    "silog": False,
-    "delta1": True,
-    "delta2": True,
-    "delta3": True,
-}
+KINDS = tuple(BUILTIN)  # the built-in target kinds; TARGET_KINDS also holds those that plugins add
+MAIN_METRIC: Mapping[str, tuple[str, bool]] = KindTable(main_metrics)  # kind -> (metric, higher is better)
+HIGHER_IS_BETTER: Mapping[str, bool] = KindTable(metric_directions)  # metric -> higher is better
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """One dense target kind of a dataset."""
+    """One dense target of a dataset: its kind's name (``kind``, what results and configs record) and the label
+    space, ignore index and depth range the kind's methods read. ``target_kind`` is the kind object."""
 
     kind: str
     num_classes: int | None = None
@@ -68,18 +49,20 @@ class TargetSpec:
     depth_scale: float = 1000.0  # PNG units per metre when stored as 16-bit PNG
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ProbebenchError(f"Unknown target kind {self.kind!r}. Valid: {', '.join(KINDS)}.")
-        if self.kind == "segmentation" and not self.num_classes:
-            raise ProbebenchError("A segmentation target needs num_classes.")
+        self.target_kind.check(self)  # an unknown kind: UnknownNameError with the closest names
+
+    @property
+    def target_kind(self) -> TargetKind:
+        """The registered :class:`~tasks.kinds.TargetKind` named ``kind``."""
+        return get_kind(self.kind)
 
     @property
     def main_metric(self) -> str:
-        return MAIN_METRIC[self.kind][0]
+        return self.target_kind.main_metric
 
     @property
     def higher_is_better(self) -> bool:
-        return MAIN_METRIC[self.kind][1]
+        return self.target_kind.higher_is_better
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,7 +2,9 @@
 
 Nothing is downloaded: every loader takes ``root=`` (required) and reads the layout its registry entry names.
 ``folder`` reads the plain layout that :func:`tasks.scenes.export_scenes` writes, so any dataset converted to
-it can be probed.
+it can be probed. Each target file is read and checked by its kind (:meth:`tasks.kinds.TargetKind.read_target`,
+``check_target``); the ``folder`` dataset also takes its subfolder, file types and ``dataset.yaml`` keys from
+the kind, so a kind a plugin registers needs nothing here.
 
 Error policy (all errors are :class:`ProbebenchError`, with the offending path in the message):
 
@@ -41,14 +43,15 @@ from PIL import Image
 
 from probebench.core.errors import ProbebenchError, UnknownNameError
 from tasks._registry import TASKS
-from tasks.base import KINDS, Dataset, TargetSpec
+from tasks.base import Dataset, TargetSpec
 from tasks.content import digest_lines, file_digests
+from tasks.kinds import TargetKind, get_kind, kind_names
+from tasks.kinds.base import DECODE_ERRORS, open_image
+from tasks.kinds.depth import check_depth
+from tasks.kinds.saliency import MASK_EXTS
+from tasks.kinds.segmentation import LABEL_EXTS
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MASK_EXTS = (".png", ".bmp", ".jpg", ".jpeg")
-LABEL_EXTS = (".png",)
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-_INDEX_MODES = ("P", "L", "1", "I;16", "I;16B", "I;16L", "I")
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -78,18 +81,6 @@ ADE20K_CLASSES = (
 # ---------------------------------------------------------------------------------------------- file readers
 
 
-def _open(path: Path) -> Image.Image:
-    """The decoded image at ``path`` (pixels loaded, file closed), or a ProbebenchError naming the file."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except FileNotFoundError as e:
-        raise ProbebenchError(f"Missing file {path}.") from e
-    except _DECODE_ERRORS as e:
-        raise ProbebenchError(f"Cannot read image {path}: {e}") from e
-    return im
-
-
 def image_hw(path: Path) -> tuple[int, int]:
     """(height, width) of the image at ``path``, from its header."""
     try:
@@ -97,44 +88,18 @@ def image_hw(path: Path) -> tuple[int, int]:
             w, h = im.size
     except FileNotFoundError as e:
         raise ProbebenchError(f"Missing file {path}.") from e
-    except _DECODE_ERRORS as e:
+    except DECODE_ERRORS as e:
         raise ProbebenchError(f"Cannot read image {path}: {e}") from e
     return h, w
 
 
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1]; grayscale, palette, CMYK and RGBA (alpha dropped) are converted."""
-    im = _open(path)
+    im = open_image(path)
     if im.mode.startswith("I;16"):  # 16-bit grayscale
         gray = np.asarray(im, dtype=np.float32) / np.float32(65535)
         return np.repeat(gray[..., None], 3, axis=-1)
     return np.asarray(im.convert("RGB"), dtype=np.uint8).astype(np.float32) / np.float32(255)
-
-
-def read_label(path: Path) -> np.ndarray:
-    """(H, W) int64 class indices of a palette/grayscale PNG (palette indices, not colours)."""
-    im = _open(path)
-    if im.mode not in _INDEX_MODES:
-        raise ProbebenchError(
-            f"{path}: a label map must be a single-channel PNG of class indices (palette or grayscale), "
-            f"got mode {im.mode!r} (was it converted to colour?)."
-        )
-    return np.asarray(im).astype(np.int64)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """(H, W) bool saliency mask: foreground where the grayscale value is > 128."""
-    return np.asarray(_open(path).convert("L")) > 128
-
-
-def read_depth(path: Path, depth_scale: float) -> np.ndarray:
-    """(H, W) float32 metres from a single-channel (16-bit) PNG holding ``depth_scale`` units per metre."""
-    im = _open(path)
-    if im.mode not in ("I;16", "I;16B", "I;16L", "I", "L", "F"):
-        raise ProbebenchError(
-            f"{path}: a depth map must be a single-channel (16-bit) PNG, got mode {im.mode!r}."
-        )
-    return (np.asarray(im).astype(np.float64) / float(depth_scale)).astype(np.float32)
 
 
 def check_size(path: Path | str, hw: tuple[int, ...], image: Path | str, image_hw_: tuple[int, ...]) -> None:
@@ -142,27 +107,6 @@ def check_size(path: Path | str, hw: tuple[int, ...], image: Path | str, image_h
         raise ProbebenchError(
             f"{path}: size {hw[0]}x{hw[1]} (HxW) does not match its image {image} ({image_hw_[0]}x{image_hw_[1]})."
         )
-
-
-def check_labels(
-    labels: np.ndarray, raw: np.ndarray, spec: TargetSpec, path: Path | str, note: str = ""
-) -> None:
-    """Every class id is in ``[0, num_classes)`` or the ignore index; the message lists the file's values."""
-    n = int(spec.num_classes or 0)
-    bad = ~(((labels >= 0) & (labels < n)) | (labels == spec.ignore_index))
-    if bad.any():
-        values = np.unique(raw[bad])
-        listed = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-        raise ProbebenchError(
-            f"{path}: label values {listed} are outside [0, {n}) and are not the ignore index "
-            f"{spec.ignore_index}{note} ({int(bad.sum())} pixels)."
-        )
-
-
-def check_depth(depth: np.ndarray, where: Path | str) -> None:
-    bad = ~np.isfinite(depth) | (depth < 0)
-    if bad.any():
-        raise ProbebenchError(f"{where}: {int(bad.sum())} depth values are NaN, infinite or negative.")
 
 
 # ---------------------------------------------------------------------------------------------- listing
@@ -260,23 +204,6 @@ def read_meta(path: Path, valid: tuple[str, ...]) -> dict[str, Any]:
     return meta
 
 
-def _number(meta: dict[str, Any], key: str, default: float, path: Path) -> float:
-    value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ProbebenchError(f"{path}: {key} must be a number, got {value!r}.")
-    return float(value)
-
-
-def _depth_spec(meta: dict[str, Any], path: Path, max_depth: float = 10.0) -> TargetSpec:
-    scale = _number(meta, "depth_scale", 1000.0, path)
-    lo, hi = _number(meta, "min_depth", 1e-3, path), _number(meta, "max_depth", max_depth, path)
-    if scale <= 0 or not 0 <= lo < hi:
-        raise ProbebenchError(
-            f"{path}: need depth_scale > 0 and 0 <= min_depth < max_depth, got {scale}, {lo}, {hi}."
-        )
-    return TargetSpec("depth", min_depth=lo, max_depth=hi, depth_scale=scale)
-
-
 # ---------------------------------------------------------------------------------------------- base class
 
 
@@ -330,24 +257,20 @@ class DiskDataset(Dataset):
         return read_image(self.item(index).image)
 
     def load_target(self, index: int, kind: str) -> np.ndarray:
+        """The target file read by its kind (:meth:`TargetKind.read_target`), mapped by :meth:`map_labels`,
+        then checked by the kind and against its image's size."""
         spec, item = self.target_spec(kind), self.item(index)
-        path = item.targets[kind]
-        if kind == "segmentation":
-            raw = read_label(path)
-            target = self.map_labels(raw)
-            check_labels(target, raw, spec, path, self.label_note)
-        elif kind == "saliency":
-            target = read_mask(path)
-        else:
-            target = read_depth(path, spec.depth_scale)
-            check_depth(target, path)
+        path, target_kind = item.targets[kind], spec.target_kind
+        stored = target_kind.read_target(path, spec)
+        target = self.map_labels(stored)
+        target_kind.check_target(target, spec, path, stored=stored, note=self.label_note)
         check_size(path, target.shape, item.image, image_hw(item.image))
         return target
 
-    label_note = ""  # how file values map to class ids, for label errors
+    label_note = ""  # how file values map to target values (class ids), for errors
 
     def map_labels(self, raw: np.ndarray) -> np.ndarray:
-        """File values → class ids (identity unless the layout stores them shifted)."""
+        """File values → target values (identity unless the layout stores class ids shifted)."""
         return raw
 
     def fingerprint(self) -> dict[str, Any]:
@@ -563,7 +486,7 @@ class NYUv2(DiskDataset):
             self.form = "folder"
             meta_path = self.root / "dataset.yaml"
             meta = read_meta(meta_path, NYU_META_KEYS) if meta_path.is_file() else {}
-            self._targets = {"depth": _depth_spec(meta, meta_path)}
+            self._targets = {"depth": get_kind("depth").spec_from_meta(meta, meta_path)}
             d = self.root / split
             self._set_items(
                 match_pairs(d / "rgb", {"depth": (_need_dir(d / "depth", "nyuv2", self.layout), (".png",))}),
@@ -730,27 +653,25 @@ PASCAL_S = _register_saliency(
 
 # ---------------------------------------------------------------------------------------------- folder
 
-FOLDER_KEYS = (
-    "name",
-    "classes",
-    "ignore_index",
-    "depth_scale",
-    "min_depth",
-    "max_depth",
-    "targets",
-    "source",
-    "description",
-)
-TARGET_DIRS = {
-    "segmentation": ("masks", LABEL_EXTS),
-    "saliency": ("saliency", MASK_EXTS),
-    "depth": ("depth", (".png",)),
-}
+FOLDER_KEYS = ("name", "targets", "source", "description")  # besides each target kind's meta_keys
 FOLDER_LAYOUT = (
-    "ROOT/dataset.yaml (keys: " + ", ".join(FOLDER_KEYS) + ") and ROOT/<split>/images/<id>.png|jpg with "
-    "masks/<id>.png (class ids), saliency/<id>.png (>128 = foreground), depth/<id>.png (16-bit, depth_scale "
-    "units per metre, 0 = invalid) for the declared targets (what tasks.scenes.export_scenes writes)"
+    "ROOT/dataset.yaml (keys: name, classes, ignore_index, depth_scale, min_depth, max_depth, targets, source, "
+    "description) and ROOT/<split>/images/<id>.png|jpg with masks/<id>.png (class ids), saliency/<id>.png (>128 "
+    "= foreground), depth/<id>.png (16-bit, depth_scale units per metre, 0 = invalid) for the declared targets "
+    "(what tasks.scenes.export_scenes writes)"
 )
+
+
+def folder_keys() -> tuple[str, ...]:
+    """The keys a ``folder`` dataset's ``dataset.yaml`` may hold: its name, every registered kind's
+    :attr:`~tasks.kinds.TargetKind.meta_keys` (in kind order), then targets, source and description."""
+    kind_keys = dict.fromkeys(key for name in kind_names() for key in get_kind(name).meta_keys)
+    return (FOLDER_KEYS[0], *kind_keys, *FOLDER_KEYS[1:])
+
+
+def target_folder(kind: TargetKind) -> str:
+    """The ``folder`` dataset's subfolder of ``kind``'s targets: the folder it names, else its name."""
+    return kind.folder or kind.name
 
 
 @TASKS.register(
@@ -762,7 +683,10 @@ FOLDER_LAYOUT = (
 class Folder(DiskDataset):
     """A dataset in plain folder form, described by ``ROOT/dataset.yaml``.
 
-    Without a ``targets`` key the kinds are those whose folder (masks/, saliency/, depth/) exists in the split.
+    Each target kind is read by its kind object: from its subfolder (``TargetKind.folder``, else the kind's
+    name: masks/, saliency/, depth/ for the built-in kinds), files of its ``extensions``, and a
+    :class:`~tasks.base.TargetSpec` from its ``dataset.yaml`` keys (``spec_from_meta``), so a kind a plugin
+    registers is read here too. Without a ``targets`` key the kinds are those whose folder exists in the split.
     The ``name`` key is a label: identity is the files' content (two folders with one name share nothing else).
     """
 
@@ -775,42 +699,30 @@ class Folder(DiskDataset):
         meta_path = self.root / "dataset.yaml"
         if not meta_path.is_file():
             raise ProbebenchError(f"folder: {meta_path} does not exist. Expected layout: {self.layout}")
-        self.meta = meta = read_meta(meta_path, FOLDER_KEYS)
+        self.meta = meta = read_meta(meta_path, folder_keys())
         split_dir = self.root / split
         if not (split_dir / "images").is_dir():
             found = sorted(p.name for p in self.root.iterdir() if (p / "images").is_dir())
             raise UnknownNameError(
                 "folder split", split, found, extra=f"({split_dir / 'images'} does not exist)"
             )
-        kinds = meta.get("targets", [k for k in KINDS if (split_dir / TARGET_DIRS[k][0]).is_dir()])
+        names = kind_names()
+        kinds = meta.get("targets", [k for k in names if (split_dir / target_folder(get_kind(k))).is_dir()])
         if isinstance(kinds, str):
             kinds = [kinds]
         if not isinstance(kinds, list) or not kinds:
             raise ProbebenchError(
-                f"{meta_path}: targets must be a non-empty list of {', '.join(KINDS)}, got {kinds!r}."
+                f"{meta_path}: targets must be a non-empty list of {', '.join(names)}, got {kinds!r}."
             )
-        for kind in kinds:
-            if kind not in KINDS:
-                raise UnknownNameError("target kind", str(kind), KINDS, extra=f"(in {meta_path})")
-        self._targets = {kind: self._spec(kind, meta, meta_path) for kind in KINDS if kind in kinds}
+        for k in kinds:
+            if k not in names:
+                raise UnknownNameError("target kind", str(k), names, extra=f"(in {meta_path})")
+        self._targets = {k: get_kind(k).spec_from_meta(meta, meta_path) for k in names if k in kinds}
         folders = {
-            k: (_need_dir(split_dir / TARGET_DIRS[k][0], "folder", self.layout), TARGET_DIRS[k][1])
-            for k in self._targets
+            k: (
+                _need_dir(split_dir / target_folder(spec.target_kind), "folder", self.layout),
+                spec.target_kind.extensions,
+            )
+            for k, spec in self._targets.items()
         }
         self._set_items(match_pairs(split_dir / "images", folders), split_dir / "images")
-
-    @staticmethod
-    def _spec(kind: str, meta: dict[str, Any], path: Path) -> TargetSpec:
-        if kind == "saliency":
-            return TargetSpec("saliency")
-        if kind == "depth":
-            return _depth_spec(meta, path)
-        classes = meta.get("classes")
-        if not isinstance(classes, list) or not classes:
-            raise ProbebenchError(f"{path}: a segmentation target needs classes: a non-empty list of names.")
-        ignore = meta.get("ignore_index", 255)
-        if isinstance(ignore, bool) or not isinstance(ignore, int) or 0 <= ignore < len(classes):
-            raise ProbebenchError(
-                f"{path}: ignore_index must be an integer outside [0, {len(classes)}), got {ignore!r}."
-            )
-        return TargetSpec("segmentation", len(classes), tuple(str(c) for c in classes), ignore)
