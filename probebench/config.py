@@ -77,8 +77,9 @@ class BackboneConfig:
     dtype: str = "float32"
     pool_to: int | None = None
     seed: int | None = None  # noise seed of this extraction (default: the run's seed); e.g. noise controls
-    # extract only the cells the ridge screen of backbone #cells_from found best (per task, on val) instead of
-    # `layers` × `timesteps`: e.g. a noise control with other seeds at the best cells, without a full grid
+    # extract only the cells backbone #cells_from scored best (per task, on val, in the rows of the cell screen:
+    # see ProbeConfig) instead of `layers` × `timesteps`: e.g. a noise control with other seeds at the best
+    # cells, without a full grid
     cells_from: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -95,15 +96,20 @@ class ExtractConfig:
 
 @dataclass
 class ProbeConfig:
-    """One probe stage. ``params`` go to the registered probe function (unknown ones are errors there).
+    """One probe stage. ``params`` are the registered probe's parameters (``Params``; unknown ones are errors).
 
-    ``cells``: ``all`` (every cached (layer, timestep)), ``best`` (the best ridge cell per task, read from the
-    results table), ``best-layer`` (every timestep of the best ridge layer per task), or explicit
-    ``[[layer, timestep], ...]``. ``backbones``: ``null`` runs the probe on each backbone alone; a list of
-    indices into ``backbones`` runs ONE joint probe over them (features resampled to the first one's grid;
-    with ``best``/``best-layer`` cells every backbone's cells come from its own ridge results, and repeats of
-    the first backbone — other noise seeds — use its cells). ``select`` restricts per-backbone runs to some
-    indices. ``label`` replaces the probe name in the result rows (e.g. ``fusion-noise-control``).
+    ``cells``: ``all`` (every cached (layer, timestep)), ``best`` (the best cell per task on val, read from the
+    results table), ``best-layer`` (every timestep of the best layer per task), or explicit
+    ``[[layer, timestep], ...]``. Best cells come from the rows of the *cell screen*: the nearest stage up to
+    this one whose probe is per-cell (``Probe.per_cell``, e.g. ridge) and that ran on cells of its own (``all``
+    or a list); in the quickstart, the ridge stage. ``backbones``: ``null`` runs the probe on each backbone
+    alone; a list of indices into ``backbones`` runs ONE joint probe over them (features resampled to the first
+    one's grid; with ``best``/``best-layer`` cells every backbone's cells come from its own screen results, and
+    repeats of the first backbone — other noise seeds — use its cells). ``select`` restricts per-backbone runs to some
+    indices. ``label`` replaces the probe name in the result rows (e.g. ``fusion-noise-control``). ``role``
+    says what the stage is for in the analysis (:data:`probebench.core.rundir.ROLES`; ``noise-control``: the
+    control of fusion-spatial with as many inputs but no timestep diversity); it changes no number, so it is
+    not part of the result identity.
     """
 
     name: str = "ridge"
@@ -112,6 +118,7 @@ class ProbeConfig:
     select: list[int] | None = None
     label: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    role: str | None = None
 
 
 QUICKSTART_TIMESTEPS = [0.0, 0.1, 0.2, 0.35, 0.5, 0.7]
@@ -150,6 +157,7 @@ def _default_probes() -> list[ProbeConfig]:
             backbones=[0, 3, 4, 5, 6, 7],
             label="fusion-noise-control",
             params={"mode": "spatial"},
+            role="noise-control",
         ),
         ProbeConfig("combine", cells="best", backbones=[0, 2]),
     ]
@@ -173,6 +181,38 @@ class RunConfig:
     tasks: list[str] | None = None
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     probes: list[ProbeConfig] = field(default_factory=_default_probes)
+
+    def fit_seeds(self) -> list[int]:
+        """The probe seeds (``probe_seeds``, else ``[seed]``), checked."""
+        seeds = [self.seed] if self.probe_seeds is None else list(self.probe_seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ProbebenchError(
+                f"probe_seeds must be a non-empty list of distinct integers, got {self.probe_seeds}."
+            )
+        return seeds
+
+    def validate(self) -> None:
+        """The checks that need no data and no registry: probe seeds, ``cells_from`` references and the stages'
+        backbone indices (a run makes them before it writes anything)."""
+        self.fit_seeds()
+        n = len(self.backbones)
+        for i, b in enumerate(self.backbones):
+            if b.cells_from is None:
+                continue
+            if not (0 <= b.cells_from < n and b.cells_from != i):
+                raise ProbebenchError(
+                    f"Backbone {i}: cells_from {b.cells_from} must be the index of another backbone "
+                    f"(0..{n - 1})."
+                )
+            if self.backbones[b.cells_from].cells_from is not None:
+                raise ProbebenchError(
+                    f"Backbone {i}: cells_from {b.cells_from} points at a backbone that itself has cells_from; "
+                    "point it at a backbone with its own layers and timesteps."
+                )
+        for st in self.probes:
+            for i in [*(st.backbones or []), *(st.select or [])]:
+                if not 0 <= i < n:
+                    raise ProbebenchError(f"Probe {st.name!r}: backbone index {i} out of range 0..{n - 1}.")
 
 
 RUNTIME_ONLY = {("extract",), ("output_dir",)}  # excluded from the config hash

@@ -1,10 +1,18 @@
-"""Wires the stages: datasets → backbones → feature caches → probes → result rows → report. No science here."""
+"""Wires the stages: datasets → backbones → feature caches → probes → result rows → report. No science here.
+
+:func:`run` is a sequence of steps: prepare the run directory (:func:`prepare_run_dir`), then for each probe
+stage plan its fits (:func:`plan_fits`: one per backbone group and probe seed), skip what is done, fit — on
+feature caches, extracted where missing, or on live features for a probe that needs no cache — write the result
+rows and the heads, and say what was done; last, the report. What a probe can do is read from its
+:class:`~probes.base.Probe` class alone; config checks live in :meth:`RunConfig.validate`.
+"""
 
 from __future__ import annotations
 
-import logging
+import shutil
 import sys
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +20,11 @@ import numpy as np
 
 import backbones
 import tasks
-from backbones.base import FeatureKey
 from backbones.store import FeatureCache, extract_to_cache
+from probebench.cells import best_cells_grid, cell_screen, resolve_cells
 from probebench.config import BackboneConfig, ProbeConfig, RunConfig, resolve_tasks, save_config, to_dict
-from probebench.core.errors import ProbebenchError, did_you_mean
-from probebench.core.io import atomic_save_npy, atomic_write_bytes, atomic_write_json, stable_hash
+from probebench.core.errors import ProbebenchError
+from probebench.core.io import atomic_save_npy, stable_hash
 from probebench.core.results import (
     RESULTS_FILE,
     append_results,
@@ -24,17 +32,19 @@ from probebench.core.results import (
     fmt_layers,
     fmt_timestep,
     provenance,
-    read_results,
 )
+from probebench.core.rundir import RunDir
 from probebench.rundir import check_rerun, write_backbone_notes, write_run_file
-from probes import PROBES
-from probes.screen import ProbeOutput, Split, predict_maps
-from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC, Dataset, Subset
+from probes import probe_class
+from probes.base import Probe, ProbeOutput, Split
+from probes.screen import predict_maps
+from probes.stream import LiveSource
+from tasks.base import HIGHER_IS_BETTER, Dataset, Subset
 
-log = logging.getLogger("probebench")
 SPLITS = ("train", "val", "test")
 
 
+# -- data and backbones ----------------------------------------------------------------------------------------
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -99,6 +109,32 @@ def extract_backbone(
     return caches
 
 
+def find_cache(
+    b: BackboneConfig, cfg: RunConfig, ds: Dataset, notes: dict[str, str] | None = None
+) -> FeatureCache:
+    """The complete cache for a backbone config and split, without extracting (``probebench fit``)."""
+    from backbones.store import cache_dir_for, extraction_fingerprint
+
+    adapter = build_adapter(b, cfg, notes)
+    fp = extraction_fingerprint(
+        adapter,
+        ds,
+        adapter.resolve_layers(b.layers),
+        adapter.resolve_timesteps(b.timesteps),
+        seed=noise_seed(b, cfg),
+        noise_draws=b.noise_draws,
+        pool_to=b.pool_to,
+    )
+    path = cache_dir_for(cfg.extract.cache_dir, fp)
+    try:
+        return FeatureCache(path, expect_hash=stable_hash(fp))
+    except ProbebenchError as e:
+        raise ProbebenchError(
+            f"{e} (backbone {b.name}, split {ds.split}; `probebench run` extracts it)"
+        ) from None
+
+
+# -- identities and labels ------------------------------------------------------------------------------------
 def data_identity(splits: dict[str, Dataset]) -> dict[str, Any]:
     """What the data contributes to a result's identity, per split: the images (what changes features) and the
     targets (what else changes scores), by content — never the path the data lies at."""
@@ -120,14 +156,14 @@ def _setup(
     cfg: RunConfig, stage: ProbeConfig, models: list[BackboneConfig], data_id: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Everything that changes a probe stage's numbers except the seeds: the data (config and content, not its
-    path), the backbone(s) and the stage."""
+    path), the backbone(s) and the stage (its ``role`` only labels it for the analysis)."""
     data = {k: v for k, v in to_dict(cfg.data).items() if k != "root"}
     d = {
         "data": {**data, "content": data_identity_of(cfg) if data_id is None else data_id},
         "backbones": [to_dict(b) for b in models],
-        "probe": to_dict(stage),
+        "probe": {k: v for k, v in to_dict(stage).items() if k != "role"},
     }
-    rows = getattr(PROBES.get(stage.name), "rows_version", None)
+    rows = probe_class(stage.name).rows_version
     if rows is not None:  # the probe changed which rows it writes: earlier rows are not "done"
         d["rows_version"] = rows
     return d
@@ -164,19 +200,13 @@ def resolved(cfg: RunConfig) -> RunConfig:
 
 
 def probe_seeds(cfg: RunConfig) -> list[int]:
-    """The run's probe seeds (``probe_seeds``, else ``[seed]``), checked."""
-    seeds = [cfg.seed] if cfg.probe_seeds is None else list(cfg.probe_seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ProbebenchError(
-            f"probe_seeds must be a non-empty list of distinct integers, got {cfg.probe_seeds}."
-        )
-    return seeds
+    """The run's probe seeds (``probe_seeds``, else ``[seed]``), checked (:meth:`RunConfig.fit_seeds`)."""
+    return cfg.fit_seeds()
 
 
 def stage_seeds(cfg: RunConfig, stage: ProbeConfig) -> list[int]:
     """The seeds a stage is fitted with: the probe seeds for a trained probe, the run's seed for a closed-form
     one (its numbers do not depend on a seed)."""
-    # a closed-form probe, or one fitted while streaming the extraction (its seed is the noise seed): once
     return probe_seeds(cfg) if stage_is_seeded(cfg, stage) else [cfg.seed]
 
 
@@ -206,6 +236,16 @@ def model_label(models: list[BackboneConfig]) -> tuple[str, str]:
     model, e.g. other noise seeds, keep its label)."""
     pairs = list(dict.fromkeys((backbone_label(b), b.weights) for b in models))
     return "+".join(p[0] for p in pairs), "+".join(p[1] for p in pairs)
+
+
+def model_key(models: list[BackboneConfig]) -> str:
+    """``backbone (weights)``: how result tables and messages name a model (or a joint group)."""
+    return "{} ({})".format(*model_label(models))
+
+
+def stage_is_seeded(cfg: RunConfig, stage: ProbeConfig) -> bool:
+    """Whether a stage's fits depend on a probe seed (``Probe.trained``)."""
+    return probe_class(stage.name).trained
 
 
 def same_grid(a: BackboneConfig, b: BackboneConfig) -> bool:
@@ -263,65 +303,7 @@ def result_rows(
     return rows
 
 
-def resolve_cells(
-    stage: ProbeConfig, results: Path, models: list[BackboneConfig], task: str, cache: FeatureCache
-) -> list[FeatureKey] | None:
-    """The (layer, timestep) keys a stage runs on for one task (``None``: the probe's own default, all keys)."""
-    if stage.cells == "all":
-        return None
-    if isinstance(stage.cells, list):
-        keys = [(int(c[0]), c[1] if len(c) > 1 else None) for c in stage.cells]
-        for k in keys:
-            cache.info(k)  # a clear error for a cell that is not cached
-        return keys
-    if stage.cells not in ("best", "best-layer"):
-        raise ProbebenchError(
-            f"Unknown cells {stage.cells!r} for probe {stage.name!r}. "
-            "Valid: all, best, best-layer, or [[layer, timestep], ...]."
-        )
-    key = best_ridge_cell(results, models[0], task, cache, f"Probe {stage.name!r} with cells={stage.cells!r}")
-    if stage.cells == "best":
-        return [key]
-    return [k for k in cache.keys if k[0] == key[0]]
-
-
-def best_ridge_cell(
-    results: Path, model: BackboneConfig, task: str, cache: FeatureCache, who: str
-) -> FeatureKey:
-    """The (layer, timestep) key of ``cache`` whose ridge probe scored best on val for ``task``."""
-    backbone, weights = model_label([model])
-    df = read_results(results) if results.is_file() else None
-    metric, higher = MAIN_METRIC[task]
-    if df is not None:
-        df = df[
-            (df.backbone == backbone)
-            & (df.weights == weights)
-            & (df.task == task)
-            & (df.probe == "ridge")
-            & (df.metric == metric)
-            & (df.split == "val")
-        ]
-    if df is None or df.empty:
-        raise ProbebenchError(
-            f"{who} needs ridge results for {backbone} ({weights}) on {task}; put a ridge stage before it."
-        )
-    best = df.loc[df["value"].idxmax() if higher else df["value"].idxmin()]
-    by_name = {(str(k[0]), fmt_timestep(k[1])): k for k in cache.keys}
-    return by_name[(best["layer"], best["timestep"])]
-
-
-def best_cells_grid(cfg: RunConfig, i: int, results: Path, ref_cache: FeatureCache) -> BackboneConfig:
-    """Backbone ``i`` with ``cells_from: j`` → the same backbone extracting the layers × timesteps of backbone
-    ``j``'s best ridge cells over the run's tasks (so its keys contain every one of them)."""
-    b = cfg.backbones[i]
-    ref = cfg.backbones[b.cells_from]
-    who = f"Backbone {i} ({b.name}, cells_from: {b.cells_from})"
-    keys = [best_ridge_cell(results, ref, task, ref_cache, who) for task in cfg.tasks]
-    layers = sorted({k[0] for k in keys})
-    ts = sorted({k[1] for k in keys}, key=lambda t: -1.0 if t is None else t)
-    return replace(b, layers=layers, timesteps=None if ts == [None] else ts, cells_from=None)
-
-
+# -- planning a stage's fits -----------------------------------------------------------------------------------
 def stage_groups(cfg: RunConfig, stage: ProbeConfig) -> list[list[int]]:
     """The backbone index groups a stage runs on: each selected backbone alone, or one joint group."""
     if stage.backbones is not None:
@@ -330,53 +312,32 @@ def stage_groups(cfg: RunConfig, stage: ProbeConfig) -> list[list[int]]:
     return [[i] for i in alone]
 
 
-def checked_probe(stage: ProbeConfig):
-    """The registered probe function, after checking the stage's params against its signature."""
-    import inspect
-
-    fn = PROBES.get(stage.name)
-    sig = inspect.signature(fn)
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        valid = [
-            n
-            for n, p in sig.parameters.items()
-            if p.kind is p.KEYWORD_ONLY and n not in ("keys", "seed", "progress", "extra")
-        ]
-        for name in stage.params:
-            if name not in valid:
-                close = did_you_mean(name, valid, n=1)
-                raise ProbebenchError(
-                    f"Unknown parameter {name!r} for probe {stage.name!r}."
-                    + (f" Did you mean {close[0]!r}?" if close else "")
-                    + f" Valid: {', '.join(valid)}."
-                )
-    return fn
+def checked_probe(stage: ProbeConfig) -> Probe:
+    """The stage's registered probe with its parameters checked (:meth:`Probe.from_config`)."""
+    return probe_class(stage.name).from_config(stage.params)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Config checks that need no data: probe seeds, backbone indices, ``cells_from`` references."""
-    probe_seeds(cfg)
-    for i, b in enumerate(cfg.backbones):
-        if b.cells_from is None:
-            continue
-        if not (0 <= b.cells_from < len(cfg.backbones) and b.cells_from != i):
-            raise ProbebenchError(
-                f"Backbone {i}: cells_from {b.cells_from} must be the index of another backbone "
-                f"(0..{len(cfg.backbones) - 1})."
-            )
-        if cfg.backbones[b.cells_from].cells_from is not None:
-            raise ProbebenchError(
-                f"Backbone {i}: cells_from {b.cells_from} points at a backbone that itself has cells_from; "
-                "point it at a backbone with its own layers and timesteps."
-            )
-    for st in cfg.probes:
-        for i in [*(st.backbones or []), *(st.select or [])]:
-            if not 0 <= i < len(cfg.backbones):
-                raise ProbebenchError(
-                    f"Probe {st.name!r}: backbone index {i} out of range 0..{len(cfg.backbones) - 1}."
-                )
+@dataclass(frozen=True)
+class Fit:
+    """One fit of a stage: a backbone group with one probe seed, and the hashes its rows carry."""
+
+    group: tuple[int, ...]
+    seed: int
+    config_hash: str
+    setup_hash: str
 
 
+def plan_fits(cfg: RunConfig, stage: ProbeConfig, data_id: dict[str, Any] | None = None) -> list[Fit]:
+    """Every fit of ``stage``: each backbone group (:func:`stage_groups`) × each of its seeds."""
+    fits = []
+    for group in stage_groups(cfg, stage):
+        models = [cfg.backbones[i] for i in group]
+        setup = setup_hash(cfg, stage, models, data_id)
+        fits += [Fit(tuple(group), s, h, setup) for s, h in stage_keys(cfg, stage, models, data_id)]
+    return fits
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
 def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress: bool = True) -> Path:
     """Run the pipeline for ``cfg``; returns the run's output directory. Reruns do only what is missing.
 
@@ -384,11 +345,9 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     out = Path(cfg.output_dir) / cfg.name
     created = not out.exists()
     try:
-        return _run(cfg, out, extract=extract, analyze=analyze, progress=progress)
+        return _run(cfg, extract=extract, analyze=analyze, progress=progress)
     except BaseException:
         if created and out.is_dir() and not (out / RESULTS_FILE).is_file():
-            import shutil
-
             shutil.rmtree(out, ignore_errors=True)
         raise
 
@@ -399,7 +358,7 @@ def prepare_run_dir(
     """What a run does before its stages: validate ``cfg``, resolve its tasks against the dataset, refuse a run
     directory that holds results of another setup (:func:`check_rerun`), then write ``config.yaml`` and
     ``run.json``. Returns the resolved config, the run directory and the splits' data identity."""
-    validate(cfg)  # fails before anything is written
+    cfg.validate()  # fails before anything is written
     splits = splits or {w: build_split(cfg, w) for w in SPLITS}
     cfg = resolve_tasks(cfg, list(splits["train"].targets))
     for ds in splits.values():
@@ -409,143 +368,155 @@ def prepare_run_dir(
     out = Path(cfg.output_dir) / cfg.name
     check_rerun(out, cfg, data_id)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, RunDir(out).config_file)
     write_run_file(out, data_id)
     return cfg, out, data_id
 
 
-def _run(cfg: RunConfig, out: Path, *, extract: bool, analyze: bool, progress: bool) -> Path:
-    stages = [(st, checked_probe(st)) for st in cfg.probes]
+def _run(cfg: RunConfig, *, extract: bool, analyze: bool, progress: bool) -> Path:
+    # unknown probes or parameters fail before anything is written
+    probes = [checked_probe(st) for st in cfg.probes]
     splits = {w: build_split(cfg, w) for w in SPLITS}
     cfg, out, data_id = prepare_run_dir(cfg, splits)
-    results = out / RESULTS_FILE
-    prov = provenance()
-    caches: dict[int, dict[str, FeatureCache]] = {}
-    notes: dict[str, str] = {}
-
-    def caches_of(i: int) -> dict[str, FeatureCache]:
-        if i not in caches:
-            b = cfg.backbones[i]
-            if b.cells_from is not None:
-                b = best_cells_grid(cfg, i, results, caches_of(b.cells_from)["train"])
-            caches[i] = (
-                extract_backbone(b, cfg, splits, progress, notes)
-                if extract
-                else {w: find_cache(b, cfg, ds, notes) for w, ds in splits.items()}
-            )
-            write_backbone_notes(out, notes)
-        return caches[i]
-
-    for st, probe in stages:
-        seeds = stage_seeds(cfg, st)
-        fits = [
-            (g, seed, chash, setup_hash(cfg, st, [cfg.backbones[i] for i in g], data_id))
-            for g in stage_groups(cfg, st)
-            for seed, chash in stage_keys(cfg, st, [cfg.backbones[i] for i in g], data_id)
-        ]
-        for group, seed, chash, setup in fits:
-            models = [cfg.backbones[i] for i in group]
-            label = model_key(models) + (f", probe seed {seed}" if len(seeds) > 1 else "")
-            done = done_cells(results, chash)
-            todo = [k for k in cfg.tasks if (*model_label(models), k) not in done]
-            if not todo:
-                say(f"[probebench] {st.name} on {label}: all results present; skipping (only-missing).")
-                continue
-            if not getattr(probe, "needs_cache", True):  # stream-fit: features are never stored
-                if len(group) > 1:
-                    raise ProbebenchError(
-                        f"Probe {st.name!r} streams one backbone at a time; drop `backbones:`."
-                    )
-                b = models[0]
-                adapter = build_adapter(b, cfg, notes)
-                write_backbone_notes(out, notes)
-                output = probe(
-                    adapter,
-                    splits["train"],
-                    splits["val"],
-                    splits["test"],
-                    todo,
-                    layers=b.layers,
-                    timesteps=b.timesteps,
-                    seed=noise_seed(b, cfg),
-                    noise_draws=b.noise_draws,
-                    pool_to=b.pool_to,
-                    progress=progress,
-                    **st.params,
-                )
-                tag = "stream:" + stable_hash(adapter.fingerprint(), 12)
-                rows = result_rows(output.records, cfg, st, models, [tag], chash, setup, prov)
-                n = append_results(results, rows)
-                say(f"[probebench] {st.name} on {label}: {n} result rows → {results}")
-                continue
-            data = [{w: Split(caches_of(i)[w], splits[w]) for w in splits} for i in group]
-            extra = {w: [d[w] for d in data[1:]] for w in splits}
-            # cells that do not depend on the task: one call for every task (one pass over the cache)
-            batches = [todo] if st.cells == "all" or isinstance(st.cells, list) else [[t] for t in todo]
-            for kinds in batches:
-                task = kinds[0]
-                keys = resolve_cells(st, results, models, task, data[0]["train"].cache)
-                kwargs: dict[str, Any] = {"extra": extra} if len(group) > 1 else {}
-                if len(group) > 1 and keys is not None and "extra_keys" not in st.params:
-                    first = models[1]
-                    kwargs["extra_keys"] = (
-                        keys
-                        if same_grid(models[0], first) or first.cells_from == group[0]
-                        else resolve_cells(st, results, [first], task, data[1]["train"].cache)
-                    )
-                output = probe(
-                    data[0]["train"],
-                    data[0]["val"],
-                    data[0]["test"],
-                    kinds,
-                    keys=keys,
-                    seed=seed,
-                    progress=progress,
-                    **kwargs,
-                    **st.params,
-                )
-                if seed != seeds[0]:  # predictions and weight maps: those of the first seed
-                    output.artifacts, output.artifact_meta = {}, {}
-                elif len(seeds) > 1:  # say which seed they are
-                    for meta in output.artifact_meta.values():
-                        meta["probe_seed"] = seed
-                save_outputs(
-                    out,
-                    models,
-                    output,
-                    data[0]["test"],
-                    st.label or st.name,
-                    val=data[0]["val"],
-                    subdir=st.label,
-                    probe_seed=seed if stage_is_seeded(cfg, st) else None,
-                )
-                cache_hashes = [d["train"].cache.hash for d in data]
-                rows = result_rows(output.records, cfg, st, models, cache_hashes, chash, setup, prov, seed)
-                n = append_results(results, rows)
-                say(f"[probebench] {st.name} on {label}, {', '.join(kinds)}: {n} result rows → {results}")
+    stages = _Stages(cfg, out, splits, extract=extract, progress=progress)
+    for index, (stage, probe) in enumerate(zip(cfg.probes, probes)):
+        for fit in plan_fits(cfg, stage, data_id):
+            stages.fit(index, stage, probe, fit)
     if analyze:
         from analysis.report import write_report
 
-        report = write_report(out)
-        say(f"[probebench] report: {report}")
+        say(f"[probebench] report: {write_report(out)}")
     return out
 
 
-def model_key(models: list[BackboneConfig]) -> str:
-    """``backbone (weights)``: how result tables and messages name a model (or a joint group)."""
-    return "{} ({})".format(*model_label(models))
+Fitted = Iterator[tuple[list[str] | None, ProbeOutput, list[str]]]  # (tasks, output, each model's cache hash)
 
 
-def stage_is_seeded(cfg: RunConfig, stage: ProbeConfig) -> bool:
-    """Whether a stage's fits depend on a probe seed (trained probes read from a cache)."""
-    trained = PROBES.entry(stage.name).kind.startswith("trained")
-    return trained and getattr(PROBES.get(stage.name), "needs_cache", True)
+class _Stages:
+    """The probe stages of one run: its caches (extracted once per backbone, when first needed), the rows it
+    appends and the heads it saves."""
 
+    def __init__(
+        self, cfg: RunConfig, out: Path, splits: dict[str, Dataset], *, extract: bool, progress: bool
+    ):
+        self.cfg, self.out, self.splits = cfg, out, splits
+        self.extract, self.progress = extract, progress
+        self.results = out / RESULTS_FILE
+        self.prov = provenance()
+        self.caches: dict[int, dict[str, FeatureCache]] = {}
+        self.notes: dict[str, str] = {}
 
-def model_slug(models: list[BackboneConfig]) -> str:
-    from analysis.common import model_slug as slug
+    def caches_of(self, i: int, index: int) -> dict[str, FeatureCache]:
+        """Backbone ``i``'s cache per split (extracted, or found with ``extract=False``); a backbone with
+        ``cells_from`` extracts the best cells of stage ``index``'s :func:`cell_screen`."""
+        if i not in self.caches:
+            cfg, b = self.cfg, self.cfg.backbones[i]
+            if b.cells_from is not None:
+                ref = self.caches_of(b.cells_from, index)["train"]
+                ref_label = model_label([cfg.backbones[b.cells_from]])
+                b = best_cells_grid(cfg, i, self.results, ref_label, ref, cell_screen(cfg, index))
+            self.caches[i] = (
+                extract_backbone(b, cfg, self.splits, self.progress, self.notes)
+                if self.extract
+                else {w: find_cache(b, cfg, ds, self.notes) for w, ds in self.splits.items()}
+            )
+            write_backbone_notes(self.out, self.notes)
+        return self.caches[i]
 
-    return slug(*model_label(models))
+    def fit(self, index: int, stage: ProbeConfig, probe: Probe, fit: Fit) -> None:
+        """One fit of stage ``index``: skipped when its rows are all present; else fitted — on caches, or on live
+        features for a probe that needs no cache — and its rows written, one task batch at a time."""
+        cfg, models = self.cfg, [self.cfg.backbones[i] for i in fit.group]
+        label = model_key(models) + (f", probe seed {fit.seed}" if len(stage_seeds(cfg, stage)) > 1 else "")
+        done = done_cells(self.results, fit.config_hash)
+        todo = [k for k in cfg.tasks if (*model_label(models), k) not in done]
+        if not todo:
+            say(f"[probebench] {stage.name} on {label}: all results present; skipping (only-missing).")
+            return
+        if len(fit.group) > 1 and not (probe.joint and probe.needs_cache):
+            how = "fits" if probe.needs_cache else "streams"
+            raise ProbebenchError(f"Probe {stage.name!r} {how} one backbone at a time; drop `backbones:`.")
+        if probe.needs_cache:
+            fitted = self.fit_cached(index, stage, probe, fit, models, todo)
+        else:
+            fitted = self.fit_live(probe, fit, models[0], todo)
+        for kinds, output, hashes in fitted:
+            chash, setup = fit.config_hash, fit.setup_hash
+            rows = result_rows(output.records, cfg, stage, models, hashes, chash, setup, self.prov, fit.seed)
+            n = append_results(self.results, rows)
+            what = label if kinds is None else f"{label}, {', '.join(kinds)}"
+            say(f"[probebench] {stage.name} on {what}: {n} result rows → {self.results}")
+
+    def fit_live(self, probe: Probe, fit: Fit, b: BackboneConfig, todo: list[str]) -> Fitted:
+        """A probe that needs no cache, on backbone ``b``'s features extracted as it fits (nothing stored)."""
+        adapter = build_adapter(b, self.cfg, self.notes)
+        write_backbone_notes(self.out, self.notes)
+        extraction = {"layers": b.layers, "timesteps": b.timesteps, "noise_draws": b.noise_draws}
+        live = {
+            w: LiveSource(adapter, ds, **extraction, seed=noise_seed(b, self.cfg), pool_to=b.pool_to)
+            for w, ds in self.splits.items()
+        }
+        output = probe.fit(
+            live["train"], live["val"], live["test"], todo, seed=fit.seed, progress=self.progress
+        )
+        yield None, output, [live["train"].hash]
+
+    def fit_cached(
+        self,
+        index: int,
+        stage: ProbeConfig,
+        probe: Probe,
+        fit: Fit,
+        models: list[BackboneConfig],
+        todo: list[str],
+    ) -> Fitted:
+        """A probe on each split's cache of the group's backbones (the first one's, plus ``extra`` for a joint
+        fit), its heads saved; cells that do not depend on the task take one call for every task (one pass over
+        the cache)."""
+        group, screen, seeds = fit.group, cell_screen(self.cfg, index), stage_seeds(self.cfg, stage)
+        data = [{w: Split(self.caches_of(i, index)[w], ds) for w, ds in self.splits.items()} for i in group]
+        main = data[0]
+        extra = {w: [d[w] for d in data[1:]] for w in self.splits} if len(group) > 1 else None
+        per_task, label = not (stage.cells == "all" or isinstance(stage.cells, list)), model_label(models[:1])
+        for kinds in [[t] for t in todo] if per_task else [todo]:
+            keys = resolve_cells(stage, self.results, label, kinds[0], main["train"].cache, screen)
+            fitter = probe
+            if extra and keys is not None and "extra_keys" not in stage.params:
+                first = models[1]
+                extra_keys = (
+                    keys
+                    if same_grid(models[0], first) or first.cells_from == group[0]
+                    else resolve_cells(
+                        stage, self.results, model_label([first]), kinds[0], data[1]["train"].cache, screen
+                    )
+                )
+                fitter = type(probe).from_config({**stage.params, "extra_keys": extra_keys})
+            output = fitter.fit(
+                *(main[w] for w in SPLITS),
+                kinds,
+                keys=keys,
+                seed=fit.seed,
+                progress=self.progress,
+                extra=extra,
+            )
+            if fit.seed != seeds[0]:  # predictions and weight maps: those of the first seed
+                output.artifacts, output.artifact_meta = {}, {}
+            elif len(seeds) > 1:  # say which seed they are
+                for meta in output.artifact_meta.values():
+                    meta["probe_seed"] = fit.seed
+            seed = fit.seed if probe.trained else None
+            stage_label = stage.label or stage.name
+            save_outputs(
+                self.out,
+                models,
+                output,
+                main["test"],
+                stage_label,
+                val=main["val"],
+                subdir=stage.label,
+                probe_seed=seed,
+            )
+            yield kinds, output, [d["train"].cache.hash for d in data]
 
 
 def save_outputs(
@@ -559,90 +530,26 @@ def save_outputs(
     subdir: str | None = None,
     probe_seed: int | None = None,
 ) -> None:
-    """Save a probe's best closed-form heads with predictions on a few test images, its trained state dicts
-    (safetensors; ``<stage>_<name>_seed<probe seed>.safetensors`` for seeded probes, so no seed overwrites
-    another) and its artifacts (``.npy`` + JSON meta), under ``heads/<model>/``. Head metadata carries the
-    target's label space (class names, ignore index) so figures can key them."""
-    from safetensors.numpy import save as to_bytes
-    from safetensors.torch import save as torch_to_bytes
-
-    d = out / "heads" / model_slug(models)
-    if subdir:  # a labelled stage (e.g. a noise control) keeps its heads apart from the model's main ones
-        d = d / subdir
-    d.mkdir(parents=True, exist_ok=True)
+    """Save a probe's heads under ``heads/<model>/`` (``heads/<model>/<subdir>/`` for a labelled stage), as
+    :meth:`ProbeOutput.save` writes them, and beside them what the figures show: each best closed-form head's
+    decoded predictions and the targets on a few test images, those images, and the validation images that
+    artifacts (weight maps) are of."""
     backbone, weights = model_label(models)
+    d = RunDir(out).heads_dir(backbone, weights, subdir)
+    specs = {kind: test.dataset.target_spec(kind) for kind in output.best}
+    output.save(d, backbone=backbone, weights=weights, stage=stage, specs=specs, probe_seed=probe_seed)
     idx = list(range(min(num_examples, len(test.dataset))))
     for kind, head in output.best.items():
-        spec = test.dataset.target_spec(kind)
-        meta = {
-            "backbone": backbone,
-            "weights": weights,
-            "task": kind,
-            "layer": str(head.key[0]),
-            "timestep": fmt_timestep(head.key[1]),
-            "lambda": str(head.lam),
-            "val_score": str(head.val_score),
-        }
-        label_space = {"class_names": list(spec.class_names), "ignore_index": spec.ignore_index}
-        atomic_write_bytes(  # a killed run never leaves a half-written head behind
-            d / f"{kind}.safetensors",
-            to_bytes(
-                {"coef": head.coef.astype(np.float32), "intercept": head.intercept.astype(np.float32)},
-                metadata=meta,
-            ),
-        )
-        atomic_save_npy(d / f"{kind}_pred.npy", predict_maps(head, test, spec, idx).astype(np.float32))
+        atomic_save_npy(d / f"{kind}_pred.npy", predict_maps(head, test, specs[kind], idx).astype(np.float32))
         atomic_save_npy(
             d / f"{kind}_target.npy",
             np.stack([test.dataset.load_target(i, kind) for i in idx]).astype(np.float32),
         )
-        atomic_write_json(d / f"{kind}.json", {**meta, **label_space})
     if output.best and not (d / "images.npy").is_file():
         atomic_save_npy(
             d / "images.npy", np.stack([test.dataset.load_image(i) for i in idx]).astype(np.float32)
-        )
-    seed_tag = "" if probe_seed is None else f"_seed{probe_seed}"
-    for name, sd in output.state_dicts.items():
-        path = d / f"{stage}_{name.replace('/', '_')}{seed_tag}.safetensors"
-        meta = {"backbone": backbone, "weights": weights, "probe": stage, "name": name}
-        if probe_seed is not None:
-            meta["probe_seed"] = str(probe_seed)
-        atomic_write_bytes(
-            path, torch_to_bytes({k: v.detach().cpu().contiguous() for k, v in sd.items()}, metadata=meta)
         )
     if output.artifacts and val is not None and not (d / "images_val.npy").is_file():
         n_val = min(max(len(np.asarray(a)) for a in output.artifacts.values()), len(val.dataset))
         images = np.stack([val.dataset.load_image(i) for i in range(n_val)]).astype(np.float32)
         atomic_save_npy(d / "images_val.npy", images)
-    for name, arr in output.artifacts.items():
-        stem = name.replace("/", "_")
-        atomic_save_npy(d / f"{stem}.npy", np.asarray(arr))
-        atomic_write_json(
-            d / f"{stem}.json",
-            {"backbone": backbone, "weights": weights, "probe": stage, **output.artifact_meta.get(name, {})},
-        )
-
-
-def find_cache(
-    b: BackboneConfig, cfg: RunConfig, ds: Dataset, notes: dict[str, str] | None = None
-) -> FeatureCache:
-    """The complete cache for a backbone config and split, without extracting (``probebench fit``)."""
-    from backbones.store import cache_dir_for, extraction_fingerprint
-
-    adapter = build_adapter(b, cfg, notes)
-    fp = extraction_fingerprint(
-        adapter,
-        ds,
-        adapter.resolve_layers(b.layers),
-        adapter.resolve_timesteps(b.timesteps),
-        seed=noise_seed(b, cfg),
-        noise_draws=b.noise_draws,
-        pool_to=b.pool_to,
-    )
-    path = cache_dir_for(cfg.extract.cache_dir, fp)
-    try:
-        return FeatureCache(path, expect_hash=stable_hash(fp))
-    except ProbebenchError as e:
-        raise ProbebenchError(
-            f"{e} (backbone {b.name}, split {ds.split}; `probebench run` extracts it)"
-        ) from None

@@ -22,6 +22,7 @@ The fused map(s) go to a head: ``linear`` (BN + 1×1 conv; default), or a light 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,28 +31,21 @@ from torch import nn
 
 from backbones.base import FeatureKey
 from probebench.core.errors import ProbebenchError
+from probes.base import ProbeOutput, Split
 from probes.heads import DEFAULT_WIDTH, check_heads, make_head, resample
-from probes.screen import ProbeOutput, Split
-from probes.training import Fitted, Input, ProbeRun, cpu_state, is_better, parse_keys, resolve_params
+from probes.training import (
+    Fitted,
+    Input,
+    ProbeRun,
+    TrainConfig,
+    TrainedProbe,
+    cpu_state,
+    is_better,
+    parse_keys,
+)
 
 MODES = ("spatial", "global", "mean", "concat", "single")
 GROUP_BY = ("none", "layer")
-FUSION_PARAMS: dict[str, Any] = {
-    "mode": "spatial",
-    "width": 64,
-    "gate_width": None,
-    "weight_lr_mult": 10.0,
-    "gate_entropy": 0.0,
-    "group_by": "none",
-    "head": "linear",
-    "head_width": DEFAULT_WIDTH,
-    "rates": (6, 12, 18),
-    "dropout": 0.0,
-    "extra_keys": None,
-}
-
-
-FUSION_TRAIN_DEFAULTS = {"lr": 1e-2}
 
 
 class ChannelNorm(nn.Module):
@@ -249,6 +243,123 @@ def collect_weight_maps(run: ProbeRun, fitted: Fitted, feats: Any) -> np.ndarray
     return np.concatenate(out).astype(np.float32)
 
 
+class FusionProbe(TrainedProbe):
+    """Fuse ``keys`` (default: every key of the main cache) and every extra cache's keys (``extra_keys``,
+    default all) per task; records carry the variant ``fusion-<mode>``.
+
+    Artifacts (per task): ``fusion_weights/<task>`` (N_val, K, h, w) for ``spatial``; ``global_weights/<task>``
+    (L, T) for ``global``; ``single_val_scores/<task>`` (K,) for ``single``; ``artifact_meta`` names the
+    inputs (keys, labels, log-SNRs) in order.
+    """
+
+    name = "fusion"
+    # 2: mode "single" records every input at its own cell (1 recorded only the val-best input): rows of stages
+    # run before are not taken as done (see probebench.pipeline.stage_hash)
+    rows_version = 2
+
+    @dataclass
+    class Params(TrainConfig):
+        """``mode`` (spatial | global | mean | concat | single), ``width`` (projection width, 64), ``gate_width``
+        (spatial weight net width, default ``width // 4``: a small gate overfits less), ``weight_lr_mult`` (lr
+        factor of the ``global`` logits, 10), ``gate_entropy`` (weight of an entropy bonus on the ``spatial``
+        weights, 0 = none), ``group_by`` (none | layer), ``head`` (linear | deeplab | dpt | auto),
+        ``head_width`` (light heads, 32; 256 = MMDiff scale), ``rates``, ``dropout`` (0), ``extra_keys``, and
+        the training parameters (``lr`` 1e-2 here)."""
+
+        lr: float = 1e-2
+        mode: str = "spatial"
+        width: int = 64
+        gate_width: Any = None
+        weight_lr_mult: float = 10.0
+        gate_entropy: float = 0.0
+        group_by: str = "none"
+        head: str = "linear"
+        head_width: int = DEFAULT_WIDTH
+        rates: Any = (6, 12, 18)
+        dropout: float = 0.0
+        extra_keys: Any = None
+
+    def fit(
+        self,
+        train: Split,
+        val: Split,
+        test: Split | None,
+        kinds: Sequence[str],
+        *,
+        keys: Sequence[FeatureKey] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        extra: Any = None,
+    ) -> ProbeOutput:
+        p = self.params
+        mode, group_by = p.mode, p.group_by
+        if mode not in MODES:
+            raise ProbebenchError(f"fusion probe: unknown mode {mode!r}. Valid: {', '.join(MODES)}.")
+        if group_by not in GROUP_BY:
+            raise ProbebenchError(
+                f"fusion probe: unknown group_by {group_by!r}. Valid: {', '.join(GROUP_BY)}."
+            )
+        heads = check_heads(p.head, kinds, "fusion") if p.head != "linear" else dict.fromkeys(kinds, "linear")
+        run = ProbeRun(self.name, train, val, test, kinds, cfg=p, seed=seed, progress=progress, extra=extra)
+        main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
+        extra_keys = parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None
+        inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
+        feats = run.features(inputs, grid="first")
+        variant = f"fusion-{mode}"
+        fields = {"mode": mode, "group_by": group_by}
+        out = ProbeOutput([])
+        for kind in kinds:
+            channels = run.objective(kind).channels
+
+            def build(dims: Sequence[int], groups: Any, m: str, head: str = heads[kind], ch: int = channels):
+                return lambda: FusionNet(
+                    dims,
+                    ch,
+                    mode=m,
+                    width=p.width,
+                    groups=groups,
+                    gate_width=p.gate_width,
+                    weight_lr_mult=p.weight_lr_mult,
+                    gate_entropy=p.gate_entropy,
+                    head=head,
+                    head_width=p.head_width,
+                    dropout=p.dropout,
+                    rates=tuple(p.rates),
+                )
+
+            meta = {"task": kind, "mode": mode, "group_by": group_by, **_keys_meta(inputs)}
+            if mode == "single":
+                if any(i.source for i in inputs):
+                    raise ProbebenchError(
+                        "fusion probe: mode 'single' fits one model per input and records each at its (layer, "
+                        "timestep), which does not name its backbone; run it on each backbone alone (select:) "
+                        "instead of with extra caches."
+                    )
+                out.records += _single(run, inputs, kind, variant, build, out, meta, fields)
+                continue
+            dims, groups = [i.dim for i in inputs], layer_groups(inputs, group_by)
+            meta["groups"] = groups
+            fitted = run.train(build(dims, groups, mode), feats, kind, variant, inputs)
+            out.records += run.records(fitted, feats, kind, variant, inputs, **fields)
+            out.state_dicts[run.state_dict_name(variant, kind, inputs)] = cpu_state(fitted.model)
+            if mode == "spatial":
+                name = f"fusion_weights/{kind}"
+                out.artifacts[name] = collect_weight_maps(run, fitted, feats)
+                val_ds = val.dataset
+                out.artifact_meta[name] = {
+                    **meta,
+                    "axes": "image, input, y, x",
+                    "split": val_ds.split,
+                    "image_ids": [val_ds.image_id(i) for i in range(len(val_ds))],
+                }
+            elif mode == "global":
+                name = f"global_weights/{kind}"
+                grid, gmeta = global_grid(inputs, fitted.model.fusion.global_weights().numpy())
+                out.artifacts[name] = grid
+                out.artifact_meta[name] = {**meta, **gmeta, "axes": "layer, timestep"}
+        return out
+
+
 def fusion_probe(
     train: Split,
     val: Split,
@@ -261,88 +372,9 @@ def fusion_probe(
     extra: Any = None,
     **params: Any,
 ) -> ProbeOutput:
-    """Fuse ``keys`` (default: every key of the main cache) and every extra cache's keys (``extra_keys``,
-    default all) per task; records carry the variant ``fusion-<mode>``.
-
-    Params: ``mode`` (spatial | global | mean | concat | single), ``width`` (projection width, 64),
-    ``gate_width`` (spatial weight net width, default ``width // 4``: a small gate overfits less),
-    ``weight_lr_mult`` (lr factor of the ``global`` logits, 10), ``gate_entropy`` (weight of an entropy bonus
-    on the ``spatial`` weights, 0 = none), ``group_by`` (none | layer), ``head``
-    (linear | deeplab | dpt | auto), ``head_width`` (light heads, 32; 256 = MMDiff scale), ``rates``,
-    ``dropout`` (0), ``extra_keys``, and the training parameters of :class:`probes.training.TrainConfig`
-    (``lr`` defaults to 1e-2 here).
-
-    Artifacts (per task): ``fusion_weights/<task>`` (N_val, K, h, w) for ``spatial``; ``global_weights/<task>``
-    (L, T) for ``global``; ``single_val_scores/<task>`` (K,) for ``single``; ``artifact_meta`` names the
-    inputs (keys, labels, log-SNRs) in order.
-    """
-    cfg, p = resolve_params("fusion", params, FUSION_PARAMS, FUSION_TRAIN_DEFAULTS)
-    mode, group_by = p["mode"], p["group_by"]
-    if mode not in MODES:
-        raise ProbebenchError(f"fusion probe: unknown mode {mode!r}. Valid: {', '.join(MODES)}.")
-    if group_by not in GROUP_BY:
-        raise ProbebenchError(f"fusion probe: unknown group_by {group_by!r}. Valid: {', '.join(GROUP_BY)}.")
-    heads = (
-        check_heads(p["head"], kinds, "fusion") if p["head"] != "linear" else dict.fromkeys(kinds, "linear")
-    )
-    run = ProbeRun("fusion", train, val, test, kinds, cfg=cfg, seed=seed, progress=progress, extra=extra)
-    main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
-    extra_keys = parse_keys(p["extra_keys"], "extra_keys") if p["extra_keys"] is not None else None
-    inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
-    feats = run.features(inputs, grid="first")
-    variant = f"fusion-{mode}"
-    fields = {"mode": mode, "group_by": group_by}
-    out = ProbeOutput([])
-    for kind in kinds:
-        channels = run.objective(kind).channels
-
-        def build(dims: Sequence[int], groups: Any, m: str, head: str = heads[kind], ch: int = channels):
-            return lambda: FusionNet(
-                dims,
-                ch,
-                mode=m,
-                width=p["width"],
-                groups=groups,
-                gate_width=p["gate_width"],
-                weight_lr_mult=p["weight_lr_mult"],
-                gate_entropy=p["gate_entropy"],
-                head=head,
-                head_width=p["head_width"],
-                dropout=p["dropout"],
-                rates=tuple(p["rates"]),
-            )
-
-        meta = {"task": kind, "mode": mode, "group_by": group_by, **_keys_meta(inputs)}
-        if mode == "single":
-            if any(i.source for i in inputs):
-                raise ProbebenchError(
-                    "fusion probe: mode 'single' fits one model per input and records each at its (layer, "
-                    "timestep), which does not name its backbone; run it on each backbone alone (select:) "
-                    "instead of with extra caches."
-                )
-            out.records += _single(run, inputs, kind, variant, build, out, meta, fields)
-            continue
-        dims, groups = [i.dim for i in inputs], layer_groups(inputs, group_by)
-        meta["groups"] = groups
-        fitted = run.train(build(dims, groups, mode), feats, kind, variant, inputs)
-        out.records += run.records(fitted, feats, kind, variant, inputs, **fields)
-        out.state_dicts[run.state_dict_name(variant, kind, inputs)] = cpu_state(fitted.model)
-        if mode == "spatial":
-            name = f"fusion_weights/{kind}"
-            out.artifacts[name] = collect_weight_maps(run, fitted, feats)
-            val_ds = val.dataset
-            out.artifact_meta[name] = {
-                **meta,
-                "axes": "image, input, y, x",
-                "split": val_ds.split,
-                "image_ids": [val_ds.image_id(i) for i in range(len(val_ds))],
-            }
-        elif mode == "global":
-            name = f"global_weights/{kind}"
-            grid, gmeta = global_grid(inputs, fitted.model.fusion.global_weights().numpy())
-            out.artifacts[name] = grid
-            out.artifact_meta[name] = {**meta, **gmeta, "axes": "layer, timestep"}
-    return out
+    """:class:`FusionProbe` as a function, its parameters by keyword."""
+    probe = FusionProbe.from_config(params)
+    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
 
 
 def _single(
@@ -381,8 +413,3 @@ def _single(
     }
     out.state_dicts[run.state_dict_name(variant, kind, [inp])] = cpu_state(fitted.model)
     return records
-
-
-# 2: mode "single" records every input at its own cell (1 recorded only the val-best input): rows of stages run
-# before are not taken as done (see probebench.pipeline.stage_hash)
-fusion_probe.rows_version = 2  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ Call with two backbones (the complementarity experiment)::
                         extra={"train": [dino_train], "val": [dino_val], "test": [dino_test]},
                         extra_keys=[(11, None)])                           # DINOv3 cell(s)
 
-``dit_*`` and ``dino_*`` are :class:`~probes.screen.Split` of caches of the SAME images; the DINOv3 features are
+``dit_*`` and ``dino_*`` are :class:`~probes.base.Split` of caches of the SAME images; the DINOv3 features are
 resampled (bilinear) to the DiT grid and concatenated. Records: ``combine`` (joint), ``combine-main`` and
 ``combine-extra`` (each alone, same recipe), so complementarity is one table. The records of a member alone carry
 ``members`` (``[0]``: the main backbone, ``[1]``: the extra one), so their result rows are labelled with that
@@ -18,6 +18,7 @@ backbone, never with the combination.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,21 +27,12 @@ from scipy.stats import spearmanr
 
 from backbones.base import FeatureKey
 from probebench.core.errors import ProbebenchError
+from probes.base import ProbeOutput, Split
 from probes.heads import LinearHead
-from probes.screen import ProbeOutput, Split
-from probes.training import Input, ProbeRun, cpu_state, parse_keys, resolve_params
+from probes.training import Input, ProbeRun, TrainConfig, TrainedProbe, cpu_state, parse_keys
 from tasks.base import MAIN_METRIC
 
-LINEAR_PARAMS: dict[str, Any] = {"dropout": 0.1, "concat_keys": None, "extra_keys": None}
-LINEAR_TRAIN_DEFAULTS = {"lr": 1e-2}  # a linear head on normalised features: short CPU runs need a brisk lr
 COMBINE_MODES = ("concat", "mean", "global", "spatial")
-COMBINE_PARAMS: dict[str, Any] = {
-    "dropout": 0.1,
-    "extra_keys": None,
-    "mode": "concat",
-    "alone": True,
-    "width": 64,
-}
 
 
 def _groups(concat_keys: Any) -> list[list[FeatureKey]]:
@@ -70,6 +62,131 @@ def _train_cells(
             out.state_dicts[run.state_dict_name(variant, kind, inputs)] = cpu_state(fitted.model)
 
 
+class LinearProbe(TrainedProbe):
+    """A trained linear probe per cell and task: one cell per key of ``keys`` (default: every cached key), or one
+    per group of ``concat_keys`` (features of several layers concatenated, resampled to the first one's grid).
+    With ``extra`` caches, every cell also gets their keys (``extra_keys``, default all) concatenated."""
+
+    name = "linear"
+    per_cell = True
+
+    @dataclass
+    class Params(TrainConfig):
+        """``dropout``, ``concat_keys``, ``extra_keys`` and the training parameters (``lr`` 1e-2 here: a linear
+        head on normalised features needs a brisk lr in short CPU runs)."""
+
+        lr: float = 1e-2
+        dropout: float = 0.1
+        concat_keys: Any = None
+        extra_keys: Any = None
+
+    def fit(
+        self,
+        train: Split,
+        val: Split,
+        test: Split | None,
+        kinds: Sequence[str],
+        *,
+        keys: Sequence[FeatureKey] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        extra: Any = None,
+    ) -> ProbeOutput:
+        p = self.params
+        run = ProbeRun(self.name, train, val, test, kinds, cfg=p, seed=seed, progress=progress, extra=extra)
+        if p.concat_keys is not None:
+            if keys is not None:
+                raise ProbebenchError("linear probe: give keys or concat_keys, not both.")
+            groups = _groups(p.concat_keys)
+        else:
+            groups = [[k] for k in (parse_keys(keys, "keys") if keys is not None else train.cache.keys)]
+        extra_inputs = (
+            run.extra_inputs(parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None)
+            if run.extras
+            else []
+        )
+        out = ProbeOutput([])
+
+        def build_for(inputs: list[Input], channels: int):
+            return lambda: LinearHead([i.dim for i in inputs], channels, p.dropout)
+
+        cells = [(run.inputs(g) + extra_inputs, "linear") for g in groups]
+        _train_cells(run, cells, kinds, build_for, out)
+        return out
+
+
+class CombineProbe(TrainedProbe):
+    """Two backbones at once: each main key (``keys``, default all) joined with the first extra cache's
+    ``extra_keys`` (default: all of its keys), resampled to the main grid.
+
+    ``mode="concat"``: the linear probe on the concatenated features (variant ``combine``); ``mean``, ``global``
+    or ``spatial``: the fusion probe's weighting over the joined inputs (``width`` = its projection width).
+    With ``alone=True`` (default) the main key alone (``combine-main``) and the extra keys alone
+    (``combine-extra``) are trained with the same recipe."""
+
+    name = "combine"
+
+    @dataclass
+    class Params(TrainConfig):
+        """``mode``, ``alone``, ``width``, ``dropout``, ``extra_keys`` and the training parameters (``lr`` 1e-2)."""
+
+        lr: float = 1e-2
+        dropout: float = 0.1
+        extra_keys: Any = None
+        mode: str = "concat"
+        alone: bool = True
+        width: int = 64
+
+    def fit(
+        self,
+        train: Split,
+        val: Split,
+        test: Split | None,
+        kinds: Sequence[str],
+        *,
+        keys: Sequence[FeatureKey] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        extra: Any = None,
+    ) -> ProbeOutput:
+        p = self.params
+        if p.mode not in COMBINE_MODES:
+            raise ProbebenchError(
+                f"combine probe: unknown mode {p.mode!r}. Valid: {', '.join(COMBINE_MODES)}."
+            )
+        run = ProbeRun(self.name, train, val, test, kinds, cfg=p, seed=seed, progress=progress, extra=extra)
+        if not run.extras:
+            raise ProbebenchError(
+                "combine probe: needs a second backbone's caches of the same images as extra "
+                "(extra={'train': [Split], 'val': [Split], 'test': [Split]}); "
+                "in a config, list two backbones in the stage's `backbones`."
+            )
+        run.extras = run.extras[:1]
+        extra_keys = parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None
+        x_inputs = run.extra_inputs(extra_keys)
+        main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
+
+        def build_for(inputs: list[Input], channels: int):
+            if p.mode == "concat":
+                return lambda: LinearHead([i.dim for i in inputs], channels, p.dropout)
+            from probes.fusion import FusionNet
+
+            return lambda: FusionNet(
+                [i.dim for i in inputs], channels, mode=p.mode, width=p.width, dropout=p.dropout
+            )
+
+        out = ProbeOutput([])
+        cells = [(run.inputs([k]) + x_inputs, "combine") for k in main_keys]
+        _train_cells(run, cells, kinds, build_for, out, mode=p.mode)
+        if (
+            p.alone
+        ):  # each member alone, same recipe; `members` says whose rows these are (0 = main, 1 = extra)
+            main_alone = [(run.inputs([k]), "combine-main") for k in main_keys]
+            _train_cells(run, main_alone, kinds, build_for, out, mode=p.mode, members=[0])
+            _train_cells(run, [(x_inputs, "combine-extra")], kinds, build_for, out, mode=p.mode, members=[1])
+        return out
+
+
 def linear_probe(
     train: Split,
     val: Split,
@@ -82,34 +199,9 @@ def linear_probe(
     extra: Any = None,
     **params: Any,
 ) -> ProbeOutput:
-    """A trained linear probe per cell and task: one cell per key of ``keys`` (default: every cached key), or one
-    per group of ``concat_keys`` (features of several layers concatenated, resampled to the first one's grid).
-    With ``extra`` caches, every cell also gets their keys (``extra_keys``, default all) concatenated.
-
-    Params: ``dropout`` (0.1), ``concat_keys``, ``extra_keys``, and the training parameters of
-    :class:`probes.training.TrainConfig` (``lr`` defaults to 1e-2 here).
-    """
-    cfg, p = resolve_params("linear", params, LINEAR_PARAMS, LINEAR_TRAIN_DEFAULTS)
-    run = ProbeRun("linear", train, val, test, kinds, cfg=cfg, seed=seed, progress=progress, extra=extra)
-    if p["concat_keys"] is not None:
-        if keys is not None:
-            raise ProbebenchError("linear probe: give keys or concat_keys, not both.")
-        groups = _groups(p["concat_keys"])
-    else:
-        groups = [[k] for k in (parse_keys(keys, "keys") if keys is not None else train.cache.keys)]
-    extra_inputs = (
-        run.extra_inputs(parse_keys(p["extra_keys"], "extra_keys") if p["extra_keys"] is not None else None)
-        if run.extras
-        else []
-    )
-    out = ProbeOutput([])
-
-    def build_for(inputs: list[Input], channels: int):
-        return lambda: LinearHead([i.dim for i in inputs], channels, p["dropout"])
-
-    cells = [(run.inputs(g) + extra_inputs, "linear") for g in groups]
-    _train_cells(run, cells, kinds, build_for, out)
-    return out
+    """:class:`LinearProbe` as a function, its parameters by keyword."""
+    probe = LinearProbe.from_config(params)
+    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
 
 
 def combine_probe(
@@ -124,50 +216,9 @@ def combine_probe(
     extra: Any = None,
     **params: Any,
 ) -> ProbeOutput:
-    """Two backbones at once: each main key (``keys``, default all) joined with the first extra cache's
-    ``extra_keys`` (default: all of its keys), resampled to the main grid.
-
-    ``mode="concat"``: the linear probe on the concatenated features (variant ``combine``); ``mean``, ``global``
-    or ``spatial``: the fusion probe's weighting over the joined inputs (``width`` = its projection width).
-    With ``alone=True`` (default) the main key alone (``combine-main``) and the extra keys alone
-    (``combine-extra``) are trained with the same recipe. Other params: ``dropout`` and the training parameters.
-    """
-    cfg, p = resolve_params("combine", params, COMBINE_PARAMS, LINEAR_TRAIN_DEFAULTS)
-    if p["mode"] not in COMBINE_MODES:
-        raise ProbebenchError(
-            f"combine probe: unknown mode {p['mode']!r}. Valid: {', '.join(COMBINE_MODES)}."
-        )
-    run = ProbeRun("combine", train, val, test, kinds, cfg=cfg, seed=seed, progress=progress, extra=extra)
-    if not run.extras:
-        raise ProbebenchError(
-            "combine probe: needs a second backbone's caches of the same images as extra "
-            "(extra={'train': [Split], 'val': [Split], 'test': [Split]}); "
-            "in a config, list two backbones in the stage's `backbones`."
-        )
-    run.extras = run.extras[:1]
-    extra_keys = parse_keys(p["extra_keys"], "extra_keys") if p["extra_keys"] is not None else None
-    x_inputs = run.extra_inputs(extra_keys)
-    main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
-
-    def build_for(inputs: list[Input], channels: int):
-        if p["mode"] == "concat":
-            return lambda: LinearHead([i.dim for i in inputs], channels, p["dropout"])
-        from probes.fusion import FusionNet
-
-        return lambda: FusionNet(
-            [i.dim for i in inputs], channels, mode=p["mode"], width=p["width"], dropout=p["dropout"]
-        )
-
-    out = ProbeOutput([])
-    cells = [(run.inputs([k]) + x_inputs, "combine") for k in main_keys]
-    _train_cells(run, cells, kinds, build_for, out, mode=p["mode"])
-    if p[
-        "alone"
-    ]:  # each member alone, same recipe; `members` says whose rows these are (0 = main, 1 = extra)
-        main_alone = [(run.inputs([k]), "combine-main") for k in main_keys]
-        _train_cells(run, main_alone, kinds, build_for, out, mode=p["mode"], members=[0])
-        _train_cells(run, [(x_inputs, "combine-extra")], kinds, build_for, out, mode=p["mode"], members=[1])
-    return out
+    """:class:`CombineProbe` as a function, its parameters by keyword."""
+    probe = CombineProbe.from_config(params)
+    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
 
 
 def _as_frame(records: Any) -> pd.DataFrame:

@@ -9,12 +9,13 @@ returns raw outputs (B, K, h, w) at its own resolution. This module supplies eve
   to one grid;
 - the targets at label resolution; outputs are upsampled bilinearly to the label size for the loss and the
   metrics, so every probe is scored exactly as the ridge screen is;
-- the losses: cross-entropy with the ignore index (segmentation), BCE with logits (saliency), and for depth the
-  scale-invariant log loss on either the expectation over 256 log-spaced depth bins the head classifies into
-  (DINOv2/v3; ``depth_loss="bins"``) or a directly regressed log-depth (``depth_loss="silog"``);
+- the losses, from the target kind's :class:`~tasks.kinds.Objective` (:func:`make_objective`): cross-entropy
+  with the ignore index (segmentation), BCE with logits (saliency), and for depth the scale-invariant log loss
+  on either the expectation over 256 log-spaced depth bins the head classifies into (DINOv2/v3;
+  ``depth_loss="bins"``) or a directly regressed log-depth (``depth_loss="silog"``);
 - a seeded AdamW + warm-up/cosine loop with early stopping on the validation split's main metric (the best
   state is kept), a NaN/inf guard that names the run, and one tqdm bar per run;
-- records in the :class:`~probes.screen.ProbeOutput` format.
+- records in the :class:`~probes.base.ProbeOutput` format, and :class:`TrainedProbe`, the base of these probes.
 
 Determinism: every run re-seeds inside ``torch.random.fork_rng`` (model init, dropout) and shuffles with its
 own ``torch.Generator``, so the same seed gives identical records on CPU, whatever else ran before.
@@ -27,7 +28,7 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,11 +39,11 @@ from tqdm.auto import tqdm
 from backbones.base import FeatureKey
 from backbones.store import key_stem
 from probebench.core.errors import ProbebenchError, did_you_mean
-from probes.screen import Split
-from probes.targets import class_frequencies, inverse_frequency_weights, make_metric
+from probes.base import Probe, Split
 from tasks.base import TargetSpec
+from tasks.kinds import Objective
+from tasks.kinds.depth import DEPTH_LOSSES
 
-DEPTH_LOSSES = ("bins", "silog")
 ROLES = ("train", "val", "test")
 
 
@@ -158,6 +159,27 @@ def resolve_params(
             )
     cfg.check(probe)
     return cfg, mine
+
+
+class TrainedProbe(Probe):
+    """Base of the probes trained from a seed on cached features. Their ``Params`` extend :class:`TrainConfig`
+    (every training setting is also a probe parameter; a subclass may change its defaults); values from YAML or
+    the command line are coerced to the defaults' types and checked (:func:`resolve_params`)."""
+
+    trained = True
+    joint = True
+    Params: ClassVar[type] = TrainConfig
+
+    @classmethod
+    def parse_params(cls, params: Mapping[str, Any]) -> Any:
+        defaults, train_names = cls.Params(), [f.name for f in fields(TrainConfig)]
+        own = {f.name: getattr(defaults, f.name) for f in fields(cls.Params) if f.name not in train_names}
+        cfg, mine = resolve_params(cls.name, params, own, {n: getattr(defaults, n) for n in train_names})
+        return cls.Params(**{n: getattr(cfg, n) for n in train_names}, **mine)
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        return sorted(f.name for f in fields(cls.Params))
 
 
 def parse_keys(value: Any, what: str) -> list[FeatureKey]:
@@ -328,71 +350,12 @@ class TargetSet:
 
 
 # -- task objectives ------------------------------------------------------------------------------------------
-class Objective:
-    """Output channels, loss at label resolution and decoding for the metrics, for one target kind."""
-
-    def __init__(self, spec: TargetSpec, cfg: TrainConfig, class_weights: np.ndarray | None = None):
-        self.spec, self.cfg = spec, cfg
-        self.class_weights = None if class_weights is None else torch.as_tensor(class_weights).float()
-        if spec.kind == "depth":
-            lo, hi = math.log(spec.min_depth), math.log(spec.max_depth)
-            self.centers = torch.linspace(lo, hi, cfg.depth_bins).exp()  # log-spaced bin centres (metres)
-
-    @property
-    def channels(self) -> int:
-        if self.spec.kind == "segmentation":
-            return int(self.spec.num_classes)
-        if self.spec.kind == "saliency":
-            return 1
-        return self.cfg.depth_bins if self.cfg.depth_loss == "bins" else 1
-
-    def valid_depth(self, target: torch.Tensor) -> torch.Tensor:
-        s = self.spec
-        return torch.isfinite(target) & (target >= s.min_depth) & (target <= s.max_depth)
-
-    def loss(self, up: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``up``: prepared outputs upsampled to label size (B, K, H, W); ``target``: (B, H, W)."""
-        s = self.spec
-        if s.kind == "segmentation":
-            target = target.long()
-            valid = target != s.ignore_index
-            if not valid.any():
-                return up.sum() * 0.0
-            w = None if self.class_weights is None else self.class_weights.to(up.device)
-            return F.cross_entropy(up, target, weight=w, ignore_index=s.ignore_index)
-        if s.kind == "saliency":
-            y = target.float()
-            pos = None
-            if self.class_weights is not None and self.class_weights[0] > 0:
-                pos = (self.class_weights[1] / self.class_weights[0]).to(up.device)
-            return F.binary_cross_entropy_with_logits(up[:, 0], y, pos_weight=pos)
-        valid = self.valid_depth(target)
-        if not valid.any():
-            return up.sum() * 0.0
-        logd = torch.log(torch.where(valid, target, torch.ones_like(target)).float())
-        log_pred = up[:, 0] if self.cfg.depth_loss == "silog" else torch.log(up[:, 0])
-        d = (log_pred - logd)[valid]
-        return torch.sqrt((d**2).mean() - 0.85 * d.mean() ** 2 + 1e-8)  # scale-invariant log loss (λ = 0.85)
-
-    def prepare(self, out: torch.Tensor) -> torch.Tensor:
-        """Raw outputs at feature resolution → what is upsampled to label size: depth bins become the expected
-        depth (B, 1, h, w) first (DINOv2/v3: classify over bins, predict the expectation, upsample the depth),
-        which also keeps 256-channel maps away from label resolution."""
-        if self.spec.kind == "depth" and self.cfg.depth_loss == "bins":
-            probs = F.softmax(out, dim=1)
-            return torch.einsum("bkhw,k->bhw", probs, self.centers.to(out.device)).unsqueeze(1)
-        return out
-
-    def decode(self, up: torch.Tensor) -> torch.Tensor:
-        """Upsampled prepared outputs → what the metric scores: class ids, [0, 1] scores, metres."""
-        s = self.spec
-        if s.kind == "segmentation":
-            return up.argmax(1)
-        if s.kind == "saliency":
-            return torch.sigmoid(up[:, 0])
-        if self.cfg.depth_loss == "silog":
-            return up[:, 0].clamp(max=math.log(s.max_depth) + 1.0).exp()
-        return up[:, 0]
+def make_objective(spec: TargetSpec, cfg: TrainConfig, class_weights: np.ndarray | None = None) -> Objective:
+    """The target kind's :class:`~tasks.kinds.Objective` (output channels, loss at label resolution, decoding)
+    under the settings ``cfg`` (e.g. ``depth_loss`` and ``depth_bins`` for depth)."""
+    return spec.target_kind.objective(
+        spec, {f.name: getattr(cfg, f.name) for f in fields(cfg)}, class_weights
+    )
 
 
 def upsample_to(out: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -469,7 +432,7 @@ def evaluate(
     run: str = "",
 ) -> dict[str, float]:
     """Score ``model`` on a split at label resolution with the task's metric."""
-    metric = make_metric(objective.spec, **dict(options or {}))
+    metric = objective.spec.target_kind.make_metric(objective.spec, **dict(options or {}))
     model.eval()
     with torch.no_grad():
         for s in range(0, len(feats), batch_size):
@@ -704,13 +667,13 @@ class ProbeRun:
 
     def objective(self, kind: str) -> Objective:
         if kind not in self._objectives:
-            spec = self.specs[kind]
-            weights = None
-            if self.cfg.class_balanced and spec.kind in ("segmentation", "saliency"):
-                ds = self.main.dataset
-                counts = class_frequencies([ds.load_target(i, kind) for i in range(len(ds))], spec)
-                weights = inverse_frequency_weights(counts)
-            self._objectives[kind] = Objective(spec, self.cfg, weights)
+            spec, ds = self.specs[kind], self.main.dataset
+            weights = None  # inverse class frequencies; None for a kind without classes
+            if self.cfg.class_balanced:
+                weights = spec.target_kind.class_weights(
+                    (ds.load_target(i, kind) for i in range(len(ds))), spec
+                )
+            self._objectives[kind] = make_objective(spec, self.cfg, weights)
         return self._objectives[kind]
 
     def eval_options(self, role: str, kind: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 
 import tasks
 from backbones.store import FORMAT_VERSION, FeatureCache, key_stem
-from probes.screen import Split
+from probes.base import Split
 from probes.targets import targets_at
 
 GRID = (8, 8)

@@ -9,7 +9,7 @@ import torch
 from _synthetic import synthetic_splits
 
 from probebench.core.errors import ProbebenchError
-from probes.fusion import FusionNet, TimestepFusion, fusion_probe
+from probes.fusion import FusionNet, FusionProbe, TimestepFusion, fusion_probe
 from probes.linear import combine_probe
 
 KEYS = [(1, 0), (1, 250), (1, 500), (1, 750)]
@@ -243,5 +243,5 @@ def test_a_change_of_the_rows_a_probe_writes_changes_its_stage_hash(monkeypatch)
     cfg = RunConfig()
     st = cfg.probes[3]  # fusion, mode single
     before = stage_hash(cfg, st, [cfg.backbones[0]])
-    monkeypatch.setattr(fusion_probe, "rows_version", 99, raising=False)
+    monkeypatch.setattr(FusionProbe, "rows_version", 99)
     assert stage_hash(cfg, st, [cfg.backbones[0]]) != before

@@ -15,6 +15,7 @@ from backbones.store import extract_to_cache
 from probebench.core.errors import ProbebenchError
 from probes import PROBES
 from probes import training as tr
+from probes.base import Split
 from probes.heads import (
     FULL_WIDTH,
     DeepLabV3PlusLite,
@@ -24,7 +25,6 @@ from probes.heads import (
     reference_parameter_counts,
 )
 from probes.linear import LinearHead, linear_probe, spearman_ridge_vs_linear
-from probes.screen import Split
 from tasks.base import Dataset, TargetSpec
 
 KEYS = [(1, None), (2, None)]

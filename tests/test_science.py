@@ -33,11 +33,11 @@ import backbones
 from backbones import BACKBONES
 from backbones.diffusion import DiffusionAdapter, draw_noise
 from probes import PROBES
+from probes.base import Split
 from probes.fusion import TimestepFusion, layer_groups
 from probes.ridge import RidgeAccumulator
-from probes.screen import Split
 from probes.targets import targets_at
-from probes.training import Input, Objective, TrainConfig
+from probes.training import Input, TrainConfig, make_objective
 from tasks.base import Dataset, TargetSpec
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -57,12 +57,13 @@ FLOW_FAMILIES = {"sd3": 1.0, "sana": 1.0, "flux": 1e-3}
 
 SEED = 7
 IDS = ["img-a", "img-b"]
+# Registered diffusion backbones NOT checked against diffusers' schedulers, each with the reason (none today);
+# every other one is, so a new family fails here until its published schedule is added above.
+NO_REFERENCE_SCHEDULER: dict[str, str] = {}
 DIFFUSION = [
     e
     for e in BACKBONES
-    if e.extra.get("meta") is not None
-    and e.extra["meta"].is_diffusion
-    and e.extra.get("family") in {*FAMILY_DDPM_SCHEDULERS, *FLOW_FAMILIES}
+    if getattr(e.extra.get("meta"), "is_diffusion", False) and e.name not in NO_REFERENCE_SCHEDULER
 ]
 _ADAPTERS: dict[str, DiffusionAdapter] = {}
 
@@ -127,6 +128,10 @@ def reference_noised(
     family: str, x0: torch.Tensor, eps: torch.Tensor, timesteps: list[Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B·T, ...) noisy latents (image-major) and the transformer's timesteps, from diffusers' schedulers."""
+    assert family in {*FAMILY_DDPM_SCHEDULERS, *FLOW_FAMILIES}, (
+        f"family {family!r}: add its published training schedule to FAMILY_DDPM_SCHEDULERS or FLOW_FAMILIES, "
+        "or its backbones to NO_REFERENCE_SCHEDULER with the reason"
+    )
     b, n_t = x0.shape[0], len(timesteps)
     x0_rep, eps_rep = x0.repeat_interleave(n_t, 0), eps.repeat_interleave(n_t, 0)
     if family in FAMILY_DDPM_SCHEDULERS:
@@ -164,6 +169,10 @@ def test_forward_process_matches_diffusers_schedulers(entry):
 
 
 ENTRY_BY_NAME = {e.name: e for e in DIFFUSION}
+
+
+def test_scheduler_exclusions_name_registered_diffusion_backbones():
+    assert set(NO_REFERENCE_SCHEDULER) <= {e.name for e in BACKBONES}  # a stale exclusion hides nothing
 
 
 @pytest.mark.parametrize("name", ["dit-xl-2-256", "sd3-medium"])
@@ -282,17 +291,8 @@ def test_ridge_screen_matches_sklearn_with_the_absolute_lambda(ignored_splits, c
     targets that exclude ignored pixels."""
     lam = 0.7
     sp = ignored_splits
-    out = PROBES.get("ridge")(
-        sp["train"],
-        sp["val"],
-        sp["test"],
-        ["segmentation"],
-        keys=None,
-        seed=0,
-        progress=False,
-        lambdas=[lam],
-        class_balanced=class_balanced,
-    )
+    probe = PROBES.get("ridge").from_config({"lambdas": [lam], "class_balanced": class_balanced})
+    out = probe.fit(sp["train"], sp["val"], sp["test"], ["segmentation"], keys=None, seed=0, progress=False)
     head = out.best["segmentation"]
     assert head.key == (2, 500) and head.lam == lam
 
@@ -409,8 +409,8 @@ def _depth_case() -> tuple[torch.Tensor, torch.Tensor]:
 def test_silog_training_loss_by_hand():
     assert math.isclose(SILOG_085, 0.2333854, abs_tol=1e-7)  # and not 0.2686773 (λ = 0.5)
     log_pred, target = _depth_case()
-    silog = Objective(DEPTH, TrainConfig(depth_loss="silog"))
+    silog = make_objective(DEPTH, TrainConfig(depth_loss="silog"))
     assert silog.loss(log_pred[:, None], target).item() == pytest.approx(SILOG_085, rel=1e-5)
     # the bins objective regresses the expected depth in metres: the same loss on its logarithm
-    bins = Objective(DEPTH, TrainConfig(depth_loss="bins"))
+    bins = make_objective(DEPTH, TrainConfig(depth_loss="bins"))
     assert bins.loss(log_pred.exp()[:, None], target).item() == pytest.approx(SILOG_085, rel=1e-5)

@@ -8,7 +8,8 @@ from _runs import small_run
 import backbones
 import tasks
 from backbones.store import extract_to_cache
-from probes.screen import Split, ridge_screen
+from probes.base import Split
+from probes.screen import ridge_screen
 from probes.stream import stream_ridge_screen
 
 KINDS = ["segmentation", "saliency", "depth"]

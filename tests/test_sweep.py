@@ -27,7 +27,8 @@ from probebench.cli import main
 from probebench.config import load_config
 from probebench.core.errors import ProbebenchError
 from probebench.core.results import IDENTITY, read_results
-from probebench.sweep import _expand_axis, load_sweep, missing_parts, plan_sweep, run_sweep, screen_state
+from probebench.sweep import load_sweep, missing_parts, plan_sweep, run_sweep, screen_state
+from probebench.sweep.spec import _expand_axis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,19 +269,19 @@ def with_later_stage(spec: dict) -> dict:
 
 
 def count_ridge_fits(monkeypatch) -> list:
-    """Patch the registered ridge probe to record each call (the pipeline and screen jobs call it by name)."""
-    from probes import PROBES
+    """Patch the registered ridge probe's fit to record each call (the pipeline and screen jobs call it by name)."""
+    from probes import probe_class
 
-    entry = PROBES.entry("ridge")
-    real = entry.load()
+    cls = probe_class("ridge")
+    real = cls.fit
     calls = []
 
     @functools.wraps(real)
-    def counting(*args, **kwargs):
+    def counting(self, *args, **kwargs):
         calls.append(kwargs.get("keys"))
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(entry, "target", counting)
+    monkeypatch.setattr(cls, "fit", counting)
     return calls
 
 
@@ -485,22 +486,27 @@ def test_shipped_sweeps_expand_and_validate(tmp_path, name, cells, extractions, 
 
 
 def test_analyzing_a_sweep_directory_sees_every_cells_heads(tmp_path):
-    import analysis.common
+    import probebench.core.rundir
     import probebench.sweep
+    from analysis.common import slug
+    from analysis.complementarity import error_overlap_table
     from analysis.report import plot_predictions
 
-    assert analysis.common.CELLS_DIR == probebench.sweep.CELLS_DIR
+    assert probebench.core.rundir.CELLS_DIR == probebench.sweep.CELLS_DIR
     sweep = load_sweep(write_sweep(tmp_path, axes={"probes.0.params.lambdas": [[0.1], [1.0]]}))
     assert run_sweep(sweep, progress=False, report=False).ok
     sweep_dir = tmp_path / "results" / "tiny"
-    dirs = analysis.common.head_dirs(sweep_dir)
-    assert sorted(analysis.common.cell_of(d) for d in dirs) == sorted(c.name for c in sweep.cells)
+    dirs = probebench.core.rundir.RunDir(sweep_dir).head_dirs()
+    assert sorted(d.cell for d in dirs) == sorted(c.name for c in sweep.cells)
     figs = plot_predictions(sweep_dir)
     assert len(figs) == 2 and all(f.is_file() for f in figs)
+    overlap = error_overlap_table(sweep_dir)  # the cells' saved predictions, one model per cell
+    models = set(overlap["model_a"]) | set(overlap["model_b"])
+    assert {m.split(": ")[0] for m in models} == {c.name for c in sweep.cells}
     for (
         cell
     ) in sweep.cells:  # one figure per cell, named after it: the same model in two cells never collides
-        assert sum(analysis.common.slug(cell.name) in f.name for f in figs) == 1
+        assert sum(slug(cell.name) in f.name for f in figs) == 1
 
 
 def test_a_cell_is_done_only_when_every_probe_seed_has_its_rows(tmp_path):

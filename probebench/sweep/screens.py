@@ -26,14 +26,14 @@ from probebench.core.results import RESULTS_FILE, append_results, done_cells, lo
 from probebench.core.rundir import BACKBONES_FILE, HEADS_DIR, SCREENS_DIR, RunDir
 from probebench.sweep.spec import absolute_config
 from probebench.sweep.state import RUN_LOCK, delete_rows, missing_parts
-from probes import PROBES
+from probes import probe_class
 
 
 def is_screen(cfg: RunConfig, stage: Any) -> bool:
     """Whether a probe stage is a *screen* that cells can share: closed-form (fitted once, no probe seed), on cells
     that come from no other results (``all`` or an explicit list) and on backbones without ``cells_from``. Its rows
     and heads then depend on its stage keys alone, so cells with equal keys would compute the same thing."""
-    if not PROBES.entry(stage.name).kind.startswith("closed form"):
+    if probe_class(stage.name).trained:
         return False
     if not (stage.cells == "all" or isinstance(stage.cells, list)):
         return False
