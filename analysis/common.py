@@ -7,8 +7,10 @@ Nothing here knows which backbone made a row: models are told apart only by thei
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,6 @@ METRIC_LABELS = {
 LOG_SNR_LABEL = "log-SNR ln(α²/σ²), dimensionless (→ cleaner)"
 NATIVE_T_LABEL = "native timestep (model units; 0 = clean)"
 DPI = 130  # PNG resolution; tests lower it for speed
-PER_CELL_PROBES = ("ridge", "linear")  # probes that score one (layer, timestep) cell each
 FUSION_PREFIX = "fusion-"
 
 
@@ -222,9 +223,32 @@ def timestep_rows(df: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+def registered_cell_probes(df: pd.DataFrame) -> list[str]:
+    """The probes of ``df`` (in the order they first appear) that are registered probes whose class declares
+    ``per_cell`` (each fit scores one (layer, timestep) cell, e.g. the ridge screen and the linear probe) — the
+    probes whose cells are comparable with a fusion over cells, read from the probe classes, not their names."""
+    from probes import PROBES, probe_class
+
+    names = set(PROBES.names())
+    return [str(p) for p in dict.fromkeys(df["probe"]) if p in names and probe_class(str(p)).per_cell]
+
+
+def per_cell_probes(df: pd.DataFrame) -> list[str]:
+    """The probes whose rows each score one (layer, timestep) cell, over more than one cell (a screen such as
+    ridge, a trained probe fitted per cell), in the order they first appear in ``df``: the probes that layer ×
+    timestep maps and curves can be drawn for, told from the rows themselves."""
+    multi = pd.Series(is_multi(df["layer"]) | is_multi(df["timestep"]), index=df.index)
+    out = []
+    for probe, g in df.groupby("probe", sort=False):
+        if not multi[g.index].any() and len(g[["layer", "timestep"]].drop_duplicates()) > 1:
+            out.append(str(probe))
+    return out
+
+
 def cell_probe(df: pd.DataFrame, probe: str | None = None) -> str:
-    """The per-cell probe to draw layer × timestep maps with: ``probe`` if given, else ``ridge``, else
-    ``linear``, else the probe with the most single (layer, timestep) cells."""
+    """The per-cell probe to draw layer × timestep maps with: ``probe`` if given, else the per-cell probe
+    (:func:`per_cell_probes`) with the most cells at a timestep (the first in the table on ties), else the probe
+    with the most single (layer, timestep) cells."""
     d = timestep_rows(df)
     if probe is not None:
         _check_values(df, "probe", probe, "probe")
@@ -234,11 +258,11 @@ def cell_probe(df: pd.DataFrame, probe: str | None = None) -> str:
             "No single (layer, timestep) cells with a timestep in the results (no diffusion backbone rows); "
             f"probes present: {sorted(df['probe'].unique())}."
         )
-    for p in PER_CELL_PROBES:
-        if (d["probe"] == p).any():
-            return p
-    counts = d.groupby("probe")[["layer", "timestep"]].apply(lambda g: len(g.drop_duplicates()))
-    return str(counts.idxmax())
+    cells = d.groupby("probe", sort=False)[["layer", "timestep"]].apply(lambda g: len(g.drop_duplicates()))
+    per_cell = [p for p in per_cell_probes(df) if p in cells.index]
+    if per_cell:
+        return str(cells[per_cell].idxmax())
+    return str(cells.sort_index().idxmax())
 
 
 CELL_KEYS = [
@@ -359,8 +383,30 @@ def fmt_cell(layer: str, timestep: str) -> str:
     return f"layer {layer}" + ("" if str(timestep) == "none" else f", t={timestep}")
 
 
+_COLLECTING: contextvars.ContextVar[dict[str, plt.Figure] | None] = contextvars.ContextVar(
+    "probebench_figures", default=None
+)
+
+
+@contextlib.contextmanager
+def collect_figures() -> Iterator[dict[str, plt.Figure]]:
+    """Within the block, :func:`save_figure` hands every figure to the returned ``{stem: Figure}`` instead of
+    writing and closing it: how the notebook API (``probebench.figures``) returns the report's figures."""
+    figures: dict[str, plt.Figure] = {}
+    token = _COLLECTING.set(figures)
+    try:
+        yield figures
+    finally:
+        _COLLECTING.reset(token)
+
+
 def save_figure(fig: plt.Figure, out_dir: Path, stem: str, dpi: int | None = None) -> list[Path]:
-    """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` under ``out_dir``; returns both paths (PNG first)."""
+    """Save ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` under ``out_dir``; returns both paths (PNG first).
+    Inside :func:`collect_figures` nothing is written: the figure is collected, open, and ``[]`` returned."""
+    collecting = _COLLECTING.get()
+    if collecting is not None:
+        collecting[stem] = fig
+        return []
     dpi = dpi or DPI
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in stem)
@@ -379,29 +425,3 @@ def slug(text: str) -> str:
     """File-system name of a model label: ``flux.1-dev (default)`` → ``flux.1-dev-default``."""
     text = text.replace(" (", "-").replace(")", "")
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
-
-
-def model_slug(backbone: str, weights: str) -> str:
-    """``<backbone>-<weights>`` with characters other than letters, digits and ``._+=-`` replaced by ``_``: the
-    pipeline's ``heads/`` directory name."""
-    return "".join(
-        c if c.isascii() and (c.isalnum() or c in "._+=-") else "_" for c in f"{backbone}-{weights}"
-    )
-
-
-CELLS_DIR = "cells"  # where a sweep keeps its cells' run directories (``probebench.sweep.CELLS_DIR``)
-
-
-def head_dirs(results_dir: str | Path) -> list[Path]:
-    """Every saved-heads model directory of a results directory: ``heads/<model>/`` of a run, and
-    ``cells/<cell>/heads/<model>/`` of each cell when it is a sweep's directory."""
-    root = Path(results_dir)
-    found = [p for p in sorted((root / "heads").glob("*")) if p.is_dir()]
-    found += [p for p in sorted((root / CELLS_DIR).glob("*/heads/*")) if p.is_dir()]
-    return found
-
-
-def cell_of(model_dir: Path) -> str:
-    """The sweep cell a heads directory belongs to (``cells/<cell>/heads/<model>``), or ``""`` for a run's own."""
-    parts = model_dir.parts
-    return parts[-3] if len(parts) >= 4 and parts[-2] == "heads" and parts[-4] == CELLS_DIR else ""

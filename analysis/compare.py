@@ -18,13 +18,13 @@ import seaborn as sns
 
 from analysis.common import (
     FUSION_PREFIX,
-    PER_CELL_PROBES,
     best_row,
     colors_for,
     error_bar_phrase,
     is_multi,
     main_metric_rows,
     metric_label,
+    registered_cell_probes,
     save_figure,
     seed_mean,
     with_model,
@@ -215,7 +215,7 @@ def fusion_gains(df: pd.DataFrame, *, split: str = "test", select_split: str = "
         return pd.DataFrame()
     best = best_cells(d, ("model", "task", "probe"), split=split, select_split=select_split)
     v = f"{split}_value"
-    singles = d[d["probe"].isin(PER_CELL_PROBES) & ~is_multi(d["timestep"]) & ~is_multi(d["layer"])]
+    singles = d[d["probe"].isin(registered_cell_probes(d)) & ~is_multi(d["timestep"]) & ~is_multi(d["layer"])]
     singles = singles[singles["timestep"] != "none"]
     single_best = (
         best_cells(singles, ("model", "task"), split=split, select_split=select_split)

@@ -2,7 +2,7 @@
 
 (a) does the best timestep differ between tasks, and are the metric-vs-timestep curves far from flat?
 (b) does spatially varying fusion beat the best single timestep — and a control with as many inputs but no
-    timestep diversity (a stage labelled ``*noise-control``: K noise draws at one timestep)?
+    timestep diversity (a stage with ``role: noise-control`` in the config: K noise draws at one timestep)?
 (c) does combining two backbones beat each alone?
 (d) does a trained model beat its random-weight twin?
 
@@ -18,16 +18,23 @@ A question the results cannot answer is said to be not applicable rather than gu
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
-from analysis.common import cell_probe, main_metric_rows, seed_mean, timestep_rows
+from analysis.common import cell_probe, main_metric_rows, seed_mean, single_cells, timestep_rows
 from analysis.compare import VERDICT_RULE, VERDICTS, best_cells, gain, verdict, verdict_phrase, with_model
 from analysis.curves import chosen_cells
 from probebench.core.errors import ProbebenchError
 from tasks.base import MAIN_METRIC
 
-NOISE_CONTROL_SUFFIX = "noise-control"  # stage labels ending in this are noise controls of fusion-spatial
+NOISE_CONTROL = "noise-control"  # the stage role of fusion-spatial's noise control (``role:`` in the config)
+
+
+def controls_of(roles: dict[str, str] | None, role: str = NOISE_CONTROL) -> list[str]:
+    """The probe labels whose stage declares ``role`` (``roles``: :meth:`RunDir.stage_roles`)."""
+    return sorted(label for label, r in (roles or {}).items() if r == role)
 
 
 def _fmt(x: float) -> str:
@@ -114,12 +121,13 @@ def timestep_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
     return out
 
 
-def fusion_findings(df: pd.DataFrame, split: str = "test") -> list[str]:
-    """(b): fusion-spatial vs fusion-single and vs every noise-control stage, per model and task."""
+def fusion_findings(df: pd.DataFrame, split: str = "test", roles: dict[str, str] | None = None) -> list[str]:
+    """(b): fusion-spatial vs fusion-single and vs every noise-control stage (``roles``: probe label → stage
+    role, from the run's config), per model and task."""
     d = with_model(df)
     if not d["probe"].eq("fusion-spatial").any():
         return []
-    controls = sorted(p for p in d["probe"].unique() if str(p).endswith(NOISE_CONTROL_SUFFIX))
+    controls = [c for c in controls_of(roles) if d["probe"].eq(c).any()]
     best = best_cells(
         d[d["probe"].str.startswith("fusion-") | d["probe"].isin(controls)],
         ("model", "task", "probe"),
@@ -263,35 +271,43 @@ def twin_gain_by_timestep_findings(df: pd.DataFrame, split: str = "test") -> lis
 
 
 def ranking_findings(df: pd.DataFrame, split: str = "val") -> list[str]:
-    """How well the ridge screen ranks cells against trained linear probes: Spearman's ρ over the cells both
-    probes scored (per model and task; needs at least 3 common cells)."""
+    """How well one per-cell probe ranks cells against another (e.g. the ridge screen against trained linear
+    probes): Spearman's ρ over the cells both scored, per model and task and pair of probes, in the order the
+    probes first appear in the rows (needs at least 3 common cells)."""
     from scipy.stats import spearmanr
 
-    d = with_model(df)
+    d = single_cells(with_model(df))
     d = d[d["split"] == split]
     out = []
     for (model, task), g in d.groupby(["model", "task"], sort=True):
         g = g[g["metric"] == MAIN_METRIC.get(task, ("",))[0]]
-        ridge = g[g["probe"] == "ridge"].groupby(["layer", "timestep"])["value"].mean()
-        linear = g[g["probe"] == "linear"].groupby(["layer", "timestep"])["value"].mean()
-        common = ridge.index.intersection(linear.index)
-        if len(common) < 3:
-            continue
-        rho = spearmanr(ridge[common], linear[common]).statistic
-        out.append(
-            f"- Ranking, {task}, {model}: ridge vs trained linear probe over {len(common)} cells "
-            f"({split} {MAIN_METRIC[task][0]}): Spearman ρ = {rho:.3f}."
-        )
+        by_probe = {
+            p: h.groupby(["layer", "timestep"])["value"].mean() for p, h in g.groupby("probe", sort=False)
+        }
+        for (a, sa), (b, sb) in itertools.combinations(by_probe.items(), 2):
+            common = sa.index.intersection(sb.index)
+            if len(common) < 3:
+                continue
+            rho = spearmanr(sa[common], sb[common]).statistic
+            out.append(
+                f"- Ranking, {task}, {model}: {a} vs {b} over {len(common)} cells "
+                f"({split} {MAIN_METRIC[task][0]}): Spearman ρ = {rho:.3f}."
+            )
     return out
 
 
 def findings_lines(
-    df: pd.DataFrame, combos: pd.DataFrame, split: str = "test", notes: dict[str, str] | None = None
+    df: pd.DataFrame,
+    combos: pd.DataFrame,
+    split: str = "test",
+    notes: dict[str, str] | None = None,
+    roles: dict[str, str] | None = None,
 ) -> list[str]:
-    """All answers that apply, as markdown bullets."""
+    """All answers that apply, as markdown bullets; ``notes``: what each model's weights are
+    (:meth:`RunDir.backbone_notes`), ``roles``: probe label → stage role (:meth:`RunDir.stage_roles`)."""
     return (
         timestep_findings(df, split)
-        + fusion_findings(df, split)
+        + fusion_findings(df, split, roles)
         + combination_findings(combos)
         + random_twin_findings(df, split, notes)
         + twin_gain_by_timestep_findings(df, split)

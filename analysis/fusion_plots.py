@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ import seaborn as sns
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from analysis.common import PALETTE, SEQUENTIAL, cell_of, head_dirs, save_figure, slug, t_label
+from analysis.common import PALETTE, SEQUENTIAL, save_figure, slug, t_label
 from analysis.layout import fit_texts, legend_ncol
 from probebench.core.errors import ProbebenchError
+from probebench.core.rundir import RunDir
 from tasks.base import MAIN_METRIC
 
 
@@ -63,13 +64,14 @@ class WeightArtifact:
     group: str = ""  # e.g. "L5" when the softmax runs per layer
     group_index: int = 0  # position of the group in the saved array
     row_labels: list[str] = field(default_factory=list)  # global weights
+    cell: str = ""  # the sweep cell whose heads these are ("" for a run's own)
 
     @property
     def model(self) -> str:
         b, w = self.meta.get("backbone"), self.meta.get("weights")
         name = f"{b} ({w})" if b and w else self.model_dir.name
-        cell = cell_of(self.model_dir)  # a sweep's cells may hold the same model: keep them apart
-        return f"{cell}: {name}" if cell else name
+        # a sweep's cells may hold the same model: keep them apart
+        return f"{self.cell}: {name}" if self.cell else name
 
     @property
     def title(self) -> str:
@@ -195,7 +197,8 @@ def load_weight_artifacts(results_dir: str | Path) -> list[WeightArtifact]:
     """Every fusion/global weight array under ``<results_dir>/heads/`` (and a sweep's ``cells/*/heads/``), checked against its meta; arrays
     with several softmax groups come back as one artifact per group."""
     found: list[WeightArtifact] = []
-    for d in head_dirs(results_dir):
+    for heads in RunDir(results_dir).head_dirs():
+        d = heads.path
         for kind in ("fusion_weights", "global_weights"):
             files = {f.stem.removeprefix(f"{kind}_"): f for f in sorted(d.glob(f"{kind}_*.npy"))}
             files.update({f.stem: f for f in sorted((d / kind).glob("*.npy"))})
@@ -207,10 +210,12 @@ def load_weight_artifacts(results_dir: str | Path) -> list[WeightArtifact]:
                         f"{f} has shape {w.shape}; {kind} arrays are {'(N, K, h, w)' if ndim == 4 else '(L, T)'}."
                     )
                 meta = _meta_for(f)
-                if kind == "fusion_weights":
-                    found += _fusion_artifacts(d, task, f, w, meta)
-                else:
-                    found.append(_global_artifact(d, task, f, w, meta))
+                arts = (
+                    _fusion_artifacts(d, task, f, w, meta)
+                    if kind == "fusion_weights"
+                    else [_global_artifact(d, task, f, w, meta)]
+                )
+                found += [replace(a, cell=heads.cell) for a in arts]
     return found
 
 

@@ -9,7 +9,6 @@ generated summary is read from a table that is written beside the report (``best
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from analysis.common import (
-    CELLS_DIR,
     METRIC_LABELS,  # noqa: F401  (re-exported: older callers import it from here)
-    PER_CELL_PROBES,
     best_row,
     colors_for,
     fmt_cell,
@@ -34,6 +31,7 @@ from analysis.common import (
     metric_label,
     model_label,  # noqa: F401  (re-exported)
     pick_split,
+    registered_cell_probes,
     save_figure,
     seed_mean,
     single_cells,
@@ -52,7 +50,6 @@ from analysis.compare import (
 )
 from analysis.compare import best_cells as _best_cells
 from analysis.complementarity import (
-    PER_CLASS_FILE,
     cka_figures,
     complementarity_table,
     error_overlap_table,
@@ -69,7 +66,8 @@ from analysis.heatmaps import plot_heatmaps
 from analysis.layout import fit_texts
 from analysis.predictions import plot_predictions
 from probebench.core.errors import ProbebenchError
-from probebench.core.results import RESULTS_FILE, read_results
+from probebench.core.results import RESULTS_FILE
+from probebench.core.rundir import PER_CLASS_FILE, RunDir
 from tasks.base import MAIN_METRIC
 
 _markdown_table = markdown_table  # older name
@@ -125,7 +123,7 @@ def plot_layer_curves(df: pd.DataFrame, out: Path, split: str = "test") -> list[
     d = single_cells(main_metric_rows(df, split))
     if d.empty:  # only multi-key cells (fusion over layers, combinations): no per-layer score
         return []
-    probes = [p for p in PER_CELL_PROBES if (d["probe"] == p).any()] or sorted(d["probe"].unique())
+    probes = registered_cell_probes(d) or sorted(d["probe"].unique())
     d = seed_mean(d[d["probe"] == probes[0]])
     d["layer_index"] = d["layer"].astype(int)
     rows = []
@@ -271,12 +269,7 @@ def find_caches(rdir: Path, df: pd.DataFrame, cache_dir: str | Path | None = Non
     """The feature caches the results were fitted on (their train split), by model label, when they are
     still on disk: ``cache_dir`` or ``extract.cache_dir`` of ``config.yaml``, matched by ``cache_hash``."""
     if cache_dir is None:
-        cfg = rdir / "config.yaml"
-        if not cfg.is_file():
-            return {}
-        import yaml
-
-        cache_dir = ((yaml.safe_load(cfg.read_text()) or {}).get("extract") or {}).get("cache_dir")
+        cache_dir = (RunDir(rdir).config().get("extract") or {}).get("cache_dir")
     root = Path(str(cache_dir)).expanduser() if cache_dir else None
     if root is None or not root.is_dir():
         return {}
@@ -291,26 +284,6 @@ def find_caches(rdir: Path, df: pd.DataFrame, cache_dir: str | Path | None = Non
                 found[model] = FeatureCache(p, expect_hash=h)
                 break
     return found
-
-
-def _sweep_name(rdir: Path) -> str | None:
-    """The sweep's name when ``rdir`` is a sweep directory (it holds ``sweep.yaml``), else None."""
-    path = rdir / "sweep.yaml"
-    if not path.is_file():
-        return None
-    import yaml
-
-    name = (yaml.safe_load(path.read_text()) or {}).get("name")
-    return str(name) if name else rdir.name
-
-
-def backbone_notes(rdir: Path) -> dict[str, str]:
-    """``{model label: what its weights are}`` from the run's ``backbones.json`` (and its sweep cells')."""
-    notes: dict[str, str] = {}
-    for p in [rdir / "backbones.json", *sorted((rdir / CELLS_DIR).glob("*/backbones.json"))]:
-        if p.is_file():
-            notes.update({str(k): str(v) for k, v in json.loads(p.read_text()).items()})
-    return notes
 
 
 @dataclass
@@ -329,19 +302,14 @@ def write_report(
     cka_pixels_per_image: int = 64,
 ) -> Path:
     """Every applicable figure and table, and ``REPORT.md`` with a generated summary; returns its path."""
-    rdir = Path(results_dir)
-    if rdir.is_dir() and not (rdir / RESULTS_FILE).is_file():
-        listing = sorted(p.name for p in rdir.iterdir())
-        raise ProbebenchError(
-            f"{rdir} has no {RESULTS_FILE}; it holds: {listing or 'nothing (empty directory)'}. "
-            "Run `probebench run` or `probebench fit` first."
-        )
-    df = read_results(rdir)
+    run_dir = RunDir(results_dir)
+    rdir = run_dir.path
+    df = run_dir.read_results()
     if df.empty:
         raise ProbebenchError(f"{rdir} has a results file but no rows.")
     df = with_model(df)
     split = pick_split(df)
-    fig_dir = rdir / "figures"
+    fig_dir = run_dir.figures_dir
     sections: list[Section] = []
     not_applicable: list[str] = []
 
@@ -414,7 +382,7 @@ def write_report(
         )
     else:
         not_applicable.append("Complementarity and combination gains: no combination (`a+b`) backbone rows.")
-    if (rdir / PER_CLASS_FILE).is_file():
+    if run_dir.has_per_class_iou():
         pc = read_per_class_iou(rdir)
         pairs = []
         for _, c in combos.drop_duplicates(["combination", "member"]).iterrows() if len(combos) else []:
@@ -465,9 +433,9 @@ def write_report(
     if preds:
         sections.append(Section("Predictions of the best cells", figures=preds))
 
-    findings = findings_lines(df, combos, split, backbone_notes(rdir))
+    findings = findings_lines(df, combos, split, run_dir.backbone_notes(), run_dir.stage_roles())
     runs = ", ".join(sorted(df["run"].unique()))
-    sweep = _sweep_name(rdir)
+    sweep = run_dir.sweep_name()
     title = f"sweep {sweep} ({df['run'].nunique()} cells: {runs})" if sweep else runs
     commit = str(df["git_commit"].iloc[0])[:12]
     cols = ["model", "task", "probe", "layer", "timestep", "metric"]

@@ -18,20 +18,23 @@ from analysis_fakes import synthetic_rows, write_cache
 from matplotlib.container import BarContainer
 from matplotlib.text import Text
 
+import analysis.cka as cka
 import analysis.compare as compare
 import analysis.complementarity as complementarity
 import analysis.curves as curves
 import analysis.fusion_plots as fusion_plots
 import analysis.heatmaps as heatmaps
 import analysis.predictions as predictions
-from analysis.complementarity import cka_matrix, distinct_caches, plot_cka_matrix
+from analysis.cka import cka_matrix, distinct_caches, plot_cka_matrix
 from analysis.curves import seeds_phrase
 from analysis.fusion_plots import WeightArtifact, is_uniform, plot_weight_distributions, plot_weight_maps
 from analysis.layout import clipped_texts, fit_texts
-from analysis.predictions import class_palette, plot_model_predictions
+from analysis.predictions import plot_model_predictions
 from backbones.store import FeatureCache
+from tasks.kinds import class_palette
+from tasks.kinds.depth import INVALID_DEPTH_COLOR
 
-PLOTTING = (compare, complementarity, curves, fusion_plots, heatmaps, predictions)
+PLOTTING = (cka, compare, complementarity, curves, fusion_plots, heatmaps, predictions)
 
 
 @pytest.fixture
@@ -184,7 +187,7 @@ def test_depth_panels_have_a_colour_bar_in_metres_and_key_invalid_pixels(figs, t
     depth = next(ax for ax in fig.axes if ax.get_title() == "depth\ntarget").images[0]
     invalid = ~np.isfinite(targets["depth"][0]) | (targets["depth"][0] <= 0)
     assert np.array_equal(np.ma.getmaskarray(depth.get_array()), invalid)
-    assert depth.cmap.get_bad()[:3].tolist() == list(predictions.INVALID_DEPTH_COLOR)
+    assert depth.cmap.get_bad()[:3].tolist() == list(INVALID_DEPTH_COLOR)
 
 
 def test_class_palette_has_as_many_distinct_colours_as_classes_and_no_black():

@@ -6,6 +6,8 @@ import pandas as pd
 
 from analysis.findings import fusion_findings, random_twin_findings, ranking_findings, timestep_findings
 
+ROLES = {"fusion-noise-control": "noise-control"}  # what a run's config.yaml declares (RunDir.stage_roles)
+
 
 def rows(model, weights, probe, task, metric, cells, split_values):
     out = []
@@ -60,12 +62,12 @@ def test_fusion_and_random_twin_and_ranking():
         + rows("m", "default", "fusion-noise-control", "segmentation", "mIoU", [(1, "0.5")], [(0.65, 0.7)])
         + rows("m", "random", "ridge", "segmentation", "mIoU", [(1, "0.5")], [(0.3, 0.3)])
     )
-    (f,) = fusion_findings(df)
+    (f,) = fusion_findings(df, roles=ROLES)
     assert "fusion-spatial mIoU 0.680 beats (1 fit) fusion-single 0.600 (gain +0.080)" in f
     assert "loses to (1 fit) fusion-noise-control 0.700 (gain -0.020)" in f
     assert "clean-image cell" not in f  # a noisy control cell carries noise diversity
     clean = df.assign(log_snr=df["log_snr"].mask(df["probe"] == "fusion-noise-control", float("inf")))
-    (f,) = fusion_findings(clean)
+    (f,) = fusion_findings(clean, roles=ROLES)
     assert "clean-image cell (log-SNR +∞)" in f and "controls only for the fusion's width" in f
     (d,) = random_twin_findings(df)
     assert d.endswith(
@@ -130,7 +132,7 @@ def test_findings_over_probe_seeds_give_mean_std_and_flag_gains_within_the_std()
         + seeded("fusion-single", (1, "0.5"), [0.55, 0.60, 0.65])
         + seeded("fusion-noise-control", (1, "0.5"), [0.50, 0.50, 0.50])
     )
-    (f,) = fusion_findings(df)
+    (f,) = fusion_findings(df, roles=ROLES)
     assert "fusion-spatial mIoU 0.620 ± 0.020 (3 probe seeds)" in f
     assert "is within noise of fusion-single 0.600 ± 0.050 (gain +0.020)" in f
     assert "beats fusion-noise-control 0.500 ± 0.000 (gain +0.120)" in f
@@ -173,3 +175,14 @@ def test_one_best_timestep_per_task_chosen_on_val_in_every_finding():
     assert "segmentation t=0.1 (layer 1, test 0.410)" in a and "t=0.2" not in a.split("Test curves")[0]
     (d,) = twin_gain_by_timestep_findings(df)
     assert d.endswith("is t=0.1.")
+
+
+def test_the_noise_control_is_found_by_its_role_not_its_label():
+    spatial = rows("m", "default", "fusion-spatial", "segmentation", "mIoU", [(1, "0+0.5")], [(0.7, 0.68)])
+    control = rows("m", "default", "draws-at-one-t", "segmentation", "mIoU", [(1, "0.5")], [(0.65, 0.6)])
+    lookalike = rows("m", "default", "x-noise-control", "segmentation", "mIoU", [(1, "0.5")], [(0.6, 0.5)])
+    df = pd.DataFrame(spatial + control + lookalike)
+    (f,) = fusion_findings(df, roles={"draws-at-one-t": "noise-control"})
+    assert "beats (1 fit) draws-at-one-t 0.600 (gain +0.080)" in f
+    assert "x-noise-control" not in f  # a label is not a role
+    assert fusion_findings(df) == []  # no role declared: no control, and no baseline to compare with

@@ -189,8 +189,8 @@ def test_cells_from_needs_ridge_results_first(tmp_path):
 
 
 def test_conditioned_backbones_are_labelled_in_rows():
-    from analysis.common import model_slug
     from probebench.config import BackboneConfig
+    from probebench.core.rundir import model_slug
     from probebench.pipeline import backbone_label, model_label
 
     plain = BackboneConfig("tiny-mmdit")
