@@ -233,22 +233,10 @@ def registered_cell_probes(df: pd.DataFrame) -> list[str]:
     return [str(p) for p in dict.fromkeys(df["probe"]) if p in names and probe_class(str(p)).per_cell]
 
 
-def per_cell_probes(df: pd.DataFrame) -> list[str]:
-    """The probes whose rows each score one (layer, timestep) cell, over more than one cell (a screen such as
-    ridge, a trained probe fitted per cell), in the order they first appear in ``df``: the probes that layer ×
-    timestep maps and curves can be drawn for, told from the rows themselves."""
-    multi = pd.Series(is_multi(df["layer"]) | is_multi(df["timestep"]), index=df.index)
-    out = []
-    for probe, g in df.groupby("probe", sort=False):
-        if not multi[g.index].any() and len(g[["layer", "timestep"]].drop_duplicates()) > 1:
-            out.append(str(probe))
-    return out
-
-
 def cell_probe(df: pd.DataFrame, probe: str | None = None) -> str:
     """The per-cell probe to draw layer × timestep maps with: ``probe`` if given, else the per-cell probe
-    (:func:`per_cell_probes`) with the most cells at a timestep (the first in the table on ties), else the probe
-    with the most single (layer, timestep) cells."""
+    (:func:`registered_cell_probes`) with the most cells at a timestep (the first in the table on ties), else the
+    probe with the most single (layer, timestep) cells (e.g. a per-cell stage under its own label)."""
     d = timestep_rows(df)
     if probe is not None:
         _check_values(df, "probe", probe, "probe")
@@ -259,7 +247,7 @@ def cell_probe(df: pd.DataFrame, probe: str | None = None) -> str:
             f"probes present: {sorted(df['probe'].unique())}."
         )
     cells = d.groupby("probe", sort=False)[["layer", "timestep"]].apply(lambda g: len(g.drop_duplicates()))
-    per_cell = [p for p in per_cell_probes(df) if p in cells.index]
+    per_cell = [p for p in registered_cell_probes(df) if p in cells.index]
     if per_cell:
         return str(cells[per_cell].idxmax())
     return str(cells.sort_index().idxmax())

@@ -30,7 +30,8 @@ from analysis.common import (
     with_model,
 )
 from probebench.core.errors import ProbebenchError
-from probebench.core.results import RESULTS_FILE, read_results
+from probebench.core.results import read_results
+from probebench.core.rundir import find_results_files
 from tasks.base import HIGHER_IS_BETTER, MAIN_METRIC
 
 FUSION_MAIN = "fusion-spatial"
@@ -40,27 +41,6 @@ BASELINE_BEST_CELL = "the best single-timestep ridge/linear cell, selected on va
 
 
 # -- loading --------------------------------------------------------------------------------------------------
-def find_results_files(paths: Iterable[str | Path]) -> list[Path]:
-    """``results.csv`` files: each path is a CSV, a run directory, or a directory of runs (a sweep)."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file():
-            found.append(p)
-        elif (p / RESULTS_FILE).is_file():
-            found.append(p / RESULTS_FILE)
-        elif p.is_dir():
-            sub = sorted(p.rglob(RESULTS_FILE))
-            if not sub:
-                listing = sorted(x.name for x in p.iterdir())[:20]
-                raise ProbebenchError(
-                    f"No {RESULTS_FILE} in {p} or below it; it holds: {listing or 'nothing (empty directory)'}."
-                )
-            found.extend(sub)
-        else:
-            raise ProbebenchError(f"{p} does not exist.")
-    return found
-
-
 def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """The concatenated tables of several runs (schema checked per file; an empty table is an error)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)

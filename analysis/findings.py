@@ -23,7 +23,14 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from analysis.common import cell_probe, main_metric_rows, seed_mean, single_cells, timestep_rows
+from analysis.common import (
+    cell_probe,
+    main_metric_rows,
+    registered_cell_probes,
+    seed_mean,
+    single_cells,
+    timestep_rows,
+)
 from analysis.compare import VERDICT_RULE, VERDICTS, best_cells, gain, verdict, verdict_phrase, with_model
 from analysis.curves import chosen_cells
 from probebench.core.errors import ProbebenchError
@@ -271,13 +278,14 @@ def twin_gain_by_timestep_findings(df: pd.DataFrame, split: str = "test") -> lis
 
 
 def ranking_findings(df: pd.DataFrame, split: str = "val") -> list[str]:
-    """How well one per-cell probe ranks cells against another (e.g. the ridge screen against trained linear
-    probes): Spearman's ρ over the cells both scored, per model and task and pair of probes, in the order the
-    probes first appear in the rows (needs at least 3 common cells)."""
+    """How well one per-cell probe (a registered probe whose class declares ``per_cell``) ranks cells against
+    another, e.g. the ridge screen against trained linear probes: Spearman's ρ over the cells both scored, per
+    model and task and pair of probes, in the order the probes first appear in the rows (needs at least 3 common
+    cells)."""
     from scipy.stats import spearmanr
 
     d = single_cells(with_model(df))
-    d = d[d["split"] == split]
+    d = d[(d["split"] == split) & d["probe"].isin(registered_cell_probes(d))]
     out = []
     for (model, task), g in d.groupby(["model", "task"], sort=True):
         g = g[g["metric"] == MAIN_METRIC.get(task, ("",))[0]]

@@ -26,15 +26,16 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
-from probebench.core.errors import ProbebenchError, did_you_mean
+from probebench.core.errors import ProbebenchError, closest_hint, did_you_mean
 from probebench.core.io import atomic_write_bytes, stable_hash
+from probebench.core.rundir import ROLES
 
 Layers = Union[str, int, list[int]]  # noqa: UP007  (a runtime union typing can introspect on 3.10)
 
@@ -213,9 +214,24 @@ class RunConfig:
             for i in [*(st.backbones or []), *(st.select or [])]:
                 if not 0 <= i < n:
                     raise ProbebenchError(f"Probe {st.name!r}: backbone index {i} out of range 0..{n - 1}.")
+            if st.role is not None and st.role not in ROLES:
+                raise ProbebenchError(
+                    f"Probe {st.name!r}: unknown role {st.role!r}.{closest_hint(st.role, ROLES)} "
+                    f"Valid: {', '.join(ROLES)}."
+                )
 
 
 RUNTIME_ONLY = {("extract",), ("output_dir",)}  # excluded from the config hash
+STAGE_LABELS = (
+    "role",
+)  # probe-stage keys that only label a stage for the analysis: no number depends on them
+
+
+def stage_identity(stage: ProbeConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A probe stage as a dict without :data:`STAGE_LABELS`: what the result identity, the config hash and the
+    rerun check compare."""
+    d = to_dict(stage) if isinstance(stage, ProbeConfig) else dict(stage)
+    return {k: v for k, v in d.items() if k not in STAGE_LABELS}
 
 
 # -- building from dicts ---------------------------------------------------------------------------------------
@@ -395,10 +411,9 @@ def resolve_tasks(cfg: RunConfig, dataset_targets: Sequence[str]) -> RunConfig:
         if kind in cfg.tasks[:i]:
             raise ProbebenchError(f"tasks lists {kind!r} twice: {cfg.tasks}.")
         if kind not in kinds:
-            close = did_you_mean(str(kind), kinds, n=1)
             raise ProbebenchError(
                 f"tasks: {where} has no {kind!r} target."
-                + (f" Did you mean {close[0]!r}?" if close else "")
+                + closest_hint(kind, kinds)
                 + f" It provides: {', '.join(kinds) or 'none'}."
             )
     return dataclasses.replace(cfg, tasks=list(cfg.tasks))
@@ -422,6 +437,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def config_hash(cfg: RunConfig) -> str:
     """Hash of everything in the config that changes numbers (runtime-only fields left out)."""
     d = to_dict(cfg)
+    d["probes"] = [stage_identity(st) for st in d["probes"]]
     for path in RUNTIME_ONLY:
         node = d
         for p in path[:-1]:

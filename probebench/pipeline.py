@@ -22,11 +22,18 @@ import backbones
 import tasks
 from backbones.store import FeatureCache, extract_to_cache
 from probebench.cells import best_cells_grid, cell_screen, resolve_cells
-from probebench.config import BackboneConfig, ProbeConfig, RunConfig, resolve_tasks, save_config, to_dict
+from probebench.config import (
+    BackboneConfig,
+    ProbeConfig,
+    RunConfig,
+    resolve_tasks,
+    save_config,
+    stage_identity,
+    to_dict,
+)
 from probebench.core.errors import ProbebenchError
 from probebench.core.io import atomic_save_npy, stable_hash
 from probebench.core.results import (
-    RESULTS_FILE,
     append_results,
     done_cells,
     fmt_layers,
@@ -161,7 +168,7 @@ def _setup(
     d = {
         "data": {**data, "content": data_identity_of(cfg) if data_id is None else data_id},
         "backbones": [to_dict(b) for b in models],
-        "probe": {k: v for k, v in to_dict(stage).items() if k != "role"},
+        "probe": stage_identity(stage),
     }
     rows = probe_class(stage.name).rows_version
     if rows is not None:  # the probe changed which rows it writes: earlier rows are not "done"
@@ -347,7 +354,7 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     try:
         return _run(cfg, extract=extract, analyze=analyze, progress=progress)
     except BaseException:
-        if created and out.is_dir() and not (out / RESULTS_FILE).is_file():
+        if created and out.is_dir() and not RunDir(out).has_results():
             shutil.rmtree(out, ignore_errors=True)
         raise
 
@@ -401,7 +408,7 @@ class _Stages:
     ):
         self.cfg, self.out, self.splits = cfg, out, splits
         self.extract, self.progress = extract, progress
-        self.results = out / RESULTS_FILE
+        self.results = RunDir(out).results_file
         self.prov = provenance()
         self.caches: dict[int, dict[str, FeatureCache]] = {}
         self.notes: dict[str, str] = {}

@@ -14,11 +14,11 @@ from typing import Any
 
 import yaml
 
-from probebench.config import RUNTIME_ONLY, RunConfig, load_config, to_dict
+from probebench.config import RUNTIME_ONLY, RunConfig, load_config, stage_identity, to_dict
 from probebench.core.errors import ProbebenchError
 from probebench.core.io import atomic_write_json, stable_hash
 from probebench.core.results import RESULTS_FILE, read_results
-from probebench.core.rundir import CONFIG_FILE, RUN_FILE, RunDir
+from probebench.core.rundir import CONFIG_FILE, RunDir
 
 GROWABLE = ("backbones", "probes")  # lists a rerun may extend at the end
 # keys whose change alters no existing row's numbers: the runtime-only ones (out of the config hash), the run's
@@ -33,7 +33,7 @@ def data_digests(data_id: dict[str, Any]) -> dict[str, str]:
 
 def write_run_file(out: Path, data_id: dict[str, Any]) -> None:
     """``run.json``: the data identity the run directory's results are made with (:func:`check_rerun` reads it)."""
-    atomic_write_json(out / RUN_FILE, {"data": data_digests(data_id)})
+    atomic_write_json(RunDir(out).run_file, {"data": data_digests(data_id)})
 
 
 def _changes(old: Any, new: Any, path: str) -> list[str]:
@@ -50,10 +50,6 @@ def _changes(old: Any, new: Any, path: str) -> list[str]:
     return [] if old == new else [f"{path}: {old!r} → {new!r}"]
 
 
-def _without_role(stage: Any) -> Any:
-    return {k: v for k, v in stage.items() if k != "role"} if isinstance(stage, dict) else stage
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The changes from ``old`` to ``new`` (resolved config dicts) that would put rows of another setup into a
     run directory: anything that changes numbers, except adding backbones and probe stages at the end, and
@@ -65,8 +61,11 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         new.pop(k, None)
     for k in GROWABLE:
         o, n = list(old.pop(k, None) or []), list(new.pop(k, None) or [])
-        if k == "probes":  # a stage's role labels it for the analysis; it changes no number
-            o, n = [_without_role(x) for x in o], [_without_role(x) for x in n]
+        if k == "probes":  # a stage's labels (its role) change no number
+            o, n = (
+                [stage_identity(x) if isinstance(x, dict) else x for x in o],
+                [stage_identity(x) if isinstance(x, dict) else x for x in n],
+            )
         for i, item in enumerate(o):
             out += [f"{k}.{i}: removed"] if i >= len(n) else _changes(item, n[i], f"{k}.{i}")
     return out + _changes(old, new, "")
@@ -89,8 +88,9 @@ def check_rerun(out: Path, cfg: RunConfig, data_id: dict[str, Any]) -> None:
         except ProbebenchError:  # written by another version: compare what is there
             old = yaml.safe_load((out / CONFIG_FILE).read_text()) or {}
         problems += config_changes(old, to_dict(cfg))
-    if (out / RUN_FILE).is_file() and not any(p.startswith("data.") for p in problems):
-        before = json.loads((out / RUN_FILE).read_text()).get("data", {})
+    run_file = RunDir(out).run_file
+    if run_file.is_file() and not any(p.startswith("data.") for p in problems):
+        before = json.loads(run_file.read_text()).get("data", {})
         now = data_digests(data_id)
         problems += [
             f"the content of the {w} split changed (data identity {before[w]} → {now[w]})"

@@ -30,7 +30,7 @@ import numpy as np
 
 from backbones.base import FeatureKey
 from backbones.store import FeatureCache, FeatureInfo
-from probebench.core.errors import ProbebenchError, did_you_mean
+from probebench.core.errors import ProbebenchError, closest_hint
 from probebench.core.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from probebench.core.results import fmt_timestep
 from tasks.base import Dataset, TargetSpec
@@ -286,10 +286,9 @@ class Probe:
         valid = cls.param_names()
         for name in params:
             if name not in valid:
-                close = did_you_mean(str(name), valid, n=1)
                 raise ProbebenchError(
                     f"Unknown parameter {name!r} for probe {cls.name!r}."
-                    + (f" Did you mean {close[0]!r}?" if close else "")
+                    + closest_hint(name, valid)
                     + f" Valid: {', '.join(valid)}."
                 )
         return cls.Params(**params)
@@ -316,6 +315,25 @@ class Probe:
         ``train``); ``seed``: the probe seed (trained probes); ``extra``: other backbones' sources of the same
         images, ``{"train": [source, ...], "val": [...], "test": [...]}`` (joint probes only)."""
         raise NotImplementedError
+
+    @classmethod
+    def fit_with(
+        cls,
+        train: FeatureSource,
+        val: FeatureSource,
+        test: FeatureSource | None,
+        kinds: Sequence[str],
+        *,
+        keys: Sequence[FeatureKey] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        extra: Any = None,
+        **params: Any,
+    ) -> ProbeOutput:
+        """The probe as a function: its parameters by keyword (checked as a stage's ``params:``), then
+        :meth:`fit` (e.g. ``probes.linear.linear_probe = LinearProbe.fit_with``)."""
+        probe = cls.from_config(params)
+        return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
 
 
 def check_single(probe: str, extra: Any) -> None:

@@ -360,21 +360,7 @@ class FusionProbe(TrainedProbe):
         return out
 
 
-def fusion_probe(
-    train: Split,
-    val: Split,
-    test: Split | None,
-    kinds: Sequence[str],
-    *,
-    keys: Sequence[FeatureKey] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    extra: Any = None,
-    **params: Any,
-) -> ProbeOutput:
-    """:class:`FusionProbe` as a function, its parameters by keyword."""
-    probe = FusionProbe.from_config(params)
-    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
+fusion_probe = FusionProbe.fit_with  # the probe as a function, its parameters by keyword
 
 
 def _single(

@@ -266,21 +266,7 @@ class HeadProbe(TrainedProbe):
         return out
 
 
-def head_probe(
-    train: Split,
-    val: Split,
-    test: Split | None,
-    kinds: Sequence[str],
-    *,
-    keys: Sequence[FeatureKey] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    extra: Any = None,
-    **params: Any,
-) -> ProbeOutput:
-    """:class:`HeadProbe` as a function, its parameters by keyword."""
-    probe = HeadProbe.from_config(params)
-    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
+head_probe = HeadProbe.fit_with  # the probe as a function, its parameters by keyword
 
 
 def count_parameters(module: nn.Module) -> int:

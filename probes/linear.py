@@ -187,38 +187,10 @@ class CombineProbe(TrainedProbe):
         return out
 
 
-def linear_probe(
-    train: Split,
-    val: Split,
-    test: Split | None,
-    kinds: Sequence[str],
-    *,
-    keys: Sequence[FeatureKey] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    extra: Any = None,
-    **params: Any,
-) -> ProbeOutput:
-    """:class:`LinearProbe` as a function, its parameters by keyword."""
-    probe = LinearProbe.from_config(params)
-    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
+linear_probe = LinearProbe.fit_with  # the probe as a function, its parameters by keyword
 
 
-def combine_probe(
-    train: Split,
-    val: Split,
-    test: Split | None,
-    kinds: Sequence[str],
-    *,
-    keys: Sequence[FeatureKey] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    extra: Any = None,
-    **params: Any,
-) -> ProbeOutput:
-    """:class:`CombineProbe` as a function, its parameters by keyword."""
-    probe = CombineProbe.from_config(params)
-    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress, extra=extra)
+combine_probe = CombineProbe.fit_with  # the probe as a function, its parameters by keyword
 
 
 def _as_frame(records: Any) -> pd.DataFrame:

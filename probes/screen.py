@@ -62,27 +62,17 @@ class RidgeProbe(Probe):
     ) -> ProbeOutput:
         check_single(self.name, extra)
         keys = list(keys) if keys is not None else train.keys
-        return screen(train, val, test, kinds, [[k] for k in keys], self.params, progress=progress)
+        groups = self.key_groups(train, keys, kinds)
+        return screen(train, val, test, kinds, groups, self.params, progress=progress, probe=self.rows_probe)
+
+    def key_groups(
+        self, train: FeatureSource, keys: list[FeatureKey], kinds: Sequence[str]
+    ) -> list[list[FeatureKey]]:
+        """The keys fitted per pass over the data: one per pass from a cache (each key read on its own)."""
+        return [[k] for k in keys]
 
 
-def ridge_screen(
-    train: Split,
-    val: Split,
-    test: Split | None,
-    kinds: Sequence[str],
-    *,
-    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
-    class_balanced: bool = True,
-    batch_size: int = 32,
-    keys: Sequence[FeatureKey] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> ProbeOutput:
-    """:class:`RidgeProbe` as a function, its parameters by keyword."""
-    probe = RidgeProbe(
-        RidgeProbe.Params(lambdas=lambdas, class_balanced=class_balanced, batch_size=batch_size)
-    )
-    return probe.fit(train, val, test, kinds, keys=keys, seed=seed, progress=progress)
+ridge_screen = RidgeProbe.fit_with  # the probe as a function, its parameters by keyword
 
 
 def screen(

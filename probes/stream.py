@@ -20,8 +20,8 @@ import numpy as np
 from backbones.base import Adapter, FeatureKey
 from backbones.store import FeatureInfo, _load_batch, key_stem, pool_features
 from probebench.core.io import stable_hash
-from probes.base import Batches, FeatureSource, ProbeOutput, check_single
-from probes.screen import DEFAULT_LAMBDAS, RidgeProbe, screen
+from probes.base import Batches, FeatureSource, ProbeOutput
+from probes.screen import DEFAULT_LAMBDAS, RidgeProbe
 from tasks.base import Dataset
 
 
@@ -116,22 +116,11 @@ class RidgeStreamProbe(RidgeProbe):
         batch_size: int = 16
         memory_gb: float = 4.0
 
-    def fit(
-        self,
-        train: FeatureSource,
-        val: FeatureSource,
-        test: FeatureSource | None,
-        kinds: Sequence[str],
-        *,
-        keys: Sequence[FeatureKey] | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        extra: Any = None,
-    ) -> ProbeOutput:
-        check_single(self.name, extra)
-        keys = list(keys) if keys is not None else train.keys
-        groups = memory_groups(train, keys, len(kinds), self.params.memory_gb)
-        return screen(train, val, test, kinds, groups, self.params, progress=progress, probe=self.rows_probe)
+    def key_groups(
+        self, train: FeatureSource, keys: list[FeatureKey], kinds: Sequence[str]
+    ) -> list[list[FeatureKey]]:
+        """As many keys per extraction pass as fit ``memory_gb`` (:func:`memory_groups`)."""
+        return memory_groups(train, keys, len(kinds), self.params.memory_gb)
 
 
 def stream_ridge_screen(

@@ -77,6 +77,21 @@ def test_config_hash_ignores_runtime_only_fields_only():
     assert config_hash(load_config(None, ["probes.0.params.lambdas=[1.0]"])) != base
 
 
+def test_a_stage_role_is_checked_and_changes_no_identity():
+    cfg = load_config(None, ["probes.4.role=noise-control"])
+    assert config_hash(load_config(None, ["probes.4.role=null"])) == config_hash(cfg)
+    from probebench.pipeline import stage_hash
+
+    plain = load_config(None, ["probes.4.role=null"])
+    models = [cfg.backbones[i] for i in cfg.probes[4].backbones]
+    data_id = {"train": {}, "val": {}, "test": {}}
+    assert stage_hash(cfg, cfg.probes[4], models, data_id=data_id) == stage_hash(
+        plain, plain.probes[4], models, data_id=data_id
+    )
+    with pytest.raises(ProbebenchError, match=r"unknown role 'noise-contrl'\. Did you mean 'noise-control'"):
+        load_config(None, ["probes.4.role=noise-contrl"]).validate()
+
+
 def test_probe_seeds_apply_to_trained_cached_probes_only():
     from probebench.config import ProbeConfig
     from probebench.pipeline import stage_seeds

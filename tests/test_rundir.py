@@ -9,7 +9,6 @@ import yaml
 
 from probebench.core.errors import ProbebenchError
 from probebench.core.rundir import (
-    PER_CLASS_COLUMNS,
     HeadsDir,
     RunDir,
     find_results_files,
@@ -57,15 +56,25 @@ def test_heads_dirs_name_their_model_and_stage(tmp_path):
     assert h.model("segmentation") == "tiny (random)" and h.model("depth") == d.parent.name
 
 
-def test_per_class_rows_are_appended_once(tmp_path):
-    rd = _run(tmp_path / "r")
-    row = dict.fromkeys(PER_CLASS_COLUMNS, "x") | {"class": "sky", "iou": 0.5}
-    assert rd.append_per_class_iou([row, {**row, "class": "floor", "iou": float("nan")}]) == 2
-    assert rd.append_per_class_iou([row]) == 0  # same identity (every column but iou): not repeated
-    df = rd.per_class_iou()
-    assert list(df["class"]) == ["sky", "floor"] and df["iou"].isna().tolist() == [False, True]
+def test_per_class_tables_of_a_sweep_are_read_from_every_cell(tmp_path):
+    sweep = tmp_path / "sw"
+    for cell, cls in (("a", "sky"), ("b", "floor")):
+        _run(sweep / "cells" / cell, heads=())
+        (sweep / "cells" / cell / "per_class_iou.csv").write_text(
+            f"backbone,weights,probe,class,iou\nm,default,ridge,{cls},0.5\n"
+        )
+    rd = RunDir(sweep)
+    assert rd.has_per_class_iou() and list(rd.per_class_iou()["class"]) == ["sky", "floor"]
     with pytest.raises(ProbebenchError, match=r"No per_class_iou\.csv"):
         RunDir(tmp_path / "other").per_class_iou()
+
+
+def test_imported_heads_leave_temporary_files_behind(tmp_path):
+    src, dst = _run(tmp_path / "screen", heads=("m-default",)), _run(tmp_path / "cell", heads=())
+    (src.path / "heads" / "m-default" / "segmentation.json").write_text("{}")
+    (src.path / "heads" / "m-default" / ".segmentation.json.tmp").write_text("half")
+    dst.import_heads(src)
+    assert [p.name for p in (dst.path / "heads" / "m-default").iterdir()] == ["segmentation.json"]
 
 
 def test_missing_results_is_one_clear_error(tmp_path):

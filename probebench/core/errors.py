@@ -34,6 +34,12 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return [lowered[c] for c in close]
 
 
+def closest_hint(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest valid name to ``name`` (with its leading space), or ``""``."""
+    close = did_you_mean(str(name), choices, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 def unknown_message(
     kind: str, name: str, choices: Iterable[str], extra: str = "", max_listed: int = 40
 ) -> str:

@@ -6,7 +6,7 @@ A **run directory** (``results/<run name>/``) holds one setup's results::
     config.yaml          the resolved config (its probe stages may declare a ``role``, e.g. noise-control)
     run.json             the data's content identity the rows were made with
     backbones.json       what each model's weights are (``adapter.weights_note``)
-    per_class_iou.csv    per-class IoU of each segmentation fit's reported cell (test split)
+    per_class_iou.csv    per-class IoUs, where a user supplies them (the report compares models class by class)
     heads/<model>/[<stage label>/]   saved heads, predictions on a few test images, artifacts
     figures/, REPORT.md  what ``analysis.report`` makes of it
 
@@ -20,7 +20,7 @@ Written by hand: it is this project's own file layout; no library knows it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ import yaml
 
 from probebench.core.errors import ProbebenchError
 from probebench.core.io import atomic_write_bytes, atomic_write_json
-from probebench.core.results import RESULTS_FILE, append_results, locked, read_results
+from probebench.core.results import RESULTS_FILE, read_results
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"  # the data identity the results were made with
@@ -42,20 +42,7 @@ CELLS_DIR = "cells"  # a sweep's cells: one run directory each
 SCREENS_DIR = "screens"  # a sweep's shared ridge screens
 SWEEP_FILE = "sweep.yaml"
 
-# per-class IoU rows: the columns a table must have, and the defaults of the optional ones
-PER_CLASS_COLUMNS = (
-    "backbone",
-    "weights",
-    "task",
-    "split",
-    "probe",
-    "layer",
-    "timestep",
-    "seed",
-    "class",
-    "iou",
-    "config_hash",
-)
+# per-class IoU tables: the columns a table must have, and the defaults of the optional ones
 PER_CLASS_REQUIRED = ("backbone", "weights", "probe", "class", "iou")
 PER_CLASS_DEFAULTS: dict[str, Any] = {"task": "segmentation", "split": "test", "seed": 0}
 
@@ -158,9 +145,6 @@ class RunDir:
         self.check_results()
         return read_results(self.results_file)
 
-    def append_results(self, rows: list[dict[str, Any]]) -> int:
-        return append_results(self.results_file, rows)
-
     # -- the config -------------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The resolved config as written (a plain dict; ``{}`` when absent)."""
@@ -219,7 +203,7 @@ class RunDir:
         file, atomically."""
         heads = source.path / HEADS_DIR
         for f in sorted(heads.rglob("*")) if heads.is_dir() else []:
-            if f.is_file():
+            if f.is_file() and not f.name.startswith("."):  # not a leftover temporary file
                 atomic_write_bytes(self.path / HEADS_DIR / f.relative_to(heads), f.read_bytes())
 
     # -- per-class tables -------------------------------------------------------------------------------------
@@ -228,26 +212,6 @@ class RunDir:
 
     def has_per_class_iou(self) -> bool:
         return any(run.per_class_file().is_file() for run in self.runs())
-
-    def append_per_class_iou(self, rows: list[dict[str, Any]]) -> int:
-        """Add per-class IoU rows (columns :data:`PER_CLASS_COLUMNS`) not yet in ``per_class_iou.csv`` (same
-        identity: every column but ``iou``); atomic and under the file's lock, like the result rows."""
-        new = pd.DataFrame(rows, columns=list(PER_CLASS_COLUMNS))
-        if new.empty:
-            return 0
-        path = self.per_class_file()
-        ident = [c for c in PER_CLASS_COLUMNS if c != "iou"]
-        with locked(path):
-            old = pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
-            if old is not None and len(old):
-                have = set(map(tuple, old[ident].itertuples(index=False)))
-                keep = [tuple(r) not in have for r in new[ident].astype(str).itertuples(index=False)]
-                new = new[keep]
-            if new.empty:
-                return 0
-            out = pd.concat([old, new.astype(str)], ignore_index=True) if old is not None else new
-            atomic_write_bytes(path, out.to_csv(index=False).encode())
-        return len(new)
 
     def per_class_iou(self) -> pd.DataFrame:
         """Every per-class IoU row of the directory (a sweep's cells included)."""
@@ -282,9 +246,3 @@ def find_results_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise ProbebenchError(f"{p} does not exist.")
     return found
-
-
-def iter_runs(paths: Iterable[str | Path]) -> Iterator[RunDir]:
-    """The run directories holding the result files of ``paths`` (see :func:`find_results_files`)."""
-    for f in find_results_files(paths):
-        yield RunDir(f.parent)

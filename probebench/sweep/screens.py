@@ -14,16 +14,15 @@ always finished and imported, even for one cell). Which screens are shared is de
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from probebench import pipeline
 from probebench.config import RunConfig, from_dict, to_dict
-from probebench.core.io import atomic_write_bytes, stable_hash
+from probebench.core.io import stable_hash
 from probebench.core.results import RESULTS_FILE, append_results, done_cells, locked, read_results
-from probebench.core.rundir import BACKBONES_FILE, HEADS_DIR, SCREENS_DIR, RunDir
+from probebench.core.rundir import SCREENS_DIR, RunDir
 from probebench.sweep.spec import absolute_config
 from probebench.sweep.state import RUN_LOCK, delete_rows, missing_parts
 from probes import probe_class
@@ -117,12 +116,8 @@ def import_screen(cfg: RunConfig, index: int, screen_dir: Path) -> int:
         df = read_results(src)
         df = df[df["config_hash"].isin([c for _, c in fits]) & df["task"].isin(list(cfg.tasks))].copy()
         pipeline.prepare_run_dir(cfg)  # refuses a directory of another setup, as the pipeline would
-        heads = screen_dir / HEADS_DIR
-        for f in sorted(heads.rglob("*")) if heads.is_dir() else []:
-            if f.is_file() and not f.name.startswith("."):  # not a leftover temporary file
-                atomic_write_bytes(out / HEADS_DIR / f.relative_to(heads), f.read_bytes())
-        notes = screen_dir / BACKBONES_FILE
-        if notes.is_file():
-            RunDir(out).write_backbone_notes(json.loads(notes.read_text()))
+        run, screen = RunDir(out), RunDir(screen_dir)
+        run.import_heads(screen)
+        run.write_backbone_notes(screen.backbone_notes())
         df["run"] = cfg.name
         return append_results(out / RESULTS_FILE, df.to_dict("records"))

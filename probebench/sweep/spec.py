@@ -37,7 +37,7 @@ import yaml
 import backbones
 import tasks
 from probebench.config import RunConfig, apply_overrides, from_dict, load_config, resolve_tasks, to_dict
-from probebench.core.errors import ProbebenchError, UnknownNameError, did_you_mean
+from probebench.core.errors import ProbebenchError, UnknownNameError, closest_hint, did_you_mean
 from probebench.core.io import stable_hash
 from probebench.core.results import RESULTS_FILE
 from probebench.core.rundir import CELLS_DIR
@@ -359,10 +359,9 @@ def load_sweep(
         raise ProbebenchError(f"{where} must hold a mapping at the top level.")
     for key in raw:
         if key not in SWEEP_KEYS:
-            close = did_you_mean(str(key), SWEEP_KEYS, n=1)
             raise ProbebenchError(
                 f"{where}: unknown key {key!r}."
-                + (f" Did you mean {close[0]!r}?" if close else "")
+                + closest_hint(key, SWEEP_KEYS)
                 + f" Valid keys: {', '.join(SWEEP_KEYS)}."
             )
     name = raw.get("name") or (source.stem if source else "sweep")

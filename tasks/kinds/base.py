@@ -13,7 +13,7 @@ A :class:`TargetKind` owns, for its kind:
   frequency; ``None`` for kinds without classes), ``balance_weights`` (cell weights × class weights),
   ``decode`` (regressed outputs, upsampled → what the metric scores) and ``lambda_criterion`` (the cheap score
   that picks λ on the validation split, with its direction);
-- **trained probes**: ``objective(spec, options, class_weights)`` → an :class:`Objective` (output channels,
+- **trained probes**: ``objective_class`` (or ``objective(spec, options, class_weights)``) → an :class:`Objective` (output channels,
   loss at label resolution, prepare, decode), ``default_head`` and the ``heads`` that fit the kind;
 - **analysis**: ``error_mask`` (wrong/valid pixels for error overlap) and its one-line ``error_criterion``, and
   ``panels`` (how prediction figures draw and key its maps; :func:`class_palette` sizes class colours to the
@@ -213,7 +213,7 @@ class Objective(ABC):
 # -- the contract ---------------------------------------------------------------------------------------------
 class TargetKind(ABC):
     """One kind of dense target. Subclass it in one file, set the class attributes, implement the abstract
-    methods (and :meth:`objective` for trained probes) and register the class: ``@TARGET_KINDS.register(name)``
+    methods (and :attr:`objective_class` or :meth:`objective` for trained probes) and register the class: ``@TARGET_KINDS.register(name)``
     or the entry-point group ``probebench.kinds``. The module docstring says what each part is used for."""
 
     name: ClassVar[str] = ""
@@ -279,16 +279,21 @@ class TargetKind(ABC):
         return MetricCriterion(self.make_metric(spec, **options), self.main_metric, self.higher_is_better)
 
     # -- trained probes
+    objective_class: ClassVar[type[Objective] | None] = None  # what :meth:`objective` builds (None: none)
+
     def objective(
         self,
         spec: TargetSpec,
         options: Mapping[str, Any] | None = None,
         class_weights: np.ndarray | None = None,
     ) -> Objective:
-        """The trained probes' :class:`Objective` for ``spec``; ``options``: the probe's training settings."""
-        raise ProbebenchError(
-            f"The {self.name!r} target kind defines no objective: trained probes cannot fit it."
-        )
+        """The trained probes' :class:`Objective` for ``spec`` (default: :attr:`objective_class`); ``options``:
+        the probe's training settings."""
+        if self.objective_class is None:
+            raise ProbebenchError(
+                f"The {self.name!r} target kind defines no objective: trained probes cannot fit it."
+            )
+        return self.objective_class(spec, class_weights, options)
 
     # -- analysis
     def error_mask(

@@ -114,6 +114,7 @@ class DepthObjective(Objective):
 
 class DepthKind(TargetKind):
     name = "depth"
+    objective_class = DepthObjective
     metrics = {  # noqa: RUF012
         "abs_rel": False,
         "sq_rel": False,
@@ -155,14 +156,6 @@ class DepthKind(TargetKind):
 
     def make_metric(self, spec: TargetSpec, **options: Any) -> DepthMetric:
         return DepthMetric(min_depth=spec.min_depth, max_depth=spec.max_depth, **options)
-
-    def objective(
-        self,
-        spec: TargetSpec,
-        options: Mapping[str, Any] | None = None,
-        class_weights: np.ndarray | None = None,
-    ) -> DepthObjective:
-        return DepthObjective(spec, class_weights, options)
 
     def error_mask(
         self, pred: np.ndarray, target: np.ndarray, *, depth_ratio: float = 1.25, **options: Any

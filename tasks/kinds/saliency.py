@@ -74,6 +74,7 @@ class SaliencyObjective(Objective):
 
 class SaliencyKind(TargetKind):
     name = "saliency"
+    objective_class = SaliencyObjective
     metrics = {  # noqa: RUF012
         "MAE": False,
         "maxF": True,
@@ -127,14 +128,6 @@ class SaliencyKind(TargetKind):
 
     def lambda_criterion(self, spec: TargetSpec, **options: Any) -> MeanAbsoluteError:
         return MeanAbsoluteError()
-
-    def objective(
-        self,
-        spec: TargetSpec,
-        options: Mapping[str, Any] | None = None,
-        class_weights: np.ndarray | None = None,
-    ) -> SaliencyObjective:
-        return SaliencyObjective(spec, class_weights, options)
 
     def error_mask(
         self, pred: np.ndarray, target: np.ndarray, *, saliency_threshold: float = 0.5, **options: Any

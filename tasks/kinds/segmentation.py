@@ -89,6 +89,7 @@ class SegmentationObjective(Objective):
 
 class SegmentationKind(TargetKind):
     name = "segmentation"
+    objective_class = SegmentationObjective
     metrics = {"mIoU": True, "pixel_acc": True}  # noqa: RUF012
     main_metric = "mIoU"
     default_head = "deeplab"
@@ -134,14 +135,6 @@ class SegmentationKind(TargetKind):
 
     def make_metric(self, spec: TargetSpec, **options: Any) -> SegmentationMetric:
         return SegmentationMetric(spec.num_classes, ignore_index=spec.ignore_index)
-
-    def objective(
-        self,
-        spec: TargetSpec,
-        options: Mapping[str, Any] | None = None,
-        class_weights: np.ndarray | None = None,
-    ) -> SegmentationObjective:
-        return SegmentationObjective(spec, class_weights, options)
 
     def error_mask(
         self, pred: np.ndarray, target: np.ndarray, *, ignore_index: int = 255, **options: Any
