@@ -107,6 +107,7 @@ def _spec(size: int) -> DiffusionSpec:
         hf_id=f"facebook/DiT-XL-2-{size}",
         transformer_cls="DiTTransformer2DModel",
         vae_cls="AutoencoderKL",
+        pipeline_cls="DiTPipeline",
         transformer_config=_dit_config(size // 8),
         vae_config={**SD_VAE_CONFIG, "sample_size": size},
         tiny_transformer_config=TINY_DIT,
@@ -121,6 +122,14 @@ def _spec(size: int) -> DiffusionSpec:
         citation="Peebles & Xie, Scalable Diffusion Models with Transformers, ICCV 2023",
         notes=f"DiT-XL/2 {size}px, class-conditional (null class 1000 by default), DDPM t in [0, 999], "
         "VAE sd-vae-ft-ema (scale 0.18215)",
+        scheduler_cls="DDIMScheduler",
+        scheduler_config={
+            "num_train_timesteps": 1000,
+            "beta_start": 1e-4,
+            "beta_end": 0.02,
+            "beta_schedule": "linear",
+            "clip_sample": False,
+        },
         extra={"class_conditioning": "null class 1000 by default; class_id=<0..999>"},
     )
 

@@ -34,6 +34,7 @@ from backbones.diffusion import (
     TextConditioning,
     TextSpec,
     latent_image_ids,
+    load_text_pipeline,
     pack_latents_2x2,
     register_diffusion,
     tiny_vae_config,
@@ -76,15 +77,16 @@ class SD3Adapter(TextConditionedAdapter):
         return int(transformer.config.joint_attention_dim), int(transformer.config.pooled_projection_dim)
 
     @classmethod
-    def encode_prompt(cls, folder: Path, prompt: str, text: TextSpec) -> TextConditioning:
-        from diffusers import StableDiffusion3Pipeline
-
-        pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), transformer=None, vae=None)
+    def encode_prompt(
+        cls, folder: Path, prompt: str, text: TextSpec, *, device: torch.device, dtype: torch.dtype
+    ) -> TextConditioning:
+        pipe = load_text_pipeline("StableDiffusion3Pipeline", folder, device, dtype)
         with torch.inference_mode():
             embeds, _, pooled, _ = pipe.encode_prompt(
                 prompt=prompt,
                 prompt_2=prompt,
                 prompt_3=prompt,
+                device=device,
                 do_classifier_free_guidance=False,
                 max_sequence_length=text.seq_len - 77,
             )
@@ -108,6 +110,7 @@ SD3_MEDIUM = DiffusionSpec(
     hf_id="stabilityai/stable-diffusion-3-medium-diffusers",
     transformer_cls="SD3Transformer2DModel",
     vae_cls="AutoencoderKL",
+    pipeline_cls="StableDiffusion3Pipeline",
     transformer_config={
         "sample_size": 128,
         "patch_size": 2,
@@ -142,6 +145,8 @@ SD3_MEDIUM = DiffusionSpec(
     width=1536,
     patch_size=2,
     convention="flow",
+    scheduler_cls="FlowMatchEulerDiscreteScheduler",
+    scheduler_config={"num_train_timesteps": 1000, "shift": 3.0},
     text=TextSpec(seq_len=333, dim=4096, pooled_dim=2048),
     tiny_text=TextSpec(seq_len=7, dim=24, pooled_dim=16),
     license="stabilityai-ai-community",
@@ -192,13 +197,13 @@ class FluxAdapter(TextConditionedAdapter):
         return {"guidance_scale": None}
 
     @classmethod
-    def encode_prompt(cls, folder: Path, prompt: str, text: TextSpec) -> TextConditioning:
-        from diffusers import FluxPipeline
-
-        pipe = FluxPipeline.from_pretrained(str(folder), transformer=None, vae=None)
+    def encode_prompt(
+        cls, folder: Path, prompt: str, text: TextSpec, *, device: torch.device, dtype: torch.dtype
+    ) -> TextConditioning:
+        pipe = load_text_pipeline("FluxPipeline", folder, device, dtype)
         with torch.inference_mode():
             embeds, pooled, _ = pipe.encode_prompt(
-                prompt=prompt, prompt_2=prompt, max_sequence_length=text.seq_len
+                prompt=prompt, prompt_2=prompt, device=device, max_sequence_length=text.seq_len
             )
         del pipe
         return TextConditioning(embeds.float().cpu(), pooled.float().cpu(), None, source="flux:encode_prompt")
@@ -234,6 +239,7 @@ def _flux_spec(variant: str) -> DiffusionSpec:
         hf_id=f"black-forest-labs/FLUX.1-{variant}",
         transformer_cls="FluxTransformer2DModel",
         vae_cls="AutoencoderKL",
+        pipeline_cls="FluxPipeline",
         transformer_config={
             "patch_size": 1,
             "in_channels": 64,
@@ -266,6 +272,16 @@ def _flux_spec(variant: str) -> DiffusionSpec:
         width=3072,
         patch_size=2,
         convention="flow",
+        scheduler_cls="FlowMatchEulerDiscreteScheduler",
+        scheduler_config={  # dev: a shift that grows with the token count; schnell: none
+            "num_train_timesteps": 1000,
+            "shift": 3.0 if dev else 1.0,
+            "use_dynamic_shifting": dev,
+            "base_image_seq_len": 256,
+            "max_image_seq_len": 4096,
+            "base_shift": 0.5,
+            "max_shift": 1.15,
+        },
         text=TextSpec(seq_len=seq, dim=4096, pooled_dim=768),
         tiny_text=TextSpec(seq_len=6, dim=24, pooled_dim=16),
         license="flux-1-dev-non-commercial-license" if dev else "apache-2.0",
@@ -278,6 +294,7 @@ def _flux_spec(variant: str) -> DiffusionSpec:
             "double_stream_layers": [0, 18],
             "single_stream_layers": [19, 56],
             "default_guidance": 3.5 if dev else None,
+            "pipeline_sigmas": "linear",  # FluxPipeline passes linspace(1, 1/N, N) (+ mu) to its scheduler
             "text_encoders": f"T5-XXL ({seq} tokens x 4096) + CLIP-L pooled 768",
         },
     )

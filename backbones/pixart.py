@@ -25,6 +25,7 @@ from backbones.diffusion import (
     TextConditionedAdapter,
     TextConditioning,
     TextSpec,
+    load_text_pipeline,
     register_diffusion,
     tiny_vae_config,
 )
@@ -45,14 +46,15 @@ class PixArtAdapter(TextConditionedAdapter):
         return int(transformer.config.caption_channels), 0
 
     @classmethod
-    def encode_prompt(cls, folder: Path, prompt: str, text: TextSpec) -> TextConditioning:
-        import diffusers
-
-        pipe = getattr(diffusers, cls.pipeline_cls).from_pretrained(str(folder), transformer=None, vae=None)
+    def encode_prompt(
+        cls, folder: Path, prompt: str, text: TextSpec, *, device: torch.device, dtype: torch.dtype
+    ) -> TextConditioning:
+        pipe = load_text_pipeline(cls.pipeline_cls, folder, device, dtype)
         with torch.inference_mode():
             embeds, mask, _, _ = pipe.encode_prompt(
                 prompt,
                 do_classifier_free_guidance=False,
+                device=device,
                 clean_caption=False,
                 max_sequence_length=text.seq_len,
             )
@@ -138,6 +140,7 @@ def _spec(name: str, hf_id: str, size: int, sigma: bool, micro: bool) -> Diffusi
         hf_id=hf_id,
         transformer_cls="PixArtTransformer2DModel",
         vae_cls="AutoencoderKL",
+        pipeline_cls="PixArtSigmaPipeline" if sigma else "PixArtAlphaPipeline",
         transformer_config=_pixart_config(size // 8, max(size / 512, 0.5), micro),
         vae_config={**vae, "sample_size": size},
         tiny_transformer_config=_tiny(micro),
@@ -148,6 +151,16 @@ def _spec(name: str, hf_id: str, size: int, sigma: bool, micro: bool) -> Diffusi
         width=1152,
         patch_size=2,
         convention="ddpm",
+        scheduler_cls="DPMSolverMultistepScheduler",
+        scheduler_config={
+            "num_train_timesteps": 1000,
+            "beta_start": 1e-4,
+            "beta_end": 0.02,
+            "beta_schedule": "linear",
+            "algorithm_type": "dpmsolver++",
+            "solver_order": 2,
+            "prediction_type": "epsilon",
+        },
         text=TextSpec(seq_len=seq, dim=4096),
         tiny_text=TextSpec(seq_len=5, dim=24),
         license="openrail++",

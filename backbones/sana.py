@@ -22,6 +22,7 @@ from backbones.diffusion import (
     TextConditionedAdapter,
     TextConditioning,
     TextSpec,
+    load_text_pipeline,
     register_diffusion,
 )
 
@@ -69,14 +70,15 @@ class SanaAdapter(TextConditionedAdapter):
         return int(transformer.config.caption_channels), 0
 
     @classmethod
-    def encode_prompt(cls, folder: Path, prompt: str, text: TextSpec) -> TextConditioning:
-        from diffusers import SanaPipeline
-
-        pipe = SanaPipeline.from_pretrained(str(folder), transformer=None, vae=None)
+    def encode_prompt(
+        cls, folder: Path, prompt: str, text: TextSpec, *, device: torch.device, dtype: torch.dtype
+    ) -> TextConditioning:
+        pipe = load_text_pipeline("SanaPipeline", folder, device, dtype)
         with torch.inference_mode():
             embeds, mask, _, _ = pipe.encode_prompt(
                 prompt,
                 do_classifier_free_guidance=False,
+                device=device,
                 clean_caption=False,
                 max_sequence_length=text.seq_len,
                 complex_human_instruction=None,
@@ -101,6 +103,7 @@ SANA_1600M_1024 = DiffusionSpec(
     hf_id="Efficient-Large-Model/Sana_1600M_1024px_diffusers",
     transformer_cls="SanaTransformer2DModel",
     vae_cls="AutoencoderDC",
+    pipeline_cls="SanaPipeline",
     transformer_config={
         "in_channels": 32,
         "out_channels": 32,
@@ -136,6 +139,8 @@ SANA_1600M_1024 = DiffusionSpec(
     width=2240,
     patch_size=1,
     convention="flow",
+    scheduler_cls="DPMSolverMultistepScheduler",
+    scheduler_config={"flow_shift": 3.0, "use_flow_sigmas": True, "prediction_type": "flow_prediction"},
     text=TextSpec(seq_len=300, dim=2304),
     tiny_text=TextSpec(seq_len=5, dim=24),
     license="other (NVIDIA Sana license, non-commercial; see the model card)",

@@ -48,6 +48,21 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def is_gated_error(error: BaseException) -> bool:
+    """Whether a Hugging Face Hub error says the repo is gated (its license must be accepted, with a token)."""
+    from huggingface_hub.errors import GatedRepoError
+
+    return any(isinstance(e, GatedRepoError) for e in (error, error.__cause__, error.__context__))
+
+
+def gated_message(repo_id: str) -> str:
+    return (
+        f"{repo_id!r} is a gated repository: accept its license on https://huggingface.co/{repo_id} and log in "
+        "(`huggingface-cli login`, or set HF_TOKEN) where the network is reachable — or copy a downloaded "
+        "snapshot to this machine and pass weights=<that folder> (it loads offline), or weights='random'."
+    )
+
+
 def find_hf_file(repo_id: str, filenames: tuple[str, ...], revision: str | None = None) -> Path:
     """A file of ``repo_id`` from the local HF cache, downloading only when not offline.
 
@@ -72,6 +87,8 @@ def find_hf_file(repo_id: str, filenames: tuple[str, ...], revision: str | None 
         try:
             return Path(hf_hub_download(repo_id, fn, revision=revision))
         except Exception as e:  # try the next file name
+            if is_gated_error(e):
+                raise WeightsNotFoundError(gated_message(repo_id)) from e
             errors.append(f"{fn}: {type(e).__name__}")
     raise WeightsNotFoundError(
         f"Could not find or download weights for {repo_id!r} ({'; '.join(errors)}); looked in {where}."

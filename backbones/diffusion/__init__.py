@@ -46,9 +46,16 @@ import X`` works for every public name):
 
 from __future__ import annotations
 
-from backbones.diffusion.adapter import DiffusionAdapter, TextConditionedAdapter, free_memory
+from backbones.diffusion.adapter import (
+    DiffusionAdapter,
+    TextConditionedAdapter,
+    free_memory,
+    load_text_pipeline,
+)
 from backbones.diffusion.factory import (
+    DIFFUSION_SPECS,
     create_diffusion_adapter,
+    diffusion_spec,
     diffusion_weights_note,
     make_schedule,
     register_diffusion,
@@ -82,9 +89,16 @@ from backbones.diffusion.text import (
     text_conditioning_for,
     text_snapshot,
 )
-from backbones.diffusion.weights import build_modules, folder_fingerprint, hf_snapshot, read_scheduler_config
+from backbones.diffusion.weights import (
+    build_modules,
+    folder_fingerprint,
+    hf_snapshot,
+    read_scheduler_config,
+    resolve_weights,
+)
 
 __all__ = [
+    "DIFFUSION_SPECS",
     "FLUX_VAE_CONFIG",
     "SD3_VAE_CONFIG",
     "SDXL_VAE_CONFIG",
@@ -101,6 +115,7 @@ __all__ = [
     "TextSpec",
     "build_modules",
     "create_diffusion_adapter",
+    "diffusion_spec",
     "diffusion_weights_note",
     "draw_noise",
     "encode_latents",
@@ -109,12 +124,14 @@ __all__ = [
     "hf_snapshot",
     "image_tokens",
     "latent_image_ids",
+    "load_text_pipeline",
     "make_schedule",
     "pack_latents_2x2",
     "random_text_conditioning",
     "read_scheduler_config",
     "register_diffusion",
     "require_transformers",
+    "resolve_weights",
     "run_blocks_with_taps",
     "stable_seed",
     "text_conditioning_for",

@@ -26,7 +26,6 @@ from backbones.diffusion.text import (
     TextConditioning,
     require_transformers,
     text_conditioning_for,
-    text_snapshot,
 )
 from probebench.core.errors import ProbebenchError
 
@@ -88,6 +87,15 @@ class DiffusionAdapter(Adapter):
         if kwargs:
             raise ProbebenchError(f"{spec.name} takes no option(s) {', '.join(map(repr, kwargs))}.")
         return {}
+
+    @classmethod
+    def before_load(cls, spec: DiffusionSpec, **kwargs: Any) -> dict[str, Any]:
+        """Work that must happen before the weights are loaded (text-to-image families: the prompt embeddings);
+        gets ``weights``, ``config``, ``root``, ``random_seed``, ``device``, ``dtype`` and the family options,
+        returns the options for :meth:`prepare`."""
+        for k in ("weights", "config", "root", "random_seed", "device", "dtype"):
+            kwargs.pop(k, None)
+        return kwargs
 
     def run_transformer(self, latents: torch.Tensor, timesteps: torch.Tensor) -> Any:
         """One forward of the transformer on noisy latents (N, C, H, W) at model timesteps (N,)."""
@@ -205,6 +213,17 @@ class DiffusionAdapter(Adapter):
         return out
 
 
+def load_text_pipeline(pipeline_cls: str, folder: Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """The diffusers pipeline in ``folder`` with its text encoders and tokenizers only (no transformer, no VAE),
+    on ``device`` in ``dtype``."""
+    import diffusers
+
+    pipe = getattr(diffusers, pipeline_cls).from_pretrained(
+        str(folder), transformer=None, vae=None, torch_dtype=dtype
+    )
+    return pipe.to(device)
+
+
 def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -242,8 +261,11 @@ class TextConditionedAdapter(DiffusionAdapter):
         raise NotImplementedError
 
     @classmethod
-    def encode_prompt(cls, folder: Path, prompt: str, text: TextSpec) -> TextConditioning:
-        """Run the real text encoders of the pipeline stored in ``folder`` on ``prompt``."""
+    def encode_prompt(
+        cls, folder: Path, prompt: str, text: TextSpec, *, device: torch.device, dtype: torch.dtype
+    ) -> TextConditioning:
+        """Run the real text encoders of the pipeline stored in ``folder`` on ``prompt`` (on ``device`` in
+        ``dtype``; see :func:`load_text_pipeline`), returning float32 CPU tensors."""
         raise NotImplementedError
 
     @classmethod
@@ -253,6 +275,52 @@ class TextConditionedAdapter(DiffusionAdapter):
         return {}
 
     # -- setup -----------------------------------------------------------------------------------------
+    @classmethod
+    def before_load(
+        cls,
+        spec: DiffusionSpec,
+        *,
+        weights: str,
+        config: str,
+        root: Path | None,
+        random_seed: int,
+        device: Any = None,
+        dtype: torch.dtype = torch.float32,
+        prompt: str = "",
+        text_embeddings: TextConditioning | None = None,
+        prompt_cache: PromptEmbeddingCache | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The prompt embeddings, before the transformer is loaded: injected, seeded stand-ins (random weights),
+        or the pipeline's own from the prompt cache — on a miss its text encoders run once on the adapter's
+        device and dtype and are freed, so a missing ``transformers`` or text-encoder file fails before any
+        large weight is read, and the encoders never share memory with the transformer."""
+        text_spec = spec.tiny_text if config == "tiny" else spec.text
+        assert text_spec is not None
+
+        def encode_real(folder: Path, p: str, dev: torch.device, enc_dtype: torch.dtype) -> TextConditioning:
+            require_transformers(f"Embedding the prompt {p!r} for {spec.name}")
+            try:
+                return cls.encode_prompt(folder, p, text_spec, device=dev, dtype=enc_dtype)
+            finally:
+                free_memory()
+
+        cond = text_conditioning_for(
+            spec,
+            weights=weights,
+            config=config,
+            root=root,
+            prompt=prompt,
+            random_seed=random_seed,
+            text_embeddings=text_embeddings,
+            encode_real=encode_real,
+            subfolders=cls.text_subfolders,
+            device=device,
+            dtype=dtype,
+            cache=prompt_cache,
+        )
+        return {"prompt": prompt, "text_embeddings": cond, **kwargs}
+
     @classmethod
     def prepare(
         cls,
@@ -265,32 +333,12 @@ class TextConditionedAdapter(DiffusionAdapter):
         random_seed: int,
         prompt: str = "",
         text_embeddings: TextConditioning | None = None,
-        prompt_cache: PromptEmbeddingCache | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         extra = cls.prepare_family(spec, modules, **kwargs)
-        text_spec = spec.tiny_text if config == "tiny" else spec.text
-        assert text_spec is not None
-
-        def encode_real(folder: Path, p: str) -> TextConditioning:
-            require_transformers(f"Embedding the prompt {p!r} for {spec.name}")
-            cond = cls.encode_prompt(text_snapshot(spec, weights, folder, cls.text_subfolders), p, text_spec)
-            free_memory()
-            return cond
-
-        cond = text_conditioning_for(
-            spec,
-            weights=weights,
-            config=config,
-            root=root,
-            prompt=prompt,
-            random_seed=random_seed,
-            text_embeddings=text_embeddings,
-            encode_real=encode_real,
-            cache=prompt_cache,
-        )
-        cls.check_text(cond, modules.transformer)
-        return {"text": cond, "prompt": prompt, **extra}
+        assert text_embeddings is not None, "before_load() resolves the prompt embeddings"
+        cls.check_text(text_embeddings, modules.transformer)
+        return {"text": text_embeddings, "prompt": prompt, **extra}
 
     @classmethod
     def check_text(cls, cond: TextConditioning, transformer: nn.Module) -> None:

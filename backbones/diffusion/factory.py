@@ -19,8 +19,9 @@ from backbones.diffusion.adapter import DiffusionAdapter
 from backbones.diffusion.noise import DDPMSchedule, FlowSchedule, NoiseSchedule
 from backbones.diffusion.spec import DiffusionSpec
 from backbones.diffusion.text import TextConditioning
-from backbones.diffusion.weights import build_modules, read_scheduler_config
+from backbones.diffusion.weights import build_modules, read_scheduler_config, resolve_weights
 from backbones.random_init import random_weights_note
+from probebench.core.errors import ProbebenchError
 
 
 def tiny_meta(meta: BackboneMeta, num_layers: int, width: int, image_size: int) -> BackboneMeta:
@@ -80,16 +81,30 @@ def create_diffusion_adapter(
     compute_batch: int = 8,
     **family_kwargs: Any,
 ) -> DiffusionAdapter:
-    """Build modules (random / HF / folder), the schedule and metadata, then the family adapter.
+    """Check the weights folder, resolve what must exist before loading (prompt embeddings), build the modules
+    (random / HF / folder), the schedule and metadata, then the family adapter.
 
-    ``family_kwargs`` go to ``adapter_cls.prepare(spec, modules, weights=..., config=..., root=..., ...)``, which
-    turns them into constructor arguments (text conditioning, class id, guidance...).
+    ``family_kwargs`` go through ``adapter_cls.before_load(spec, weights=..., root=..., device=..., ...)`` (before
+    any large weight is read) and then ``adapter_cls.prepare(spec, modules, ...)``, which turns them into
+    constructor arguments (text conditioning, class id, guidance...).
     """
     from backbones.base import parse_dtype
 
     torch_dtype = parse_dtype(dtype)
+    resolved = resolve_weights(spec, weights, config, random_seed)
+    root = resolved[0]
+    options = adapter_cls.before_load(
+        spec,
+        weights=weights,
+        config=config,
+        root=root,
+        random_seed=random_seed,
+        device=device,
+        dtype=torch_dtype,
+        **family_kwargs,
+    )
     modules, weights_id, root = build_modules(
-        spec, weights, config=config, random_seed=random_seed, dtype=torch_dtype
+        spec, weights, config=config, random_seed=random_seed, dtype=torch_dtype, resolved=resolved
     )
     blocks = adapter_cls.block_list(modules.transformer)
     cfg = modules.transformer.config
@@ -101,7 +116,7 @@ def create_diffusion_adapter(
     if config == "tiny":
         meta = tiny_meta(meta, len(blocks), width, size)
     extra = adapter_cls.prepare(
-        spec, modules, weights=weights, config=config, root=root, random_seed=random_seed, **family_kwargs
+        spec, modules, weights=weights, config=config, root=root, random_seed=random_seed, **options
     )
     note = diffusion_weights_note(spec, weights, root, random_seed=random_seed, text=extra.get("text"))
     return adapter_cls(
@@ -119,9 +134,26 @@ def create_diffusion_adapter(
     )
 
 
+# registered name → (spec, adapter class), filled by :func:`register_diffusion`
+DIFFUSION_SPECS: dict[str, tuple[DiffusionSpec, type[DiffusionAdapter]]] = {}
+
+
+def diffusion_spec(name: str) -> tuple[DiffusionSpec, type[DiffusionAdapter]]:
+    """The spec and adapter class of a registered diffusion backbone (importing the registry first)."""
+    from backbones._registry import BACKBONES
+    from probebench.core.errors import unknown_message
+
+    BACKBONES.names()  # imports the built-in family modules, which register their specs
+    if name not in DIFFUSION_SPECS:
+        raise ProbebenchError(unknown_message("diffusion backbone", name, sorted(DIFFUSION_SPECS)))
+    return DIFFUSION_SPECS[name]
+
+
 def register_diffusion(spec: DiffusionSpec, adapter_cls: type[DiffusionAdapter], kind: str) -> None:
     """Register ``spec.name`` with its metadata and the tiny test config (``test_kwargs={'config': 'tiny'}``)."""
     from backbones._registry import BACKBONES
+
+    DIFFUSION_SPECS[spec.name] = (spec, adapter_cls)
 
     def factory(
         name: str, weights: str = "default", device: Any = None, dtype: Any = None, **kwargs: Any

@@ -95,6 +95,7 @@ class DiffusionSpec:
     hf_id: str
     transformer_cls: str  # diffusers class name
     vae_cls: str
+    pipeline_cls: str  # the diffusers pipeline class of the HF repo (its model_index.json ``_class_name``)
     transformer_config: dict[str, Any]
     vae_config: dict[str, Any]
     tiny_transformer_config: dict[str, Any]
@@ -122,6 +123,9 @@ class DiffusionSpec:
     flow_timestep_scale: float = 1000.0
     transformer_subfolder: str = "transformer"
     vae_subfolder: str = "vae"
+    # the repo's sampler (scheduler/scheduler_config.json): what maps a pipeline's steps to noise levels
+    scheduler_cls: str = ""
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def meta(self) -> BackboneMeta:

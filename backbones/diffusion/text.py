@@ -22,8 +22,8 @@ import torch
 
 from backbones.diffusion.noise import stable_seed
 from backbones.diffusion.spec import DiffusionSpec, TextSpec
-from backbones.diffusion.weights import folder_fingerprint
-from backbones.weights import find_hf_file, hf_offline
+from backbones.diffusion.weights import check_components, download, folder_fingerprint, missing_files
+from backbones.weights import hf_offline
 from probebench.core.errors import ProbebenchError
 
 
@@ -142,6 +142,37 @@ class PromptEmbeddingCache:
         return self.load(key) or cond
 
 
+def encoder_precision(device: Any, dtype: torch.dtype) -> tuple[torch.device, torch.dtype]:
+    """Where and in which dtype the text encoders run: the adapter's device and dtype (float16 becomes bfloat16:
+    T5 overflows in float16)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    return dev, (torch.bfloat16 if dtype == torch.float16 else dtype)
+
+
+def text_cache_key(
+    spec: DiffusionSpec,
+    text: TextSpec,
+    *,
+    weights: str,
+    root: Path,
+    subfolders: Sequence[str],
+    prompt: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """Everything that changes a prompt's embeddings: the repo and snapshot, every text encoder's and
+    tokenizer's files (:func:`folder_fingerprint`), the prompt and length, and the encoders' device and dtype."""
+    return {
+        "backbone": spec.name,
+        "repo": spec.hf_id if weights == "default" else "local",
+        "snapshot": root.name if weights == "default" else "local",
+        "text_files": folder_fingerprint(root, subfolders),
+        "prompt": prompt,
+        "seq_len": text.seq_len,
+        "encoder": {"device": device.type, "dtype": str(dtype).replace("torch.", "")},
+    }
+
+
 def text_conditioning_for(
     spec: DiffusionSpec,
     *,
@@ -151,13 +182,19 @@ def text_conditioning_for(
     prompt: str,
     random_seed: int,
     text_embeddings: TextConditioning | None,
-    encode_real: Callable[[Path, str], TextConditioning],
+    encode_real: Callable[[Path, str, torch.device, torch.dtype], TextConditioning],
+    subfolders: Sequence[str] = (),
+    device: Any = None,
+    dtype: torch.dtype = torch.float32,
     cache: PromptEmbeddingCache | None = None,
 ) -> TextConditioning:
     """The text conditioning of a text-to-image family.
 
     Injected embeddings win; random weights get seeded random embeddings of the right shape; real weights get
-    the real prompt embeddings from the on-disk cache, computed once with ``encode_real(folder, prompt)``.
+    the real prompt embeddings from the on-disk cache (keyed by :func:`text_cache_key`), computed once with
+    ``encode_real(folder, prompt, device, dtype)`` — the pipeline's text encoders on the adapter's device.
+    The text encoders' and tokenizers' files are checked (and, online, downloaded) first, so a partial
+    snapshot fails naming what is missing before the transformer is loaded.
     """
     text = spec.tiny_text if config == "tiny" else spec.text
     assert text is not None
@@ -166,26 +203,26 @@ def text_conditioning_for(
     if weights == "random":
         return random_text_conditioning(text, prompt=prompt, family=spec.family, seed=random_seed)
     assert root is not None
-    key = {
-        "backbone": spec.name,
-        "repo": spec.hf_id if weights == "default" else "local",
-        "weights": root.name if weights == "default" else folder_fingerprint(root, ("transformer",)),
-        "prompt": prompt,
-        "seq_len": text.seq_len,
-    }
-    return (cache or PromptEmbeddingCache()).get(key, lambda: encode_real(root, prompt))
+    folder = text_snapshot(spec, weights, root, subfolders)
+    dev, enc_dtype = encoder_precision(device, dtype)
+    key = text_cache_key(
+        spec,
+        text,
+        weights=weights,
+        root=folder,
+        subfolders=subfolders,
+        prompt=prompt,
+        device=dev,
+        dtype=enc_dtype,
+    )
+    return (cache or PromptEmbeddingCache()).get(key, lambda: encode_real(folder, prompt, dev, enc_dtype))
 
 
 def text_snapshot(spec: DiffusionSpec, weights: str, root: Path, subfolders: Sequence[str]) -> Path:
-    """The folder holding a pipeline's text encoders and tokenizers (downloaded only when online)."""
-    if weights != "default":
-        return root
-    for sub in subfolders:
-        if sub.startswith("text_encoder"):
-            find_hf_file(spec.hf_id, (f"{sub}/config.json",), spec.revision)
-    if hf_offline():
-        return root
-    from huggingface_hub import snapshot_download
-
-    patterns = [f"{s}/*" for s in subfolders] + ["scheduler/*", "model_index.json"]
-    return Path(snapshot_download(spec.hf_id, revision=spec.revision, allow_patterns=patterns))
+    """The folder holding a pipeline's text encoders and tokenizers, checked complete (downloaded only when
+    online)."""
+    where = f"weights={str(root)!r}" if weights != "default" else f"The Hugging Face cache's snapshot {root}"
+    if weights == "default" and not hf_offline() and any(missing_files(root, s) for s in subfolders):
+        root = download(spec, subfolders)
+    check_components(root, spec, subfolders, where)
+    return root
