@@ -110,7 +110,11 @@ class ProbeConfig:
     indices. ``label`` replaces the probe name in the result rows (e.g. ``fusion-noise-control``). ``role``
     says what the stage is for in the analysis (:data:`probebench.core.rundir.ROLES`; ``noise-control``: the
     control of fusion-spatial with as many inputs but no timestep diversity); it changes no number, so it is
-    not part of the result identity.
+    not part of the result identity. ``online: true`` (trained probes only) computes the features inside the
+    training loop from the live adapter(s) instead of reading a feature cache: nothing is stored (a backbone
+    that only online stages and ``ridge-stream`` use is never extracted to disk), every epoch extracts again
+    unless the features fit the probe's ``max_memory_gb``, and the numbers are those of the cache, so it is not
+    part of the result identity either (rows fitted in one mode are done in the other).
     """
 
     name: str = "ridge"
@@ -120,6 +124,7 @@ class ProbeConfig:
     label: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     role: str | None = None
+    online: bool = False
 
 
 QUICKSTART_TIMESTEPS = [0.0, 0.1, 0.2, 0.35, 0.5, 0.7]
@@ -225,13 +230,15 @@ RUNTIME_ONLY = {("extract",), ("output_dir",)}  # excluded from the config hash
 STAGE_LABELS = (
     "role",
 )  # probe-stage keys that only label a stage for the analysis: no number depends on them
+# probe-stage keys that say how a stage computes, not what: no number depends on them
+STAGE_RUNTIME = ("online",)
 
 
 def stage_identity(stage: ProbeConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """A probe stage as a dict without :data:`STAGE_LABELS`: what the result identity, the config hash and the
-    rerun check compare."""
+    """A probe stage as a dict without :data:`STAGE_LABELS` and :data:`STAGE_RUNTIME`: what the result identity,
+    the config hash and the rerun check compare."""
     d = to_dict(stage) if isinstance(stage, ProbeConfig) else dict(stage)
-    return {k: v for k, v in d.items() if k not in STAGE_LABELS}
+    return {k: v for k, v in d.items() if k not in STAGE_LABELS + STAGE_RUNTIME}
 
 
 # -- building from dicts ---------------------------------------------------------------------------------------

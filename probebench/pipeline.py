@@ -2,7 +2,8 @@
 
 :func:`run` is a sequence of steps: prepare the run directory (:func:`prepare_run_dir`), then for each probe
 stage plan its fits (:func:`plan_fits`: one per backbone group and probe seed), skip what is done, fit — on
-feature caches, extracted where missing, or on live features for a probe that needs no cache — write the result
+feature caches, extracted where missing, or on live features for a probe that needs no cache and for an
+``online`` stage of a trained probe (a backbone only those use is never extracted to disk) — write the result
 rows and the heads, and say what was done; last, the report. What a probe can do is read from its
 :class:`~probes.base.Probe` class alone; config checks live in :meth:`RunConfig.validate`.
 """
@@ -43,7 +44,7 @@ from probebench.core.results import (
 from probebench.core.rundir import RunDir
 from probebench.rundir import check_rerun, write_backbone_notes, write_run_file
 from probes import probe_class
-from probes.base import Probe, ProbeOutput, Split
+from probes.base import FeatureSource, Probe, ProbeOutput, Split
 from probes.screen import predict_maps
 from probes.stream import LiveSource
 from tasks.base import HIGHER_IS_BETTER, Dataset, Subset
@@ -87,16 +88,43 @@ def noise_seed(b: BackboneConfig, cfg: RunConfig) -> int:
     return cfg.seed if b.seed is None else b.seed
 
 
+def adapter_key(b: BackboneConfig) -> str:
+    """What builds backbone ``b``'s adapter (:func:`build_adapter`): backbones that differ only in their grid or
+    noise seed (e.g. noise controls) share one live adapter."""
+    d = to_dict(b)
+    return stable_hash({k: d[k] for k in ("name", "weights", "dtype", "image_size", "options")}, 12)
+
+
+def live_sources(
+    adapter: backbones.Adapter, b: BackboneConfig, cfg: RunConfig, splits: dict[str, Dataset]
+) -> dict[str, LiveSource]:
+    """Each split's live features of backbone ``b`` — its grid, noise seed and pooling, the values its cache
+    would hold — extracted ``extract.batch_size`` images at a time as a probe reads them; nothing is stored."""
+    extraction = {"layers": b.layers, "timesteps": b.timesteps, "noise_draws": b.noise_draws}
+    return {
+        w: LiveSource(
+            adapter,
+            ds,
+            **extraction,
+            seed=noise_seed(b, cfg),
+            pool_to=b.pool_to,
+            batch_size=cfg.extract.batch_size,
+        )
+        for w, ds in splits.items()
+    }
+
+
 def extract_backbone(
     b: BackboneConfig,
     cfg: RunConfig,
     splits: dict[str, Dataset],
     progress: bool = True,
     notes: dict[str, str] | None = None,
+    adapter: backbones.Adapter | None = None,
 ) -> dict[str, FeatureCache]:
     """Each split's complete feature cache for backbone ``b`` (extracted where missing); ``notes``: as in
-    :func:`build_adapter`."""
-    adapter = build_adapter(b, cfg, notes)
+    :func:`build_adapter`; ``adapter``: ``b``'s adapter when the caller holds it already."""
+    adapter = adapter or build_adapter(b, cfg, notes)
     caches = {}
     for which, ds in splits.items():
         caches[which] = extract_to_cache(
@@ -320,8 +348,16 @@ def stage_groups(cfg: RunConfig, stage: ProbeConfig) -> list[list[int]]:
 
 
 def checked_probe(stage: ProbeConfig) -> Probe:
-    """The stage's registered probe with its parameters checked (:meth:`Probe.from_config`)."""
-    return probe_class(stage.name).from_config(stage.params)
+    """The stage's registered probe with its parameters checked (:meth:`Probe.from_config`), and ``online``
+    refused for a probe that is not trained."""
+    cls = probe_class(stage.name)
+    if stage.online and not cls.trained:
+        raise ProbebenchError(
+            f"Probe {stage.name!r}: `online: true` computes a trained probe's features inside its training loop; "
+            f"{stage.name!r} is not a trained probe. The ridge screen without a feature cache is the streaming "
+            "screen `ridge-stream` (name: ridge-stream, no `online`)."
+        )
+    return cls.from_config(stage.params)
 
 
 @dataclass(frozen=True)
@@ -400,8 +436,9 @@ Fitted = Iterator[tuple[list[str] | None, ProbeOutput, list[str]]]  # (tasks, ou
 
 
 class _Stages:
-    """The probe stages of one run: its caches (extracted once per backbone, when first needed), the rows it
-    appends and the heads it saves."""
+    """The probe stages of one run: its caches (extracted once per backbone, when first needed), its live
+    adapters (built when a live fit first needs them, kept while the following fits use them), the rows it appends
+    and the heads it saves."""
 
     def __init__(
         self, cfg: RunConfig, out: Path, splits: dict[str, Dataset], *, extract: bool, progress: bool
@@ -411,7 +448,17 @@ class _Stages:
         self.results = RunDir(out).results_file
         self.prov = provenance()
         self.caches: dict[int, dict[str, FeatureCache]] = {}
+        self.adapters: dict[str, backbones.Adapter] = {}  # by adapter_key
+        self.live: dict[int, dict[str, LiveSource]] = {}
         self.notes: dict[str, str] = {}
+        # the backbones some stage reads from a cache; the others (only ridge-stream and online stages) get none
+        self.cached = {
+            i
+            for st in cfg.probes
+            if probe_class(st.name).needs_cache and not st.online
+            for group in stage_groups(cfg, st)
+            for i in group
+        }
 
     def caches_of(self, i: int, index: int) -> dict[str, FeatureCache]:
         """Backbone ``i``'s cache per split (extracted, or found with ``extract=False``); a backbone with
@@ -419,20 +466,60 @@ class _Stages:
         if i not in self.caches:
             cfg, b = self.cfg, self.cfg.backbones[i]
             if b.cells_from is not None:
-                ref = self.caches_of(b.cells_from, index)["train"]
-                ref_label = model_label([cfg.backbones[b.cells_from]])
-                b = best_cells_grid(cfg, i, self.results, ref_label, ref, cell_screen(cfg, index))
+                b = self.best_cells(i, index)
+            held = self.adapters.get(adapter_key(b))
             self.caches[i] = (
-                extract_backbone(b, cfg, self.splits, self.progress, self.notes)
+                extract_backbone(b, cfg, self.splits, self.progress, self.notes, held)
                 if self.extract
                 else {w: find_cache(b, cfg, ds, self.notes) for w, ds in self.splits.items()}
             )
             write_backbone_notes(self.out, self.notes)
         return self.caches[i]
 
+    def adapter_of(self, b: BackboneConfig) -> backbones.Adapter:
+        """Backbone ``b``'s live adapter, built once and shared by backbones that differ only in their grid or
+        noise seed (:func:`adapter_key`)."""
+        key = adapter_key(b)
+        if key not in self.adapters:
+            self.adapters[key] = build_adapter(b, self.cfg, self.notes)
+            write_backbone_notes(self.out, self.notes)
+        return self.adapters[key]
+
+    def keep_adapters(self, models: list[BackboneConfig]) -> None:
+        """Release the live adapters (and their sources) that ``models`` do not use, before a fit."""
+        keep = {adapter_key(b) for b in models}
+        self.adapters = {k: a for k, a in self.adapters.items() if k in keep}
+        self.live = {i: s for i, s in self.live.items() if adapter_key(self.cfg.backbones[i]) in keep}
+
+    def live_of(self, i: int, index: int) -> dict[str, LiveSource]:
+        """Backbone ``i``'s live features per split (an ``online`` stage: nothing is extracted to disk); a backbone
+        with ``cells_from`` gives the best cells of stage ``index``'s :func:`cell_screen`, as its cache would."""
+        if i not in self.live:
+            b = self.cfg.backbones[i]
+            if b.cells_from is not None:
+                b = self.best_cells(i, index)
+            self.live[i] = live_sources(self.adapter_of(b), b, self.cfg, self.splits)
+        return self.live[i]
+
+    def best_cells(self, i: int, index: int) -> BackboneConfig:
+        """Backbone ``i`` (with ``cells_from: j``) on the best cells of ``j`` (:func:`best_cells_grid`), whose key
+        grid is read from ``j``'s cache when the run caches ``j``, else from its live features (no extraction)."""
+        j = self.cfg.backbones[i].cells_from
+        assert j is not None
+        ref = self.caches_of(j, index)["train"] if j in self.cached else self.live_of(j, index)["train"]
+        ref_label = model_label([self.cfg.backbones[j]])
+        return best_cells_grid(self.cfg, i, self.results, ref_label, ref, cell_screen(self.cfg, index))
+
+    def sources_of(self, i: int, index: int, online: bool) -> dict[str, FeatureSource]:
+        """Backbone ``i``'s feature source per split: its live features for an ``online`` stage, else its cache."""
+        if online:
+            return dict(self.live_of(i, index))
+        return {w: Split(self.caches_of(i, index)[w], ds) for w, ds in self.splits.items()}
+
     def fit(self, index: int, stage: ProbeConfig, probe: Probe, fit: Fit) -> None:
         """One fit of stage ``index``: skipped when its rows are all present; else fitted — on caches, or on live
-        features for a probe that needs no cache — and its rows written, one task batch at a time."""
+        features for a probe that needs no cache or an ``online`` stage — and its rows written, one task batch at
+        a time."""
         cfg, models = self.cfg, [self.cfg.backbones[i] for i in fit.group]
         label = model_key(models) + (f", probe seed {fit.seed}" if len(stage_seeds(cfg, stage)) > 1 else "")
         done = done_cells(self.results, fit.config_hash)
@@ -443,8 +530,9 @@ class _Stages:
         if len(fit.group) > 1 and not (probe.joint and probe.needs_cache):
             how = "fits" if probe.needs_cache else "streams"
             raise ProbebenchError(f"Probe {stage.name!r} {how} one backbone at a time; drop `backbones:`.")
+        self.keep_adapters(models if stage.online or not probe.needs_cache else [])
         if probe.needs_cache:
-            fitted = self.fit_cached(index, stage, probe, fit, models, todo)
+            fitted = self.fit_sources(index, stage, probe, fit, models, todo)
         else:
             fitted = self.fit_live(probe, fit, models[0], todo)
         for kinds, output, hashes in fitted:
@@ -456,19 +544,13 @@ class _Stages:
 
     def fit_live(self, probe: Probe, fit: Fit, b: BackboneConfig, todo: list[str]) -> Fitted:
         """A probe that needs no cache, on backbone ``b``'s features extracted as it fits (nothing stored)."""
-        adapter = build_adapter(b, self.cfg, self.notes)
-        write_backbone_notes(self.out, self.notes)
-        extraction = {"layers": b.layers, "timesteps": b.timesteps, "noise_draws": b.noise_draws}
-        live = {
-            w: LiveSource(adapter, ds, **extraction, seed=noise_seed(b, self.cfg), pool_to=b.pool_to)
-            for w, ds in self.splits.items()
-        }
+        live = live_sources(self.adapter_of(b), b, self.cfg, self.splits)
         output = probe.fit(
             live["train"], live["val"], live["test"], todo, seed=fit.seed, progress=self.progress
         )
         yield None, output, [live["train"].hash]
 
-    def fit_cached(
+    def fit_sources(
         self,
         index: int,
         stage: ProbeConfig,
@@ -477,16 +559,16 @@ class _Stages:
         models: list[BackboneConfig],
         todo: list[str],
     ) -> Fitted:
-        """A probe on each split's cache of the group's backbones (the first one's, plus ``extra`` for a joint
-        fit), its heads saved; cells that do not depend on the task take one call for every task (one pass over
-        the cache)."""
+        """A probe on each split's features of the group's backbones (the first one's, plus ``extra`` for a joint
+        fit) — their caches, or their live features for an ``online`` stage —, its heads saved; cells that do not
+        depend on the task take one call for every task (one pass over the features)."""
         group, screen, seeds = fit.group, cell_screen(self.cfg, index), stage_seeds(self.cfg, stage)
-        data = [{w: Split(self.caches_of(i, index)[w], ds) for w, ds in self.splits.items()} for i in group]
+        data = [self.sources_of(i, index, stage.online) for i in group]
         main = data[0]
         extra = {w: [d[w] for d in data[1:]] for w in self.splits} if len(group) > 1 else None
         per_task, label = not (stage.cells == "all" or isinstance(stage.cells, list)), model_label(models[:1])
         for kinds in [[t] for t in todo] if per_task else [todo]:
-            keys = resolve_cells(stage, self.results, label, kinds[0], main["train"].cache, screen)
+            keys = resolve_cells(stage, self.results, label, kinds[0], main["train"], screen)
             fitter = probe
             if extra and keys is not None and "extra_keys" not in stage.params:
                 first = models[1]
@@ -494,7 +576,7 @@ class _Stages:
                     keys
                     if same_grid(models[0], first) or first.cells_from == group[0]
                     else resolve_cells(
-                        stage, self.results, model_label([first]), kinds[0], data[1]["train"].cache, screen
+                        stage, self.results, model_label([first]), kinds[0], data[1]["train"], screen
                     )
                 )
                 fitter = type(probe).from_config({**stage.params, "extra_keys": extra_keys})
@@ -523,17 +605,17 @@ class _Stages:
                 subdir=stage.label,
                 probe_seed=seed,
             )
-            yield kinds, output, [d["train"].cache.hash for d in data]
+            yield kinds, output, [d["train"].hash for d in data]
 
 
 def save_outputs(
     out: Path,
     models: list[BackboneConfig],
     output: ProbeOutput,
-    test: Split,
+    test: FeatureSource,
     stage: str,
     num_examples: int = 6,
-    val: Split | None = None,
+    val: FeatureSource | None = None,
     subdir: str | None = None,
     probe_seed: int | None = None,
 ) -> None:

@@ -15,7 +15,8 @@ A probe is a :class:`Probe` subclass registered in :data:`probes.PROBES` under i
 
 A :class:`FeatureSource` is one split's features by (layer, timestep) key plus the dataset that provides its
 targets: a feature cache (:class:`Split`) or a live adapter (:class:`probes.stream.LiveSource`), so one ridge
-screen serves cached and streaming fits.
+screen serves cached and streaming fits, and a trained probe fits on a cache or, in online mode, on features
+extracted inside its training loop.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from backbones.base import FeatureKey
-from backbones.store import FeatureCache, FeatureInfo
+from backbones.store import FeatureCache, FeatureInfo, ShardedArray
 from probebench.core.errors import ProbebenchError, closest_hint
 from probebench.core.io import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from probebench.core.results import fmt_timestep
@@ -45,8 +46,11 @@ class FeatureSource(Protocol):
 
     ``keys``: the keys it can give; ``info(key)``: their shape (N, h, w, C) and log-SNR; ``batches(keys, n)``:
     ``(start index, {key: (b, h, w, C) array})`` over consecutive images, at most ``n`` at a time, with values as
-    the feature store stores them (fp16); ``hash``: what identifies the features (a cache's hash; result rows
-    carry it as ``cache_hash``); ``targets(start, stop, kind)``: the targets of those images.
+    the feature store stores them (fp16); ``features(indices, keys)``: ``{key: (len(indices), h, w, C) array}``
+    of any images (a trained probe's shuffled batches), same values; ``hash``: what identifies the features (a
+    cache's hash; result rows carry it as ``cache_hash``); ``fingerprint``: what made them, shaped like a cache's
+    (``adapter``: the adapter's fingerprint, ``seed``: the noise seed); ``targets(start, stop, kind)``: the
+    targets of those images.
     """
 
     dataset: Dataset
@@ -57,9 +61,16 @@ class FeatureSource(Protocol):
     @property
     def hash(self) -> str: ...
 
+    @property
+    def fingerprint(self) -> dict[str, Any]: ...
+
     def info(self, key: FeatureKey) -> FeatureInfo: ...
 
     def batches(self, keys: Sequence[FeatureKey], batch_size: int) -> Batches: ...
+
+    def features(
+        self, indices: Sequence[int], keys: Sequence[FeatureKey]
+    ) -> dict[FeatureKey, np.ndarray]: ...
 
     def targets(self, start: int, stop: int, kind: str) -> np.ndarray: ...
 
@@ -71,6 +82,9 @@ class Split:
 
     cache: FeatureCache
     dataset: Dataset
+    _arrays: dict[FeatureKey, ShardedArray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         ids = [self.dataset.image_id(i) for i in range(len(self.dataset))]
@@ -89,6 +103,10 @@ class Split:
     def hash(self) -> str:
         return self.cache.hash
 
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self.cache.fingerprint
+
     def info(self, key: FeatureKey) -> FeatureInfo:
         return self.cache.info(key)
 
@@ -96,6 +114,19 @@ class Split:
         arrays = {key: self.cache.array(key) for key in keys}
         for start in range(0, len(self.dataset), batch_size):
             yield start, {key: arr[start : start + batch_size] for key, arr in arrays.items()}
+
+    def features(self, indices: Sequence[int], keys: Sequence[FeatureKey]) -> dict[FeatureKey, np.ndarray]:
+        """The cached features of images ``indices`` (read from the memory maps, opened once per key)."""
+        idx = [int(i) for i in indices]
+        consecutive = bool(idx) and idx == list(range(idx[0], idx[0] + len(idx)))
+        out = {}
+        for key in keys:
+            key = (key[0], key[1])
+            if key not in self._arrays:
+                self._arrays[key] = self.cache.array(key)
+            arr = self._arrays[key]
+            out[key] = arr[idx[0] : idx[0] + len(idx)] if consecutive else np.stack([arr[i] for i in idx])
+        return out
 
     def targets(self, start: int, stop: int, kind: str) -> np.ndarray:
         return np.stack(

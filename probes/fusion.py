@@ -31,7 +31,7 @@ from torch import nn
 
 from backbones.base import FeatureKey
 from probebench.core.errors import ProbebenchError
-from probes.base import ProbeOutput, Split
+from probes.base import FeatureSource, ProbeOutput
 from probes.heads import DEFAULT_WIDTH, check_heads, make_head, resample
 from probes.training import (
     Fitted,
@@ -281,9 +281,9 @@ class FusionProbe(TrainedProbe):
 
     def fit(
         self,
-        train: Split,
-        val: Split,
-        test: Split | None,
+        train: FeatureSource,
+        val: FeatureSource,
+        test: FeatureSource | None,
         kinds: Sequence[str],
         *,
         keys: Sequence[FeatureKey] | None = None,
@@ -301,7 +301,7 @@ class FusionProbe(TrainedProbe):
             )
         heads = check_heads(p.head, kinds, "fusion") if p.head != "linear" else dict.fromkeys(kinds, "linear")
         run = ProbeRun(self.name, train, val, test, kinds, cfg=p, seed=seed, progress=progress, extra=extra)
-        main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
+        main_keys = parse_keys(keys, "keys") if keys is not None else train.keys
         extra_keys = parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None
         inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
         feats = run.features(inputs, grid="first")

@@ -23,7 +23,7 @@ from torch import nn
 
 from backbones.base import FeatureKey
 from probebench.core.errors import ProbebenchError
-from probes.base import ProbeOutput, Split
+from probes.base import FeatureSource, ProbeOutput
 from probes.training import ProbeRun, TrainConfig, TrainedProbe, cpu_state, parse_keys
 from tasks.kinds import get_kind, kind_names
 
@@ -235,9 +235,9 @@ class HeadProbe(TrainedProbe):
 
     def fit(
         self,
-        train: Split,
-        val: Split,
-        test: Split | None,
+        train: FeatureSource,
+        val: FeatureSource,
+        test: FeatureSource | None,
         kinds: Sequence[str],
         *,
         keys: Sequence[FeatureKey] | None = None,
@@ -248,7 +248,7 @@ class HeadProbe(TrainedProbe):
         p = self.params
         heads = check_heads(p.head, kinds, "head")
         run = ProbeRun(self.name, train, val, test, kinds, cfg=p, seed=seed, progress=progress, extra=extra)
-        main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
+        main_keys = parse_keys(keys, "keys") if keys is not None else train.keys
         extra_keys = parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None
         inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
         feats = run.features(inputs, grid="native")

@@ -8,8 +8,9 @@ Call with two backbones (the complementarity experiment)::
                         extra={"train": [dino_train], "val": [dino_val], "test": [dino_test]},
                         extra_keys=[(11, None)])                           # DINOv3 cell(s)
 
-``dit_*`` and ``dino_*`` are :class:`~probes.base.Split` of caches of the SAME images; the DINOv3 features are
-resampled (bilinear) to the DiT grid and concatenated. Records: ``combine`` (joint), ``combine-main`` and
+``dit_*`` and ``dino_*`` are feature sources of the SAME images (:class:`~probes.base.Split` of caches, or
+:class:`~probes.stream.LiveSource` s in online mode); the DINOv3 features are resampled (bilinear) to the DiT
+grid and concatenated. Records: ``combine`` (joint), ``combine-main`` and
 ``combine-extra`` (each alone, same recipe), so complementarity is one table. The records of a member alone carry
 ``members`` (``[0]``: the main backbone, ``[1]``: the extra one), so their result rows are labelled with that
 backbone, never with the combination.
@@ -27,7 +28,7 @@ from scipy.stats import spearmanr
 
 from backbones.base import FeatureKey
 from probebench.core.errors import ProbebenchError
-from probes.base import ProbeOutput, Split
+from probes.base import FeatureSource, ProbeOutput
 from probes.heads import LinearHead
 from probes.training import Input, ProbeRun, TrainConfig, TrainedProbe, cpu_state, parse_keys
 from tasks.base import MAIN_METRIC
@@ -82,9 +83,9 @@ class LinearProbe(TrainedProbe):
 
     def fit(
         self,
-        train: Split,
-        val: Split,
-        test: Split | None,
+        train: FeatureSource,
+        val: FeatureSource,
+        test: FeatureSource | None,
         kinds: Sequence[str],
         *,
         keys: Sequence[FeatureKey] | None = None,
@@ -99,7 +100,7 @@ class LinearProbe(TrainedProbe):
                 raise ProbebenchError("linear probe: give keys or concat_keys, not both.")
             groups = _groups(p.concat_keys)
         else:
-            groups = [[k] for k in (parse_keys(keys, "keys") if keys is not None else train.cache.keys)]
+            groups = [[k] for k in (parse_keys(keys, "keys") if keys is not None else train.keys)]
         extra_inputs = (
             run.extra_inputs(parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None)
             if run.extras
@@ -139,9 +140,9 @@ class CombineProbe(TrainedProbe):
 
     def fit(
         self,
-        train: Split,
-        val: Split,
-        test: Split | None,
+        train: FeatureSource,
+        val: FeatureSource,
+        test: FeatureSource | None,
         kinds: Sequence[str],
         *,
         keys: Sequence[FeatureKey] | None = None,
@@ -164,7 +165,7 @@ class CombineProbe(TrainedProbe):
         run.extras = run.extras[:1]
         extra_keys = parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None
         x_inputs = run.extra_inputs(extra_keys)
-        main_keys = parse_keys(keys, "keys") if keys is not None else train.cache.keys
+        main_keys = parse_keys(keys, "keys") if keys is not None else train.keys
 
         def build_for(inputs: list[Input], channels: int):
             if p.mode == "concat":

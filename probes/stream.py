@@ -1,4 +1,4 @@
-"""Stream-fit: the ridge screen computed *during* extraction, without storing any feature.
+"""Live features: the ridge screen computed *during* extraction, and the source of online trained probes.
 
 For grids too large for the disk (e.g. every block × many timesteps of FLUX), a :class:`LiveSource` extracts
 features batch by batch as the screen reads them (:func:`probes.screen.screen`, the same code as on a cache);
@@ -7,6 +7,10 @@ Features are rounded to fp16 exactly as the feature store would store them, so t
 ridge screen on a cache of the same extraction (up to float summation order). Keys are screened in groups whose
 accumulators fit ``memory_gb`` (:func:`memory_groups`); each group costs one extraction pass per split and
 criterion.
+
+A :class:`LiveSource` also gives the features of any images (:meth:`LiveSource.features`): a trained probe in
+online mode (a stage's ``online: true``) reads its shuffled training batches through it, so its features are
+extracted inside the training loop on the adapter's device and never stored.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 from backbones.base import Adapter, FeatureKey
 from backbones.store import FeatureInfo, _load_batch, key_stem, pool_features
+from probebench.core.errors import ProbebenchError
 from probebench.core.io import stable_hash
 from probes.base import Batches, FeatureSource, ProbeOutput
 from probes.screen import DEFAULT_LAMBDAS, RidgeProbe
@@ -28,7 +33,10 @@ from tasks.base import Dataset
 class LiveSource:
     """The :class:`~probes.base.FeatureSource` of a live adapter: ``dataset``'s features at ``layers`` ×
     ``timesteps``, extracted with the noise ``seed`` and ``noise_draws``, pooled to ``pool_to``, and rounded
-    through fp16 as the feature store stores them. Its ``hash`` is ``stream:<adapter fingerprint>``."""
+    through fp16 as the feature store stores them. Its ``hash`` is ``stream:<adapter fingerprint>``; only the
+    requested keys are extracted, at most ``batch_size`` images per call of the adapter. The adapter pads every
+    call to its ``compute_batch``, so an image's features do not depend on which images it is extracted with:
+    they equal those of a cache of the same extraction bit for bit."""
 
     def __init__(
         self,
@@ -40,9 +48,11 @@ class LiveSource:
         seed: int = 0,
         noise_draws: int = 1,
         pool_to: int | None = None,
+        batch_size: int = 16,
     ):
         self.adapter, self.dataset = adapter, dataset
         self.seed, self.noise_draws, self.pool_to = seed, noise_draws, pool_to
+        self.batch_size = max(1, int(batch_size))
         self._keys = [
             (la, t) for la in adapter.resolve_layers(layers) for t in adapter.resolve_timesteps(timesteps)
         ]
@@ -56,17 +66,44 @@ class LiveSource:
     def hash(self) -> str:
         return "stream:" + stable_hash(self.adapter.fingerprint(), 12)
 
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """The parts of a cache's fingerprint that name the model and the noise (result labels read them)."""
+        return {
+            "adapter": self.adapter.fingerprint(),
+            "seed": int(self.seed),
+            "noise_draws": int(self.noise_draws),
+            "pool_to": self.pool_to,
+        }
+
     def info(self, key: FeatureKey) -> FeatureInfo:
-        """Shape and log-SNR of ``key`` (every key's shape is read from one extracted image, once)."""
-        if not self._shapes:
-            _, first = next(self._extract([0], self._keys))
-            self._shapes = {k: (len(self.dataset), *f.shape[1:]) for k, f in first.items()}
+        """Shape and log-SNR of ``key``: shapes are read from image 0, extracted once per layer (every timestep of
+        it), so asking for a few keys never extracts the whole grid."""
         key = (key[0], key[1])
+        if key not in self._keys:
+            raise ProbebenchError(
+                f"Feature {key} is not among the live features of {self.adapter.name} "
+                f"on {self.dataset.name}/{self.dataset.split}. It has: {self._keys}."
+            )
+        if key not in self._shapes:
+            _, first = next(self._extract([0], [k for k in self._keys if k[0] == key[0]]))
+            self._shapes.update({k: (len(self.dataset), *f.shape[1:]) for k, f in first.items()})
         return FeatureInfo(key[0], key[1], self.adapter.log_snr(key[1]), key_stem(key), self._shapes[key])
 
     def batches(self, keys: Sequence[FeatureKey], batch_size: int) -> Batches:
         for start in range(0, len(self.dataset), batch_size):
             yield from self._extract(range(start, min(len(self.dataset), start + batch_size)), keys)
+
+    def features(self, indices: Sequence[int], keys: Sequence[FeatureKey]) -> dict[FeatureKey, np.ndarray]:
+        """The features of images ``indices`` at ``keys`` (only those extracted), ``batch_size`` images at a time."""
+        idx = [int(i) for i in indices]
+        keys = [(k[0], k[1]) for k in keys]
+        parts = [
+            feats
+            for s in range(0, len(idx), self.batch_size)
+            for _, feats in self._extract(idx[s : s + self.batch_size], keys)
+        ]
+        return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
     def targets(self, start: int, stop: int, kind: str) -> np.ndarray:
         return np.stack(

@@ -3,10 +3,11 @@
 A trained probe is a ``nn.Module`` that takes a list of per-input feature maps ``[(B, C_i, h_i, w_i)]`` and
 returns raw outputs (B, K, h, w) at its own resolution. This module supplies everything around it:
 
-- the inputs: (layer, timestep) keys of the main cache and of *extra* caches of the same images (another
-  backbone, or the same backbone extracted with other noise seeds), read from the memory-mapped fp16 arrays
-  into memory when they fit a budget and streamed batch by batch otherwise, optionally resampled (bilinear)
-  to one grid;
+- the inputs (:mod:`probes.features`): (layer, timestep) keys of the main feature source and of *extra*
+  sources of the same images (another backbone, or the same backbone extracted with other noise seeds), from a
+  feature cache or, in online mode, from a live adapter (:class:`~probes.stream.LiveSource`), held in memory as
+  fp16 when they fit a budget and read (or extracted) batch by batch otherwise, optionally resampled (bilinear)
+  to one grid — the same numbers either way;
 - the targets at label resolution; outputs are upsampled bilinearly to the label size for the loss and the
   metrics, so every probe is scored exactly as the ridge screen is;
 - the losses, from the target kind's :class:`~tasks.kinds.Objective` (:func:`make_objective`): cross-entropy
@@ -39,7 +40,16 @@ from tqdm.auto import tqdm
 from backbones.base import FeatureKey
 from backbones.store import key_stem
 from probebench.core.errors import ProbebenchError, did_you_mean
-from probes.base import Probe, Split
+from probes.base import FeatureSource, Probe
+from probes.features import (  # noqa: F401  (ExtraSource, normalize_extra: importable from here as before)
+    ExtraSource,
+    FeatureSet,
+    Input,
+    TargetSet,
+    normalize_extra,
+    source_name,
+    where,
+)
 from tasks.base import TargetSpec
 from tasks.kinds import Objective
 from tasks.kinds.depth import DEPTH_LOSSES
@@ -162,9 +172,10 @@ def resolve_params(
 
 
 class TrainedProbe(Probe):
-    """Base of the probes trained from a seed on cached features. Their ``Params`` extend :class:`TrainConfig`
-    (every training setting is also a probe parameter; a subclass may change its defaults); values from YAML or
-    the command line are coerced to the defaults' types and checked (:func:`resolve_params`)."""
+    """Base of the probes trained from a seed on feature sources (a cache, or a live adapter in online mode).
+    Their ``Params`` extend :class:`TrainConfig` (every training setting is also a probe parameter; a subclass may
+    change its defaults); values from YAML or the command line are coerced to the defaults' types and checked
+    (:func:`resolve_params`)."""
 
     trained = True
     joint = True
@@ -190,163 +201,6 @@ def parse_keys(value: Any, what: str) -> list[FeatureKey]:
             raise ProbebenchError(f"{what}: expected (layer, timestep) pairs, got {k!r}.")
         out.append((int(k[0]), k[1]))
     return out
-
-
-# -- inputs from one or several caches ------------------------------------------------------------------------
-@dataclass
-class ExtraSource:
-    """Another cache of the same images, per split: another backbone (the complementarity experiment), or the
-    same backbone extracted with another noise seed (the noise control of the fusion probe)."""
-
-    train: Split
-    val: Split
-    test: Split | None = None
-    keys: Sequence[FeatureKey] | None = None  # default: every key of the cache
-    name: str = ""
-
-    def split(self, role: str) -> Split | None:
-        return {"train": self.train, "val": self.val, "test": self.test}[role]
-
-
-def normalize_extra(extra: Any, train: Split, val: Split, test: Split | None) -> list[ExtraSource]:
-    """Accept ``{"train": [Split, ...], "val": [...], "test": [...]}`` (what the pipeline passes), or a sequence
-    of :class:`ExtraSource` / ``(train, val[, test])`` tuples; check that every cache holds the same images."""
-    if not extra:
-        return []
-    if isinstance(extra, Mapping):
-        missing = [r for r in ("train", "val") if r not in extra]
-        if missing:
-            raise ProbebenchError(f"extra needs the splits train and val; it lacks {missing}.")
-        n = len(extra["train"])
-        tests = extra.get("test") or [None] * n
-        if len(extra["val"]) != n or len(tests) != n:
-            raise ProbebenchError("extra: train, val and test must list the same number of caches.")
-        sources = [ExtraSource(a, b, c) for a, b, c in zip(extra["train"], extra["val"], tests)]
-    else:
-        sources = []
-        for e in extra:
-            if isinstance(e, ExtraSource):
-                sources.append(e)
-            elif isinstance(e, (tuple, list)) and len(e) in (2, 3):
-                sources.append(ExtraSource(*e))
-            else:
-                raise ProbebenchError(
-                    f"extra: expected ExtraSource or (train, val, test) Splits per extra cache, got {type(e)}."
-                )
-    for i, src in enumerate(sources):
-        for role, main in (("train", train), ("val", val), ("test", test)):
-            other = src.split(role)
-            if main is None:
-                continue
-            if other is None:
-                raise ProbebenchError(
-                    f"extra cache {i + 1} has no {role} split, but the probe scores {role}."
-                )
-            if other.cache.image_ids != main.cache.image_ids:
-                raise ProbebenchError(
-                    f"extra cache {other.cache.path} ({role}) holds other images than the main cache "
-                    f"{main.cache.path}; extra caches must be made from the same dataset split."
-                )
-    return sources
-
-
-def _backbone_name(split: Split) -> str:
-    return str(split.cache.fingerprint.get("adapter", {}).get("backbone", "cache"))
-
-
-@dataclass(frozen=True)
-class Input:
-    """One input map of a probe: a key of the main cache (source 0) or of extra cache ``source``."""
-
-    source: int
-    key: FeatureKey
-    label: str  # "L002_T0.25", or "<backbone>:L011_Tnone" for an extra cache
-    log_snr: float | None
-    dim: int
-    grid: tuple[int, int]
-
-
-class FeatureSet:
-    """The features of some inputs for one split as float32 tensors (B, C, h, w), by image indices.
-
-    Held in memory as fp16 (N, C, h, w) when ``max_bytes`` allows, else read from the memory-mapped cache per
-    batch. ``grids``: per input, the grid to resample to (bilinear; antialiased when shrinking) or None.
-    """
-
-    def __init__(
-        self,
-        splits: Sequence[Split],
-        inputs: Sequence[Input],
-        grids: Sequence[tuple[int, int] | None],
-        max_bytes: float,
-    ):
-        self.inputs = list(inputs)
-        self.arrays = [splits[i.source].cache.array(i.key) for i in self.inputs]
-        self.grids = [g or i.grid for g, i in zip(grids, self.inputs)]
-        lengths = {len(a) for a in self.arrays}
-        if len(lengths) != 1:
-            raise ProbebenchError(f"Inputs {[i.label for i in self.inputs]} have different image counts.")
-        self.n = lengths.pop()
-        need = sum(self.n * g[0] * g[1] * i.dim * 2 for g, i in zip(self.grids, self.inputs))
-        self.memory: list[torch.Tensor] | None = None
-        if need <= max_bytes:
-            self.memory = [self._read_range(j) for j in range(len(self.inputs))]
-
-    def __len__(self) -> int:
-        return self.n
-
-    def _convert(self, j: int, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-        g = self.grids[j]
-        if tuple(t.shape[-2:]) != tuple(g):
-            shrink = g[0] < t.shape[-2] or g[1] < t.shape[-1]
-            t = F.interpolate(t, size=g, mode="bilinear", align_corners=False, antialias=shrink)
-        return t
-
-    def _read_range(self, j: int, chunk: int = 256) -> torch.Tensor:
-        arr = self.arrays[j]
-        parts = [self._convert(j, arr[s : s + chunk]).half() for s in range(0, self.n, chunk)]
-        return torch.cat(parts)
-
-    def batch(self, idx: np.ndarray) -> list[torch.Tensor]:
-        idx = np.asarray(idx, dtype=np.int64)
-        if self.memory is not None:
-            ti = torch.from_numpy(idx)
-            return [m[ti].float() for m in self.memory]
-        # rounded through fp16 like the in-memory copy, so numbers do not depend on the memory budget
-        return [
-            self._convert(j, np.stack([a[int(i)] for i in idx])).half().float()
-            for j, a in enumerate(self.arrays)
-        ]
-
-
-class TargetSet:
-    """A split's targets of one kind at label resolution: (B, H, W) int64 / bool / float32 metres."""
-
-    def __init__(self, split: Split, kind: str, max_bytes: float):
-        self.split, self.kind = split, kind
-        self.n = len(split.dataset)
-        self.shape = np.shape(split.dataset.load_target(0, kind))
-        first = self._load(0)
-        self.memory: torch.Tensor | None = None
-        if self.n * first.nbytes <= max_bytes:
-            self.memory = torch.from_numpy(np.stack([self._load(i) for i in range(self.n)]))
-
-    def _load(self, i: int) -> np.ndarray:
-        t = np.asarray(self.split.dataset.load_target(i, self.kind))
-        if t.shape != self.shape:
-            raise ProbebenchError(
-                f"{self.split.dataset.name}/{self.split.dataset.split}: {self.kind} targets differ in size "
-                f"({t.shape} at image {i} vs {self.shape}); trained probes need one label size per split."
-            )
-        if t.dtype == np.int64 and (t.size == 0 or (t.min() >= 0 and t.max() <= np.iinfo(np.int16).max)):
-            t = t.astype(np.int16)  # class ids: a quarter of the memory; the loss and metric take any int
-        return t
-
-    def batch(self, idx: np.ndarray) -> torch.Tensor:
-        if self.memory is not None:
-            return self.memory[torch.from_numpy(np.asarray(idx, dtype=np.int64))]
-        return torch.from_numpy(np.stack([self._load(int(i)) for i in idx]))
 
 
 # -- task objectives ------------------------------------------------------------------------------------------
@@ -559,14 +413,15 @@ def cell_name(inputs: Sequence[Input]) -> str:
 
 
 class ProbeRun:
-    """One call of a trained probe: its splits (main + extra caches), parameters, targets and objectives."""
+    """One call of a trained probe: its feature sources (main + extra: caches or live adapters), parameters,
+    targets and objectives."""
 
     def __init__(
         self,
         probe: str,
-        train: Split,
-        val: Split,
-        test: Split | None,
+        train: FeatureSource,
+        val: FeatureSource,
+        test: FeatureSource | None,
         kinds: Sequence[str],
         *,
         cfg: TrainConfig,
@@ -584,7 +439,7 @@ class ProbeRun:
                 for k in self.kinds:
                     s.dataset.target_spec(k)
         self.extras = normalize_extra(extra, train, val, test)
-        self.splits: dict[str, list[Split] | None] = {
+        self.splits: dict[str, list[FeatureSource] | None] = {
             "train": [train, *(e.train for e in self.extras)],
             "val": [val, *(e.val for e in self.extras)],
             "test": None if test is None else [test, *(e.test for e in self.extras)],  # type: ignore[list-item]
@@ -593,29 +448,29 @@ class ProbeRun:
         self.max_bytes = cfg.max_memory_gb * 2**30 / 3
         self._targets: dict[tuple[str, str], TargetSet] = {}
         self._objectives: dict[str, Objective] = {}
-        self.source_names = [_backbone_name(train)]  # labels of extra inputs: "<name>:L011_Tnone"
+        self.source_names = [source_name(train)]  # labels of extra inputs: "<name>:L011_Tnone"
         for s, e in enumerate(self.extras, start=1):
-            fp = e.train.cache.fingerprint
-            base = e.name or _backbone_name(e.train)
+            fp = e.train.fingerprint
+            base = e.name or source_name(e.train)
             weights, seed = fp.get("adapter", {}).get("weights"), fp.get("seed")
             candidates = [base, f"{base}@{weights}" if weights else None, f"{base}#seed{seed}", f"{base}#{s}"]
             self.source_names.append(next(c for c in candidates if c and c not in self.source_names))
 
     @property
-    def main(self) -> Split:
+    def main(self) -> FeatureSource:
         return self.splits["train"][0]  # type: ignore[index]
 
     def inputs(self, keys: Sequence[FeatureKey], source: int = 0) -> list[Input]:
-        cache = self.splits["train"][source].cache  # type: ignore[index]
+        src = self.splits["train"][source]  # type: ignore[index]
         out = []
         for key in keys:
-            info = cache.info(tuple(key))
+            info = src.info(tuple(key))
             for role in ("val", "test"):
                 sp = self.splits[role]
-                if sp is not None and sp[source].cache.info(info.key).shape[1:] != info.shape[1:]:
+                if sp is not None and sp[source].info(info.key).shape[1:] != info.shape[1:]:
                     raise ProbebenchError(
                         f"Feature {info.key} has shape {info.shape[1:]} in train but "
-                        f"{sp[source].cache.info(info.key).shape[1:]} in {role}."
+                        f"{sp[source].info(info.key).shape[1:]} in {role}."
                     )
             prefix = f"{self.source_names[source]}:" if source else ""
             out.append(
@@ -631,21 +486,21 @@ class ProbeRun:
         return out
 
     def extra_inputs(self, extra_keys: Sequence[FeatureKey] | None = None) -> list[Input]:
-        """Every extra cache's keys (its own ``keys``, else ``extra_keys``, else all), in cache order."""
+        """Every extra source's keys (its own ``keys``, else ``extra_keys``, else all), in source order."""
         out = []
         for s, e in enumerate(self.extras, start=1):
-            cache = e.train.cache
+            src = e.train
             keys = e.keys if e.keys is not None else extra_keys
             if keys is None:
-                keys = cache.keys
+                keys = src.keys
             else:
-                keys = [k for k in keys if tuple(k) in cache.keys] or self._missing(cache, keys)
+                keys = [k for k in keys if tuple(k) in src.keys] or self._missing(src, keys)
             out += self.inputs(keys, s)
         return out
 
     @staticmethod
-    def _missing(cache: Any, keys: Sequence[FeatureKey]) -> list[FeatureKey]:
-        raise ProbebenchError(f"None of the extra keys {list(keys)} is in cache {cache.path} ({cache.keys}).")
+    def _missing(src: FeatureSource, keys: Sequence[FeatureKey]) -> list[FeatureKey]:
+        raise ProbebenchError(f"None of the extra keys {list(keys)} is in {where(src)} ({src.keys}).")
 
     def features(self, inputs: Sequence[Input], grid: str = "first") -> dict[str, FeatureSet | None]:
         """Feature sets per split. ``grid="first"`` resamples every input to the first input's grid;

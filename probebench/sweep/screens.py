@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from probebench import pipeline
-from probebench.config import RunConfig, from_dict, to_dict
+from probebench.config import STAGE_RUNTIME, RunConfig, from_dict, to_dict
 from probebench.core.io import stable_hash
 from probebench.core.results import RESULTS_FILE, append_results, done_cells, locked, read_results
 from probebench.core.rundir import SCREENS_DIR, RunDir
@@ -66,6 +66,8 @@ def screen_of(cfg: RunConfig, index: int, sweep_dir: Path) -> Screen:
     d["probe_seeds"] = None
     keys = [pipeline.stage_keys(cfg, stage, [cfg.backbones[i] for i in g]) for g in fits]
     ident = {k: v for k, v in d.items() if k not in ("name", "output_dir", "extract")}
+    # how a stage computes (`online`) changes no number: screen keys stay those made before it existed
+    ident["probes"] = [{k: v for k, v in st.items() if k not in STAGE_RUNTIME} for st in d["probes"]]
     key = stable_hash({"config": ident, "stage_keys": keys}, 16)
     d["name"], d["output_dir"] = key, str(sweep_dir.expanduser().resolve() / SCREENS_DIR)
     models = ", ".join(pipeline.model_key([cfg.backbones[i] for i in g]) for g in fits)
