@@ -94,10 +94,14 @@ def best_cells_grid(
     cfg: RunConfig, i: int, results: Path, ref: Label, ref_cache: FeatureCache, screen: str | None
 ) -> BackboneConfig:
     """Backbone ``i`` with ``cells_from: j`` → the same backbone extracting the layers × timesteps of backbone
-    ``j``'s best cells over the run's tasks (so its keys contain every one of them); ``ref``: ``j``'s label."""
+    ``j``'s best cells over the run's tasks (so its keys contain every one of them) — with ``cells: best-layer``
+    the best cells' layers × every timestep of ``j``'s grid; ``ref``: ``j``'s label, ``ref_cache`` its features
+    (a cache or a live source: only its keys are read)."""
     b = cfg.backbones[i]
     who = f"Backbone {i} ({b.name}, cells_from: {b.cells_from})"
     keys = [best_cell(results, ref, task, ref_cache, who, screen) for task in cfg.tasks]
     layers = sorted({k[0] for k in keys})
+    if b.cells == "best-layer":  # every timestep of the reference's grid at those layers
+        keys = [k for k in ref_cache.keys if k[0] in layers]
     ts = sorted({k[1] for k in keys}, key=lambda t: -1.0 if t is None else t)
-    return replace(b, layers=layers, timesteps=None if ts == [None] else ts, cells_from=None)
+    return replace(b, layers=layers, timesteps=None if ts == [None] else ts, cells_from=None, cells="best")

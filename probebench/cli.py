@@ -128,6 +128,12 @@ def build_parser() -> Parser:
     rn = sub.add_parser("run", help="the whole pipeline; with no config: the embedded quickstart")
     _add_config_args(rn)
     rn.add_argument("--no-progress", action="store_true")
+    rn.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (model rows, cache bytes per backbone × split and stage, what is cached, memory "
+        "estimate, free disk); run and extract nothing",
+    )
 
     sw = sub.add_parser(
         "sweep",
@@ -303,6 +309,11 @@ def cmd_run(args: argparse.Namespace, extract: bool = True) -> int:
     if cfg_path is not None and "=" in cfg_path and not os.path.exists(cfg_path):
         cfg_path, overrides = None, [cfg_path, *overrides]
     cfg = load_config(cfg_path, overrides)
+    if getattr(args, "dry_run", False):
+        from probebench.plan import plan_run
+
+        print(plan_run(cfg).text())
+        return 0
     out = run(cfg, extract=extract, progress=not getattr(args, "no_progress", False))
     print(out / "REPORT.md")
     return 0

@@ -46,7 +46,9 @@ def default_cache_dir() -> str:
 
 @dataclass
 class DataConfig:
-    """Which dataset and splits. ``options`` go to the dataset's constructor (e.g. scenes' ``resolution``);
+    """Which dataset and splits. A split may be a contiguous part of one (``train_split: train[:-1000]``,
+    ``val_split: train[-1000:]``: a validation set held out of a dataset that ships only train and val); the
+    run refuses splits of one dataset that overlap. ``options`` go to the dataset's constructor (e.g. scenes' ``resolution``);
     ``root`` is where an on-disk dataset lies. Both belong to the dataset named by ``name``: a preset or an
     override layer that names another dataset without giving them resets them to ``{}`` and ``null`` (the module
     docstring has the rule), so one dataset's options never reach another."""
@@ -60,6 +62,9 @@ class DataConfig:
     max_val: int | None = 48
     max_test: int | None = 64
     options: dict[str, Any] = field(default_factory=dict)
+    # the test split from another dataset (cross-dataset evaluation, e.g. train on DUTS-TR, test on ECSSD):
+    # {name: ecssd, root: ..., split: test, options: {...}}; root defaults to data.root, split to test_split
+    test: dict[str, Any] | None = None
 
 
 DATASET_KEYS = ("options", "root")  # the DataConfig keys that belong to the dataset named by data.name
@@ -82,6 +87,10 @@ class BackboneConfig:
     # see ProbeConfig) instead of `layers` × `timesteps`: e.g. a noise control with other seeds at the best
     # cells, without a full grid
     cells_from: int | None = None
+    # with cells_from: `best` (the best cell per task) or `best-layer` (every timestep of backbone #cells_from
+    # at the best layer per task: what a fusion over timesteps reads), e.g. cached pooled while #cells_from is
+    # screened without a cache
+    cells: str = "best"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,6 +135,8 @@ class ProbeConfig:
     role: str | None = None
     online: bool = False
 
+
+BACKBONE_CELLS = ("best", "best-layer")  # what a backbone with cells_from extracts of the other's grid
 
 QUICKSTART_TIMESTEPS = [0.0, 0.1, 0.2, 0.35, 0.5, 0.7]
 
@@ -203,7 +214,16 @@ class RunConfig:
         self.fit_seeds()
         n = len(self.backbones)
         for i, b in enumerate(self.backbones):
+            if b.cells not in BACKBONE_CELLS:
+                raise ProbebenchError(
+                    f"Backbone {i}: cells {b.cells!r} must be one of {', '.join(BACKBONE_CELLS)} (with cells_from)."
+                    f"{closest_hint(b.cells, BACKBONE_CELLS)}"
+                )
             if b.cells_from is None:
+                if b.cells != "best":
+                    raise ProbebenchError(
+                        f"Backbone {i}: cells: {b.cells} needs cells_from: <backbone index>."
+                    )
                 continue
             if not (0 <= b.cells_from < n and b.cells_from != i):
                 raise ProbebenchError(
@@ -227,6 +247,18 @@ class RunConfig:
 
 
 RUNTIME_ONLY = {("extract",), ("output_dir",)}  # excluded from the config hash
+# keys added after result tables existed, left out of every identity while they hold their default (which is
+# what every earlier config meant), so adding them changed no hash
+NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"data": {"test": None}, "backbone": {"cells": "best"}}
+
+
+def identity_dict(section: str, d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` (a ``data`` or ``backbone`` mapping) without the :data:`NEUTRAL_DEFAULTS` keys that hold their
+    default."""
+    neutral = NEUTRAL_DEFAULTS[section]
+    return {k: v for k, v in d.items() if not (k in neutral and v == neutral[k])}
+
+
 STAGE_LABELS = (
     "role",
 )  # probe-stage keys that only label a stage for the analysis: no number depends on them
@@ -445,6 +477,8 @@ def config_hash(cfg: RunConfig) -> str:
     """Hash of everything in the config that changes numbers (runtime-only fields left out)."""
     d = to_dict(cfg)
     d["probes"] = [stage_identity(st) for st in d["probes"]]
+    d["data"] = identity_dict("data", d["data"])
+    d["backbones"] = [identity_dict("backbone", b) for b in d["backbones"]]
     for path in RUNTIME_ONLY:
         node = d
         for p in path[:-1]:

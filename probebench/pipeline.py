@@ -27,6 +27,7 @@ from probebench.config import (
     BackboneConfig,
     ProbeConfig,
     RunConfig,
+    identity_dict,
     resolve_tasks,
     save_config,
     stage_identity,
@@ -47,7 +48,7 @@ from probes import probe_class
 from probes.base import FeatureSource, Probe, ProbeOutput, Split
 from probes.screen import predict_maps
 from probes.stream import LiveSource
-from tasks.base import HIGHER_IS_BETTER, Dataset, Subset
+from tasks.base import HIGHER_IS_BETTER, Dataset, Slice, Subset, check_disjoint, parse_split
 
 SPLITS = ("train", "val", "test")
 
@@ -57,12 +58,58 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_split(cfg: RunConfig, which: str) -> Dataset:
+def split_source(cfg: RunConfig, which: str) -> tuple[str, str | None, str, dict[str, Any]]:
+    """(dataset name, root, split text, options) of split ``which``: ``data``'s, or ``data.test``'s dataset for
+    the test split when it names one."""
     d = cfg.data
     split = {"train": d.train_split, "val": d.val_split, "test": d.test_split}[which]
-    limit = {"train": d.max_train, "val": d.max_val, "test": d.max_test}[which]
-    ds = tasks.create(d.name, split=split, **({"root": d.root} if d.root else {}), **d.options)
+    if which == "test" and d.test:
+        unknown = set(d.test) - {"name", "root", "split", "options"}
+        if unknown or "name" not in d.test:
+            raise ProbebenchError(
+                f"data.test must be a mapping with name (and optionally root, split, options); got {d.test!r}."
+            )
+        return (
+            d.test["name"],
+            d.test.get("root", d.root),
+            d.test.get("split", split),
+            d.test.get("options", {}),
+        )
+    return d.name, d.root, split, d.options
+
+
+def dataset_label(cfg: RunConfig) -> str:
+    """The ``dataset`` of a run's rows: ``data.name``, or ``<train dataset>→<test dataset>`` when the test split
+    comes from another dataset (``data.test``), so every row of the run — val and test — carries one label."""
+    test = split_source(cfg, "test")[0]
+    return cfg.data.name if test == cfg.data.name else f"{cfg.data.name}→{test}"
+
+
+def build_split(cfg: RunConfig, which: str) -> Dataset:
+    """Split ``which`` of the run's data: a registered dataset's split, or a part of one (``train[-1000:]``),
+    limited to ``data.max_<which>`` images."""
+    name, root, text, options = split_source(cfg, which)
+    split, part = parse_split(text)
+    limit = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": cfg.data.max_test}[which]
+    ds = tasks.create(name, split=split, **({"root": root} if root else {}), **options)
+    if part is not None:
+        ds = Slice(ds, part)
     return Subset(ds, limit) if limit is not None and limit < len(ds) else ds
+
+
+def nominal_split_size(cfg: RunConfig, which: str) -> int | None:
+    """The image count of split ``which`` from the dataset's official release sizes (``nominal_sizes``),
+    without reading the data — what a plan counts when the data is not on this machine; None if unknown."""
+    name, _, text, _ = split_source(cfg, which)
+    split, part = parse_split(text)
+    n = getattr(tasks.TASKS.get(name), "nominal_sizes", {}).get(split)
+    if n is None:
+        return None
+    if part is not None:
+        start, stop, _ = part.indices(n)
+        n = max(0, stop - start)
+    limit = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": cfg.data.max_test}[which]
+    return n if limit is None else min(n, limit)
 
 
 def build_adapter(
@@ -192,10 +239,10 @@ def _setup(
 ) -> dict[str, Any]:
     """Everything that changes a probe stage's numbers except the seeds: the data (config and content, not its
     path), the backbone(s) and the stage (its ``role`` only labels it for the analysis)."""
-    data = {k: v for k, v in to_dict(cfg.data).items() if k != "root"}
+    data = {k: v for k, v in identity_dict("data", to_dict(cfg.data)).items() if k != "root"}
     d = {
         "data": {**data, "content": data_identity_of(cfg) if data_id is None else data_id},
-        "backbones": [to_dict(b) for b in models],
+        "backbones": [identity_dict("backbone", to_dict(b)) for b in models],
         "probe": stage_identity(stage),
     }
     rows = probe_class(stage.name).rows_version
@@ -318,7 +365,7 @@ def result_rows(
                 "backbone": backbone,
                 "weights": weights,
                 "task": r["task"],
-                "dataset": cfg.data.name,
+                "dataset": dataset_label(cfg),
                 "split": r["split"],
                 "probe": stage.label or r.get("probe", stage.name),
                 "layer": fmt_layers(r["layer"]),
@@ -345,6 +392,18 @@ def stage_groups(cfg: RunConfig, stage: ProbeConfig) -> list[list[int]]:
         return [list(stage.backbones)]
     alone = stage.select if stage.select is not None else range(len(cfg.backbones))
     return [[i] for i in alone]
+
+
+def cached_backbones(cfg: RunConfig) -> set[int]:
+    """The backbones some stage reads from a feature cache; the others — used only by probes that need no cache
+    (ridge-stream) and by ``online`` stages — are never extracted to disk."""
+    return {
+        i
+        for st in cfg.probes
+        if probe_class(st.name).needs_cache and not st.online
+        for group in stage_groups(cfg, st)
+        for i in group
+    }
 
 
 def checked_probe(stage: ProbeConfig) -> Probe:
@@ -385,6 +444,10 @@ def run(cfg: RunConfig, *, extract: bool = True, analyze: bool = True, progress:
     """Run the pipeline for ``cfg``; returns the run's output directory. Reruns do only what is missing.
 
     A run that fails before writing any result leaves no run directory behind (unless it existed before)."""
+    if extract:  # refuse new caches larger than the free disk before anything is written
+        from probebench.plan import check_disk  # here: probebench.plan imports this module
+
+        check_disk(cfg)
     out = Path(cfg.output_dir) / cfg.name
     created = not out.exists()
     try:
@@ -403,6 +466,7 @@ def prepare_run_dir(
     ``run.json``. Returns the resolved config, the run directory and the splits' data identity."""
     cfg.validate()  # fails before anything is written
     splits = splits or {w: build_split(cfg, w) for w in SPLITS}
+    check_disjoint(splits)
     cfg = resolve_tasks(cfg, list(splits["train"].targets))
     for ds in splits.values():
         for kind in cfg.tasks:
@@ -451,14 +515,7 @@ class _Stages:
         self.adapters: dict[str, backbones.Adapter] = {}  # by adapter_key
         self.live: dict[int, dict[str, LiveSource]] = {}
         self.notes: dict[str, str] = {}
-        # the backbones some stage reads from a cache; the others (only ridge-stream and online stages) get none
-        self.cached = {
-            i
-            for st in cfg.probes
-            if probe_class(st.name).needs_cache and not st.online
-            for group in stage_groups(cfg, st)
-            for i in group
-        }
+        self.cached = cached_backbones(cfg)
 
     def caches_of(self, i: int, index: int) -> dict[str, FeatureCache]:
         """Backbone ``i``'s cache per split (extracted, or found with ``extract=False``); a backbone with

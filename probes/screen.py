@@ -128,9 +128,7 @@ def screen(
                     **({"probe": probe} if probe else {}),
                 }
                 scores = val_scores[cell][0]
-                records += [
-                    {**base, "split": val.dataset.split, "metric": m, "value": v} for m, v in scores.items()
-                ]
+                records += [{**base, "split": "val", "metric": m, "value": v} for m, v in scores.items()]
                 score = float(scores[spec.main_metric])
                 prev = best_heads.get(kind)
                 if prev is None or (
@@ -142,7 +140,7 @@ def screen(
                     )
                 if test_scores is not None:
                     records += [
-                        {**base, "split": test.dataset.split, "metric": m, "value": v}
+                        {**base, "split": "test", "metric": m, "value": v}
                         for m, v in test_scores[cell][0].items()
                     ]
         bar.update(len(group))

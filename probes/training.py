@@ -592,13 +592,13 @@ class ProbeRun:
             "trained_params": trainable_parameters(fitted.model),
             **extra_fields,
         }
-        val_split = self.splits["val"][0].dataset.split  # type: ignore[index]
-        out = [{**base, "split": val_split, "metric": m, "value": v} for m, v in fitted.val_scores.items()]
+        # rows name the split's role (val: where cells and epochs are chosen; test: what is reported), whatever
+        # dataset split plays it (data.val_split, e.g. train[-1000:])
+        out = [{**base, "split": "val", "metric": m, "value": v} for m, v in fitted.val_scores.items()]
         if feats.get("test") is not None:
-            test_split = self.splits["test"][0].dataset.split  # type: ignore[index]
             run = f"probe {variant}, task {kind}, cell {cell_name(inputs)}"
             scores = self.score(fitted, feats, kind, "test", run)
-            out += [{**base, "split": test_split, "metric": m, "value": v} for m, v in scores.items()]
+            out += [{**base, "split": "test", "metric": m, "value": v} for m, v in scores.items()]
         return out
 
     def state_dict_name(self, variant: str, kind: str, inputs: Sequence[Input]) -> str:

@@ -19,6 +19,7 @@ of the first ``n`` items (:class:`Subset`), reading only those items' files.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -191,3 +192,106 @@ class Subset(Dataset):
 
     def target_fingerprint_of_first(self, n: int) -> dict[str, Any]:
         return self.base.target_fingerprint_of_first(self._clip(n))
+
+
+SLICE_SYNTAX = (
+    "<split>[start:stop] (Python slice bounds, negatives from the end: train[:-1000], train[-1000:])"
+)
+_SLICE = re.compile(r"^(?P<split>[^\[\]]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+
+
+def parse_split(text: str) -> tuple[str, slice | None]:
+    """``"train"`` → ("train", None); ``"train[-1000:]"`` → ("train", slice(-1000, None)) — a held-out part of
+    a split (e.g. a validation set carved from a dataset that ships only train and val)."""
+    m = _SLICE.match(text.strip())
+    if m is None:
+        if "[" in text or "]" in text:
+            raise ProbebenchError(f"Split {text!r} is not a valid slice; expected {SLICE_SYNTAX}.")
+        return text, None
+    bounds = [int(v) if v else None for v in (m["start"], m["stop"])]
+    return m["split"], slice(*bounds)
+
+
+class Slice(Dataset):
+    """Items ``start..stop`` of a split (``data.val_split: train[-1000:]``), in order.
+
+    Its identity is the base split's identity of its first ``stop`` items plus the bounds: that covers every item
+    of the slice (and, conservatively, those before it), so a changed file is never missed; slices of one split
+    can then be checked disjoint by their bounds (:meth:`overlaps`).
+    """
+
+    def __init__(self, base: Dataset, bounds: slice):
+        start, stop, step = bounds.indices(len(base))
+        if step != 1 or stop <= start:
+            raise ProbebenchError(
+                f"{base.name}/{base.split}[{bounds.start or ''}:{bounds.stop or ''}] is empty or not contiguous "
+                f"(the split has {len(base)} images); expected {SLICE_SYNTAX}."
+            )
+        super().__init__(f"{base.split}[{start}:{stop}]")
+        self.base, self.start, self.stop = base, start, stop
+        self.name, self.version, self.eval_options = base.name, base.version, base.eval_options
+
+    @property
+    def targets(self) -> dict[str, TargetSpec]:
+        return self.base.targets
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def image_id(self, index: int) -> str:
+        return self.base.image_id(self.start + self.check_index(index))
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.base.load_image(self.start + self.check_index(index))
+
+    def load_target(self, index: int, kind: str) -> np.ndarray:
+        return self.base.load_target(self.start + self.check_index(index), kind)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.fingerprint_of_first(len(self))
+
+    def fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        stop = self.start + self._clip(n)
+        return {**self.base.fingerprint_of_first(stop), "slice": [self.start, stop]}
+
+    def target_fingerprint(self) -> dict[str, Any]:
+        return self.target_fingerprint_of_first(len(self))
+
+    def target_fingerprint_of_first(self, n: int) -> dict[str, Any]:
+        stop = self.start + self._clip(n)
+        return {**self.base.target_fingerprint_of_first(stop), "slice": [self.start, stop]}
+
+
+def span(ds: Dataset) -> tuple[int, int]:
+    """The item range ``ds`` covers in its underlying split (a slice's bounds; a subset's first ``n``)."""
+    if isinstance(ds, Slice):
+        return ds.start, ds.stop
+    if isinstance(ds, Subset):
+        lo, _ = span(ds.base)
+        return lo, lo + len(ds)
+    return 0, len(ds)
+
+
+def other_split(ds: Dataset) -> str:
+    """The name of the split ``ds`` is part of (through slices and subsets)."""
+    while isinstance(ds, (Slice, Subset)):
+        ds = ds.base
+    return ds.split
+
+
+def check_disjoint(splits: Mapping[str, Dataset]) -> None:
+    """Train, val and test drawn from one split of one dataset must not share items (e.g. ``train[:-1000]`` and
+    ``train[-1000:]``); an overlap would let cells be chosen on, or scores reported on, training images."""
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            da, db = splits[a], splits[b]
+            if da.name != db.name or other_split(da) != other_split(db):
+                continue
+            (lo_a, hi_a), (lo_b, hi_b) = span(da), span(db)
+            if lo_a < hi_b and lo_b < hi_a:
+                raise ProbebenchError(
+                    f"The {a} and {b} splits overlap: both are {da.name}/{other_split(da)} items "
+                    f"{max(lo_a, lo_b)}..{min(hi_a, hi_b) - 1}. Carve disjoint parts, e.g. train_split: "
+                    f"'train[:-1000]' and val_split: 'train[-1000:]'."
+                )

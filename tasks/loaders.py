@@ -213,6 +213,8 @@ class DiskDataset(Dataset):
     layout: ClassVar[str] = ""  # the expected on-disk layout, quoted in errors and in the registry
     splits: ClassVar[tuple[str, ...]] = ()
     eval_options: ClassVar[dict[str, dict[str, Any]]] = {}  # per target kind, defaults for evaluation
+    # images per split in the official release: what a plan (--dry-run) counts when the data is not on disk
+    nominal_sizes: ClassVar[dict[str, int]] = {}
 
     def __init__(self, split: str, root: str | Path | None, unknown: dict[str, Any]):
         if unknown:
@@ -332,6 +334,7 @@ class VOC2012(DiskDataset):
     version = "1"
     layout = VOC_LAYOUT
     splits = ("train", "val", "trainval")
+    nominal_sizes: ClassVar[dict[str, int]] = {"train": 1464, "val": 1449, "trainval": 2913}
 
     def __init__(self, split: str = "train", root: str | Path | None = None, **unknown: Any):
         super().__init__(split, root, unknown)
@@ -371,6 +374,7 @@ class ADE20K(DiskDataset):
     version = "1"
     layout = ADE_LAYOUT
     splits = ("train", "val")
+    nominal_sizes: ClassVar[dict[str, int]] = {"train": 20210, "val": 2000}
 
     def __init__(
         self,
@@ -473,6 +477,7 @@ class NYUv2(DiskDataset):
     version = "1"
     layout = NYU_LAYOUT
     splits = ("train", "test")
+    nominal_sizes: ClassVar[dict[str, int]] = {"train": 795, "test": 654}
     eval_options: ClassVar[dict[str, dict[str, Any]]] = {"depth": {"eigen_crop": True}}
 
     def __init__(self, split: str = "train", root: str | Path | None = None, **unknown: Any):
@@ -608,11 +613,23 @@ def _saliency_layout(folders: dict[str, tuple[str, ...]], images: str, masks: st
 
 
 def _register_saliency(
-    name: str, folders: dict[str, tuple[str, ...]], images: str, masks: str, notes: str
+    name: str,
+    folders: dict[str, tuple[str, ...]],
+    images: str,
+    masks: str,
+    notes: str,
+    sizes: dict[str, int],
 ) -> type:
     """Register a :class:`SaliencySet` subclass for one benchmark (they differ only in folder names)."""
     layout = _saliency_layout(folders, images, masks)
-    attrs = {"name": name, "layout": layout, "splits": tuple(folders), "folders": folders, "__doc__": notes}
+    attrs = {
+        "name": name,
+        "layout": layout,
+        "splits": tuple(folders),
+        "folders": folders,
+        "nominal_sizes": sizes,
+        "__doc__": notes,
+    }
     cls = type(f"Saliency_{name.replace('-', '_')}", (SaliencySet,), attrs)
     cls.__module__ = __name__
     return TASKS.register(name, kind="saliency", source=f"on disk: {layout}", notes=notes)(cls)
@@ -624,9 +641,15 @@ DUTS = _register_saliency(
     "DUTS-{TR,TE}-Image",
     "DUTS-{TR,TE}-Mask",
     "DUTS salient objects: 10553 train (DUTS-TR) / 5019 test (DUTS-TE)",
+    {"train": 10553, "test": 5019},
 )
 ECSSD = _register_saliency(
-    "ecssd", {"test": ("ECSSD",)}, "images", "ground_truth_mask", "ECSSD salient objects, 1000 test images"
+    "ecssd",
+    {"test": ("ECSSD",)},
+    "images",
+    "ground_truth_mask",
+    "ECSSD salient objects, 1000 test images",
+    {"test": 1000},
 )
 DUT_OMRON = _register_saliency(
     "dut-omron",
@@ -634,6 +657,7 @@ DUT_OMRON = _register_saliency(
     "DUT-OMRON-image",
     "pixelwiseGT-new-PNG",
     "DUT-OMRON salient objects, 5168 test images",
+    {"test": 5168},
 )
 HKU_IS = _register_saliency(
     "hku-is",
@@ -641,6 +665,7 @@ HKU_IS = _register_saliency(
     "imgs",
     "gt",
     "HKU-IS salient objects, 4447 images (all used as test)",
+    {"test": 4447},
 )
 PASCAL_S = _register_saliency(
     "pascal-s",
@@ -648,6 +673,7 @@ PASCAL_S = _register_saliency(
     "Imgs",
     "GT",
     "PASCAL-S salient objects, 850 test images (masks thresholded at 128)",
+    {"test": 850},
 )
 
 

@@ -13,24 +13,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probebench.config import RunConfig, from_dict, to_dict
+from probebench.config import RunConfig, from_dict, identity_dict, to_dict
 from probebench.core.io import stable_hash
 from probebench.core.rundir import SCREENS_DIR
+from probebench.pipeline import cached_backbones
 from probebench.sweep.jobs import Task
 from probebench.sweep.screens import Screen, screen_state, screens_of
 from probebench.sweep.spec import Cell, Sweep, absolute_config, inline
-from probebench.sweep.state import cell_done, force_cells, missing_parts, parts_count, stage_index_groups
+from probebench.sweep.state import cell_done, force_cells, missing_parts, parts_count
 from probebench.sweep.summary import format_table
 
 
 def extraction_key(cfg: RunConfig, index: int) -> str:
     """What makes one extraction: backbone config × data × seed × cache root (the cache is content-addressed
     inside that root, so equal keys always mean one shared cache)."""
-    backbone = to_dict(cfg.backbones[index])
+    backbone = identity_dict("backbone", to_dict(cfg.backbones[index]))
     return stable_hash(
         {
             "backbone": {k: v for k, v in backbone.items() if k != "seed"},
-            "data": to_dict(cfg.data),
+            "data": identity_dict("data", to_dict(cfg.data)),
             "seed": noise_seed(cfg, index),
             "cache_dir": str(Path(cfg.extract.cache_dir).expanduser().resolve()),
         },
@@ -45,8 +46,9 @@ def noise_seed(cfg: RunConfig, index: int) -> int:
 
 
 def used_backbones(cfg: RunConfig) -> list[int]:
-    """Indices of the backbones some probe stage of ``cfg`` reads (the pipeline extracts only those)."""
-    return sorted({i for _, group in stage_index_groups(cfg) for i in group})
+    """Indices of the backbones whose caches the pipeline extracts (:func:`probebench.pipeline.cached_backbones`:
+    not those only ``ridge-stream`` and ``online`` stages read)."""
+    return sorted(cached_backbones(cfg))
 
 
 @dataclass
@@ -139,7 +141,8 @@ def plan_sweep(sweep: Sweep, force: Iterable[str] = ()) -> Plan:
 
 
 def dry_run_text(sweep: Sweep, force: Sequence[str] = ()) -> str:
-    """The expanded cells (name, state, overrides), how many are done, and the extractions still needed."""
+    """The expanded cells (name, state, overrides), how many are done, the extractions still needed and their
+    cost (:func:`probebench.plan.sweep_cost_lines`: model rows, cache bytes, what is cached, free disk)."""
     forced = {c.name for c in force_cells(sweep, force)} if force else set()
     rows, done = [], 0
     for c in sweep.cells:
@@ -173,6 +176,14 @@ def dry_run_text(sweep: Sweep, force: Sequence[str] = ()) -> str:
         lines.append(
             f"  {t.name}: {len(users)} cells ({', '.join(users[:6])}{', ...' if len(users) > 6 else ''})"
         )
+    if plan.extractions:
+        from probebench.plan import sweep_cost_lines  # here: probebench.plan imports the pipeline
+
+        jobs = [
+            (t.name.rsplit("[", 1)[-1].rstrip("]"), from_dict(RunConfig, t.config), t.backbone)
+            for t in plan.extractions
+        ]
+        lines += sweep_cost_lines(jobs)
     if plan.shared:
         lines.append(
             f"{len(plan.shared)} shared screens (cells whose screen stage has the same stage keys: computed "
