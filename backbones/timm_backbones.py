@@ -163,7 +163,9 @@ def build_timm_adapter(
                     f"timm model {model_name!r} has no Hugging Face weights id; pass weights=<path>."
                 )
             path = find_hf_file(hf_id, ("model.safetensors", "pytorch_model.bin"))
-            sd, weights_id = load_state_dict_file(path), f"hf:{hf_id}"
+            # the snapshot (commit) is part of the identity, as for diffusion repos: an updated repo gets new caches
+            snapshot = next((p.name for p in path.parents if p.parent.name == "snapshots"), "?")
+            sd, weights_id = load_state_dict_file(path), f"hf:{hf_id}@{snapshot}"
             note = f"pretrained: Hugging Face {hf_id}"
     else:
         path = Path(weights).expanduser()
