@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from backbones.diffusion import (
+    LINEAR_BETAS,
     SD_VAE_CONFIG,
     DiffusionAdapter,
     DiffusionModules,
@@ -124,10 +125,7 @@ def _spec(size: int) -> DiffusionSpec:
         "VAE sd-vae-ft-ema (scale 0.18215)",
         scheduler_cls="DDIMScheduler",
         scheduler_config={
-            "num_train_timesteps": 1000,
-            "beta_start": 1e-4,
-            "beta_end": 0.02,
-            "beta_schedule": "linear",
+            **LINEAR_BETAS,
             "clip_sample": False,
         },
         extra={"class_conditioning": "null class 1000 by default; class_id=<0..999>"},

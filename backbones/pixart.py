@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from backbones.diffusion import (
+    LINEAR_BETAS,
     SD_VAE_CONFIG,
     SDXL_VAE_CONFIG,
     DiffusionSpec,
@@ -153,10 +154,7 @@ def _spec(name: str, hf_id: str, size: int, sigma: bool, micro: bool) -> Diffusi
         convention="ddpm",
         scheduler_cls="DPMSolverMultistepScheduler",
         scheduler_config={
-            "num_train_timesteps": 1000,
-            "beta_start": 1e-4,
-            "beta_end": 0.02,
-            "beta_schedule": "linear",
+            **LINEAR_BETAS,
             "algorithm_type": "dpmsolver++",
             "solver_order": 2,
             "prediction_type": "epsilon",

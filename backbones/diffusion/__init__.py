@@ -72,6 +72,7 @@ from backbones.diffusion.latents import (
 from backbones.diffusion.noise import DDPMSchedule, FlowSchedule, NoiseSchedule, draw_noise, stable_seed
 from backbones.diffusion.spec import (
     FLUX_VAE_CONFIG,
+    LINEAR_BETAS,
     SD3_VAE_CONFIG,
     SD_VAE_CONFIG,
     SDXL_VAE_CONFIG,
@@ -100,6 +101,7 @@ from backbones.diffusion.weights import (
 __all__ = [
     "DIFFUSION_SPECS",
     "FLUX_VAE_CONFIG",
+    "LINEAR_BETAS",
     "SD3_VAE_CONFIG",
     "SDXL_VAE_CONFIG",
     "SD_VAE_CONFIG",

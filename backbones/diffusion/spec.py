@@ -64,6 +64,15 @@ FLUX_VAE_CONFIG = {
 }
 
 
+# the DDPM noise schedule of DiT and PixArt (their schedulers' config values)
+LINEAR_BETAS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+}
+
+
 def tiny_vae_config(full: dict[str, Any]) -> dict[str, Any]:
     """A test-sized copy of a VAE config: same class, latent channels, scaling/shift factors and downsampling
     (8× for AutoencoderKL), with 8 channels per level and one layer per block."""
@@ -112,14 +121,7 @@ class DiffusionSpec:
     license: str = ""
     citation: str = ""
     notes: str = ""
-    ddpm: dict[str, Any] = field(
-        default_factory=lambda: {
-            "num_train_timesteps": 1000,
-            "beta_start": 1e-4,
-            "beta_end": 0.02,
-            "beta_schedule": "linear",
-        }
-    )
+    ddpm: dict[str, Any] = field(default_factory=lambda: dict(LINEAR_BETAS))
     flow_timestep_scale: float = 1000.0
     transformer_subfolder: str = "transformer"
     vae_subfolder: str = "vae"
