@@ -231,6 +231,9 @@ class Adapter:
             "image_size": self.image_size,
             "dtype": str(self.dtype).removeprefix("torch."),
             "compute_batch": self.compute_batch,
+            # kernels differ between device types (e.g. TF32 convolutions on CUDA): features of a GPU
+            # extraction are not those of a CPU one, so neither cache is taken for the other
+            "device_type": self.device.type,
         }
 
     def describe(self) -> dict[str, Any]:

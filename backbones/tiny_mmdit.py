@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from backbones._registry import BACKBONES
-from backbones.base import BackboneMeta, file_sha256, module_sha256
+from backbones.base import BackboneMeta, file_sha256, module_sha256, parse_dtype
 from backbones.diffusion import DiffusionModules, FlowSchedule, TextConditioning, vae_downsample
 from backbones.mmdit import SD3Adapter
 from backbones.random_init import RANDOM_INIT, random_weights_note, standard_random_init
@@ -168,6 +168,9 @@ def create_tiny_mmdit(
         )
     transformer.eval().requires_grad_(False)
     caption_enc.eval().requires_grad_(False)
+    # the transformer runs in the adapter's dtype, as every diffusion family's (the VAE and caption table stay
+    # float32); before, a bfloat16 tiny-mmdit was recorded as bfloat16 but computed in float32
+    nn.Module.to(transformer, parse_dtype(dtype))
     if caption:
         unknown = [c for c in caption if c not in VOCAB[1:]]
         if unknown:

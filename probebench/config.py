@@ -148,7 +148,7 @@ def _default_data() -> DataConfig:
 def _default_backbones() -> list[BackboneConfig]:
     """The quickstart study (``configs/quickstart.yaml`` explains it): the trained tiny MM-DiT, its random twin,
     EfficientNet-Lite0, and five noise-seed copies of the tiny MM-DiT at its best cells (the noise control)."""
-    tiny = {"name": "tiny-mmdit", "image_size": None, "dtype": "bfloat16"}
+    tiny = {"name": "tiny-mmdit", "image_size": None, "dtype": "float32"}
     grid = {"layers": "all", "timesteps": list(QUICKSTART_TIMESTEPS)}
     return [
         BackboneConfig(**tiny, **grid),

@@ -195,3 +195,13 @@ def test_sigma_table_follows_the_repos_samplers():
     for name, (spec, _) in DIFFUSION_SPECS.items():
         levels = pipeline_timesteps(spec, 10)
         assert len(levels) == 10 and all(levels[:-1] >= levels[1:]), name
+
+
+def test_the_recorded_dtype_and_device_type_are_the_computed_ones():
+    """A cache's identity says what computed it: tiny-mmdit in bfloat16 runs its transformer in bfloat16 (it used
+    to be recorded as bfloat16 and computed in float32), and the device type is part of every fingerprint."""
+    bf16, fp32 = (backbones.create("tiny-mmdit", dtype=d) for d in ("bfloat16", "float32"))
+    assert bf16.transformer.dtype == torch.bfloat16 and fp32.transformer.dtype == torch.float32
+    assert bf16.fingerprint()["dtype"] == "bfloat16" and bf16.fingerprint()["device_type"] == "cpu"
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(bf16.extract(x, [2], [0.5])[(2, 0.5)], fp32.extract(x, [2], [0.5])[(2, 0.5)])
