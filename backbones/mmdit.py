@@ -93,6 +93,21 @@ class SD3Adapter(TextConditionedAdapter):
         del pipe
         return TextConditioning(embeds.float().cpu(), pooled.float().cpu(), None, source="sd3:encode_prompt")
 
+    def sampling_pipeline(self) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        none = dict.fromkeys(
+            ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+        )
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=1.0
+        )  # sigmas come planned
+        pipe = StableDiffusion3Pipeline(
+            transformer=self.transformer, vae=self.model.vae, scheduler=scheduler, **none
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def run_transformer(self, latents: torch.Tensor, timesteps: torch.Tensor) -> Any:
         ctx, pooled, _ = self.text_inputs(latents.shape[0])
         return self.transformer(

@@ -104,6 +104,15 @@ class DiffusionAdapter(Adapter):
     def conditioning_fingerprint(self) -> dict[str, Any]:
         return {}
 
+    def sampling_pipeline(self) -> Any:
+        """The family's diffusers pipeline around this adapter's transformer and VAE, without text encoders (the
+        adapter's prompt embeddings are passed in), its scheduler taking the noise levels it is given unshifted
+        (:mod:`backbones.diffusion.sampling`)."""
+        raise ProbebenchError(
+            f"{self.name}: sampling is not supported for this family yet (supported: the SD3 class — sd3-medium, "
+            "tiny-mmdit)."
+        )
+
     # -- timesteps ---------------------------------------------------------------------------------------
     def resolve_timesteps(self, spec: Any) -> list[Any]:
         """Native timesteps (see :mod:`backbones.diffusion`); ``None`` → ``schedule.default_timesteps``."""
