@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from PIL import Image
 from tqdm.auto import tqdm
 
 from probebench.core.errors import ProbebenchError
@@ -116,34 +114,21 @@ def export_scenes(
     Layout: ``dataset.yaml`` and ``<split>/{images,masks,depth,saliency}/<id>.png`` — RGB PNG, class-id PNG (uint8),
     depth as 16-bit PNG in millimetres (0 = no surface), saliency as 0/255 PNG.
     """
+    from tasks.folder_io import write_meta, write_sample
+
     out = Path(out_dir)
     splits = dict(splits or DEFAULT_SIZES)
-    meta = {
-        "name": "scenes-export",
-        "classes": list(CLASS_NAMES),
-        "ignore_index": 255,
-        "depth_scale": 1000.0,
-        "min_depth": 1e-3,
-        "max_depth": MAX_DEPTH,
-        "targets": ["segmentation", "saliency", "depth"],
-        "source": {"dataset": "scenes", "resolution": resolution, "seed": seed, "splits": splits},
-    }
     out.mkdir(parents=True, exist_ok=True)
+    specs = None
     for split, n in splits.items():
         ds = Scenes(split, resolution=resolution, num_images=n, seed=seed)
-        dirs = {k: out / split / k for k in ("images", "masks", "depth", "saliency")}
-        for d in dirs.values():
-            d.mkdir(parents=True, exist_ok=True)
+        specs = ds.targets
         for i in tqdm(range(len(ds)), desc=f"export {split}", disable=not progress):
-            s, iid = ds.scene(i), ds.image_id(i)
-            Image.fromarray(np.round(s.rgb * 255).astype(np.uint8)).save(dirs["images"] / f"{iid}.png")
-            Image.fromarray(s.classes.astype(np.uint8)).save(dirs["masks"] / f"{iid}.png")
-            mm = np.round(s.depth * 1000.0)
-            if mm.max() > 65535:
-                raise ProbebenchError(
-                    f"{iid}: depth {s.depth.max():.1f} m does not fit a 16-bit millimetre PNG."
-                )
-            Image.fromarray(mm.astype(np.uint16)).save(dirs["depth"] / f"{iid}.png")
-            Image.fromarray(s.saliency.astype(np.uint8) * 255).save(dirs["saliency"] / f"{iid}.png")
-    (out / "dataset.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+            s = ds.scene(i)
+            targets = {"segmentation": s.classes, "saliency": s.saliency, "depth": s.depth}
+            write_sample(out, split, ds.image_id(i), s.rgb, targets, specs)
+    source = {"dataset": "scenes", "resolution": resolution, "seed": seed, "splits": splits}
+    write_meta(
+        out, "scenes-export", specs or Scenes("train", resolution=resolution, seed=seed).targets, source
+    )
     return out

@@ -131,6 +131,14 @@ class Panels:
     colorbar_extend: str = "neither"
 
 
+def save_png(array: np.ndarray, path: Path) -> None:
+    """Write ``array`` as a PNG (mode from its dtype: uint8 → L, uint16 → 16-bit), its folder created."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
 def continuous_panels(target: np.ndarray, pred: np.ndarray) -> Panels:
     """Any dense target: one shared linear scale over the shown targets, with a colour bar (the default of
     :meth:`TargetKind.panels`, and what figures use for a task whose kind is not registered)."""
@@ -314,6 +322,15 @@ class TargetKind(ABC):
         of stored values, then :meth:`check_target`). Default: the image's values as stored (``np.asarray`` of
         the decoded image)."""
         return np.asarray(open_image(path))
+
+    def write_target(self, path: Path, target: np.ndarray, spec: TargetSpec) -> None:
+        """Store ``target`` (as :meth:`read_target` returns it) at ``path`` so that :meth:`read_target` gives it
+        back: what a generated or exported ``folder`` dataset writes. Default: the values as an 8-bit image."""
+        save_png(np.asarray(target).astype(np.uint8), path)
+
+    def meta_from_spec(self, spec: TargetSpec) -> dict[str, Any]:
+        """The ``dataset.yaml`` keys that describe ``spec`` (the inverse of :meth:`spec_from_meta`; default none)."""
+        return {}
 
     def check_target(  # noqa: B027  (an optional hook: most kinds take every value)
         self,

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from probebench.core.errors import ProbebenchError
-from tasks.kinds.base import Objective, Panels, TargetKind, area_mean, meta_number, open_image, with_bad
+from tasks.kinds.base import (
+    Objective,
+    Panels,
+    TargetKind,
+    area_mean,
+    meta_number,
+    open_image,
+    save_png,
+    with_bad,
+)
 from tasks.metrics import DepthMetric
 
 if TYPE_CHECKING:
@@ -193,6 +202,21 @@ class DepthKind(TargetKind):
     def read_target(self, path: Path, spec: TargetSpec) -> np.ndarray:
         """(H, W) float32 metres (:func:`read_depth` with the spec's ``depth_scale``)."""
         return read_depth(path, spec.depth_scale)
+
+    def write_target(self, path: Path, target: np.ndarray, spec: TargetSpec) -> None:
+        """A 16-bit PNG of ``depth_scale`` units per metre (0 = invalid: NaN, infinite or ≤ 0 depth)."""
+        d = np.asarray(target)
+        d = d if np.issubdtype(d.dtype, np.floating) else d.astype(np.float32)
+        with np.errstate(invalid="ignore"):  # in the target's own precision, as the exports always rounded
+            units = np.where(np.isfinite(d) & (d > 0), np.round(d * spec.depth_scale), 0)
+        if units.max(initial=0) > 65535:
+            raise ProbebenchError(
+                f"{path}: depth {np.nanmax(d):.1f} m does not fit a 16-bit PNG at depth_scale {spec.depth_scale}."
+            )
+        save_png(units.astype(np.uint16), path)
+
+    def meta_from_spec(self, spec: TargetSpec) -> dict[str, Any]:
+        return {"depth_scale": spec.depth_scale, "min_depth": spec.min_depth, "max_depth": spec.max_depth}
 
     def check_target(
         self,

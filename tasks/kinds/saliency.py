@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasks.kinds.base import Objective, Panels, TargetKind, area_mean, open_image
+from tasks.kinds.base import Objective, Panels, TargetKind, area_mean, open_image, save_png
 from tasks.metrics import SaliencyMetric
 
 if TYPE_CHECKING:
@@ -150,3 +150,7 @@ class SaliencyKind(TargetKind):
     def read_target(self, path: Path, spec: TargetSpec) -> np.ndarray:
         """(H, W) bool mask (:func:`read_mask`)."""
         return read_mask(path)
+
+    def write_target(self, path: Path, target: np.ndarray, spec: TargetSpec) -> None:
+        """A 0/255 PNG (foreground 255; :func:`read_mask` thresholds at 128)."""
+        save_png(np.asarray(target).astype(bool).astype(np.uint8) * 255, path)

@@ -24,6 +24,7 @@ from tasks.kinds.base import (
     area_mean,
     class_palette,
     open_image,
+    save_png,
     with_bad,
 )
 from tasks.metrics import SegmentationMetric
@@ -180,6 +181,16 @@ class SegmentationKind(TargetKind):
     def read_target(self, path: Path, spec: TargetSpec) -> np.ndarray:
         """(H, W) int64 class ids (:func:`read_label`)."""
         return read_label(path)
+
+    def write_target(self, path: Path, target: np.ndarray, spec: TargetSpec) -> None:
+        """Class ids (and the ignore index) as an 8-bit grayscale PNG (:func:`read_label` reads it back)."""
+        t = np.asarray(target)
+        if t.size and (t.min() < 0 or t.max() > 255):
+            raise ProbebenchError(f"{path}: class ids {t.min()}..{t.max()} do not fit an 8-bit label PNG.")
+        save_png(t.astype(np.uint8), path)
+
+    def meta_from_spec(self, spec: TargetSpec) -> dict[str, Any]:
+        return {"classes": list(spec.class_names), "ignore_index": spec.ignore_index}
 
     def check_target(
         self,
