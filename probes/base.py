@@ -205,7 +205,8 @@ class ProbeOutput:
     ``timestep`` (native value, None, or a list), ``log_snr`` (float, None or a list), ``task``, ``split``,
     ``metric``, ``value`` and optionally ``lambda``, ``probe`` (a variant name such as ``fusion-spatial``),
     ``seed``, ``members``. ``best``: the best closed-form head per task (ridge). ``state_dicts``: trained heads
-    to save as safetensors, by name. ``artifacts``: arrays to save as ``.npy`` for the analysis figures, by name
+    to save as safetensors, by name; ``state_specs``: for some of them, what rebuilds them from their file alone
+    (saved as the ``spec`` metadata). ``artifacts``: arrays to save as ``.npy`` for the analysis figures, by name
     (e.g. ``fusion_weights/segmentation`` of shape (N, T, h, w) for validation images, or
     ``global_weights/segmentation`` of shape (L, T)); ``artifact_meta``: JSON-able descriptions of them.
     """
@@ -213,6 +214,9 @@ class ProbeOutput:
     records: list[dict[str, Any]]
     best: dict[str, Head] = field(default_factory=dict)
     state_dicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state_specs: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # by state-dict name: how to rebuild it
     artifacts: dict[str, np.ndarray] = field(default_factory=dict)
     artifact_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -239,6 +243,8 @@ class ProbeOutput:
             meta = {"backbone": backbone, "weights": weights, "probe": stage, "name": name}
             if probe_seed is not None:
                 meta["probe_seed"] = str(probe_seed)
+            if name in self.state_specs:
+                meta["spec"] = json.dumps(self.state_specs[name], sort_keys=True)
             atomic_write_bytes(
                 directory / f"{stage}_{name.replace('/', '_')}{seed_tag}.safetensors",
                 torch_to_bytes({k: v.detach().cpu().contiguous() for k, v in sd.items()}, metadata=meta),

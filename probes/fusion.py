@@ -21,8 +21,10 @@ The fused map(s) go to a head: ``linear`` (BN + 1×1 conv; default), or a light 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ from probes.training import (
     TrainConfig,
     TrainedProbe,
     cpu_state,
+    head_spec,
     is_better,
     parse_keys,
 )
@@ -157,6 +160,48 @@ class TimestepFusion(nn.Module):
         for g in self.groups:
             out[g] = torch.softmax(self.logits.detach().cpu()[g], 0)
         return out
+
+
+def fusion_kwargs(p: Any, dims: Sequence[int], out: int, groups: Any, mode: str, head: str) -> dict[str, Any]:
+    """The constructor arguments of a :class:`FusionNet` under the probe's parameters ``p`` (what a saved head's
+    spec records, so the head can be rebuilt without the run's config)."""
+    return {
+        "in_dims": [int(d) for d in dims],
+        "out": int(out),
+        "mode": mode,
+        "width": p.width,
+        "groups": groups,
+        "gate_width": p.gate_width,
+        "weight_lr_mult": p.weight_lr_mult,
+        "gate_entropy": p.gate_entropy,
+        "head": head,
+        "head_width": p.head_width,
+        "dropout": p.dropout,
+        "rates": [int(r) for r in p.rates],
+    }
+
+
+def build_fusion_net(kwargs: dict[str, Any]) -> FusionNet:
+    """A :class:`FusionNet` from :func:`fusion_kwargs` (JSON-able: lists where the constructor takes tuples)."""
+    return FusionNet(**{**kwargs, "rates": tuple(kwargs["rates"])})
+
+
+def load_fusion_head(path: str | Path) -> tuple[FusionNet, dict[str, Any]]:
+    """A saved fusion head rebuilt from its own file: the model (eval mode, weights loaded strictly) and its spec
+    (inputs in order, grid rule, objective options, label space; see :func:`probes.training.head_spec`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no iterator)
+    if "spec" not in meta:
+        raise ProbebenchError(
+            f"{path} holds no head spec (heads saved before this version); refit the stage to rebuild it from disk."
+        )
+    spec = json.loads(meta["spec"])
+    net = build_fusion_net(spec["kwargs"])
+    net.load_state_dict(state, strict=True)
+    return net.eval(), spec
 
 
 class FusionNet(nn.Module):
@@ -312,20 +357,8 @@ class FusionProbe(TrainedProbe):
             channels = run.objective(kind).channels
 
             def build(dims: Sequence[int], groups: Any, m: str, head: str = heads[kind], ch: int = channels):
-                return lambda: FusionNet(
-                    dims,
-                    ch,
-                    mode=m,
-                    width=p.width,
-                    groups=groups,
-                    gate_width=p.gate_width,
-                    weight_lr_mult=p.weight_lr_mult,
-                    gate_entropy=p.gate_entropy,
-                    head=head,
-                    head_width=p.head_width,
-                    dropout=p.dropout,
-                    rates=tuple(p.rates),
-                )
+                kwargs = fusion_kwargs(p, dims, ch, groups, m, head)
+                return lambda: build_fusion_net(kwargs)
 
             meta = {"task": kind, "mode": mode, "group_by": group_by, **_keys_meta(inputs)}
             if mode == "single":
@@ -335,13 +368,16 @@ class FusionProbe(TrainedProbe):
                         "timestep), which does not name its backbone; run it on each backbone alone (select:) "
                         "instead of with extra caches."
                     )
-                out.records += _single(run, inputs, kind, variant, build, out, meta, fields)
+                out.records += _single(run, inputs, kind, variant, build, out, meta, fields, heads[kind])
                 continue
             dims, groups = [i.dim for i in inputs], layer_groups(inputs, group_by)
             meta["groups"] = groups
             fitted = run.train(build(dims, groups, mode), feats, kind, variant, inputs)
             out.records += run.records(fitted, feats, kind, variant, inputs, **fields)
-            out.state_dicts[run.state_dict_name(variant, kind, inputs)] = cpu_state(fitted.model)
+            name = run.state_dict_name(variant, kind, inputs)
+            out.state_dicts[name] = cpu_state(fitted.model)
+            kwargs = fusion_kwargs(p, dims, channels, groups, mode, heads[kind])
+            out.state_specs[name] = head_spec(run, kind, inputs, kwargs)
             if mode == "spatial":
                 name = f"fusion_weights/{kind}"
                 out.artifacts[name] = collect_weight_maps(run, fitted, feats)
@@ -372,6 +408,7 @@ def _single(
     out: ProbeOutput,
     meta: dict[str, Any],
     fields: dict[str, Any],
+    head: str,
 ) -> list[dict[str, Any]]:
     """One model per input, each recorded at its own cell (val and test), so the analysis picks the best single
     input on val — by the mean over probe seeds when there are several; the best of this seed's heads is
@@ -397,5 +434,8 @@ def _single(
         "chosen": inputs.index(inp),
         "axes": "input",
     }
-    out.state_dicts[run.state_dict_name(variant, kind, [inp])] = cpu_state(fitted.model)
+    name = run.state_dict_name(variant, kind, [inp])
+    out.state_dicts[name] = cpu_state(fitted.model)
+    kwargs = fusion_kwargs(run.cfg, [inp.dim], run.objective(kind).channels, None, "mean", head)
+    out.state_specs[name] = head_spec(run, kind, [inp], kwargs)
     return records

@@ -28,7 +28,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -603,6 +603,36 @@ class ProbeRun:
 
     def state_dict_name(self, variant: str, kind: str, inputs: Sequence[Input]) -> str:
         return f"{variant}/{kind}/{cell_name(inputs)}"
+
+
+def head_spec(run: ProbeRun, kind: str, inputs: Sequence[Input], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What rebuilds and applies a trained head without the run's config (saved as the ``spec`` metadata of its
+    file): the model's constructor arguments, its inputs in order (source, layer, timestep, log-SNR, width, grid;
+    all resampled to the first input's grid), the objective options and the label space."""
+
+    def finite(x: Any) -> Any:
+        return x if x is None or math.isfinite(x) else None
+
+    return {
+        "format": 1,
+        "probe": run.probe,
+        "task": kind,
+        "kwargs": kwargs,
+        "inputs": [
+            {
+                "source": i.source,
+                "layer": i.key[0],
+                "timestep": i.key[1],
+                "log_snr": finite(i.log_snr),
+                "dim": i.dim,
+                "grid": list(i.grid),
+            }
+            for i in inputs
+        ],
+        "grid": "first",
+        "objective": {"depth_loss": run.cfg.depth_loss, "depth_bins": run.cfg.depth_bins},
+        "target_spec": asdict(run.specs[kind]),
+    }
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

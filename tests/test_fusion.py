@@ -245,3 +245,34 @@ def test_a_change_of_the_rows_a_probe_writes_changes_its_stage_hash(monkeypatch)
     before = stage_hash(cfg, st, [cfg.backbones[0]])
     monkeypatch.setattr(FusionProbe, "rows_version", 99)
     assert stage_hash(cfg, st, [cfg.backbones[0]]) != before
+
+
+def test_a_saved_fusion_head_rebuilds_from_its_own_file(runs, signal, tmp_path):
+    """The head file carries its spec (constructor arguments, inputs in order, objective options, label space):
+    rebuilt from the file alone, it predicts exactly what the fitted model predicts — what generation needs."""
+    from probes.fusion import load_fusion_head
+
+    out = runs["spatial"]
+    specs = {"segmentation": signal[0].dataset.target_spec("segmentation")}
+    out.save(tmp_path, backbone="synthetic", weights="random", stage="fusion", specs=specs, probe_seed=0)
+    (name,) = [n for n in out.state_dicts if n.startswith("fusion-spatial/")]
+    path = tmp_path / f"fusion_{name.replace('/', '_')}_seed0.safetensors"
+    net, spec = load_fusion_head(path)
+    assert [(i["layer"], i["timestep"]) for i in spec["inputs"]] == KEYS
+    assert spec["task"] == "segmentation" and spec["kwargs"]["mode"] == "spatial" and spec["grid"] == "first"
+    assert spec["target_spec"]["num_classes"] == specs["segmentation"].num_classes
+    fitted = FusionNet(**{**spec["kwargs"], "rates": tuple(spec["kwargs"]["rates"])})
+    fitted.load_state_dict(out.state_dicts[name])
+    xs = [
+        torch.randn(2, d, 8, 8, generator=torch.Generator().manual_seed(k))
+        for k, d in enumerate(spec["kwargs"]["in_dims"])
+    ]
+    with torch.no_grad():
+        assert torch.equal(net(xs), fitted.eval()(xs))
+    single = fusion_probe(*signal, ["segmentation"], mode="single", **FAST)
+    single.save(
+        tmp_path / "s", backbone="synthetic", weights="random", stage="fusion", specs=specs, probe_seed=0
+    )
+    (path,) = (tmp_path / "s").glob("fusion_fusion-single_*.safetensors")
+    net, spec = load_fusion_head(path)
+    assert spec["kwargs"]["mode"] == "mean" and len(spec["inputs"]) == 1
