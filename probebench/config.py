@@ -66,6 +66,14 @@ class DataConfig:
     # {name: ecssd, root: ..., split: test, options: {...}}; root defaults to data.root, split to test_split
     test: dict[str, Any] | None = None
 
+    def split_text(self, which: str) -> str:
+        """The configured split of role ``which`` (train / val / test), e.g. ``train[-1000:]``."""
+        return {"train": self.train_split, "val": self.val_split, "test": self.test_split}[which]
+
+    def limit(self, which: str) -> int | None:
+        """``max_<which>``: at most this many images of that split (None: all)."""
+        return {"train": self.max_train, "val": self.max_val, "test": self.max_test}[which]
+
 
 DATASET_KEYS = ("options", "root")  # the DataConfig keys that belong to the dataset named by data.name
 

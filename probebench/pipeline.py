@@ -62,7 +62,7 @@ def split_source(cfg: RunConfig, which: str) -> tuple[str, str | None, str, dict
     """(dataset name, root, split text, options) of split ``which``: ``data``'s, or ``data.test``'s dataset for
     the test split when it names one."""
     d = cfg.data
-    split = {"train": d.train_split, "val": d.val_split, "test": d.test_split}[which]
+    split = d.split_text(which)
     if which == "test" and d.test:
         unknown = set(d.test) - {"name", "root", "split", "options"}
         if unknown or "name" not in d.test:
@@ -90,7 +90,7 @@ def build_split(cfg: RunConfig, which: str) -> Dataset:
     limited to ``data.max_<which>`` images."""
     name, root, text, options = split_source(cfg, which)
     split, part = parse_split(text)
-    limit = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": cfg.data.max_test}[which]
+    limit = cfg.data.limit(which)
     ds = tasks.create(name, split=split, **({"root": root} if root else {}), **options)
     if part is not None:
         ds = Slice(ds, part)
@@ -108,7 +108,7 @@ def nominal_split_size(cfg: RunConfig, which: str) -> int | None:
     if part is not None:
         start, stop, _ = part.indices(n)
         n = max(0, stop - start)
-    limit = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": cfg.data.max_test}[which]
+    limit = cfg.data.limit(which)
     return n if limit is None else min(n, limit)
 
 
@@ -394,16 +394,15 @@ def stage_groups(cfg: RunConfig, stage: ProbeConfig) -> list[list[int]]:
     return [[i] for i in alone]
 
 
+def reads_live(stage: ProbeConfig) -> bool:
+    """Whether a stage fits on live features (a probe that needs no cache, or an ``online`` stage)."""
+    return stage.online or not probe_class(stage.name).needs_cache
+
+
 def cached_backbones(cfg: RunConfig) -> set[int]:
-    """The backbones some stage reads from a feature cache; the others — used only by probes that need no cache
-    (ridge-stream) and by ``online`` stages — are never extracted to disk."""
-    return {
-        i
-        for st in cfg.probes
-        if probe_class(st.name).needs_cache and not st.online
-        for group in stage_groups(cfg, st)
-        for i in group
-    }
+    """The backbones some stage reads from a feature cache; the others — used only by stages that read live
+    features (:func:`reads_live`) — are never extracted to disk."""
+    return {i for st in cfg.probes if not reads_live(st) for group in stage_groups(cfg, st) for i in group}
 
 
 def checked_probe(stage: ProbeConfig) -> Probe:
@@ -587,7 +586,7 @@ class _Stages:
         if len(fit.group) > 1 and not (probe.joint and probe.needs_cache):
             how = "fits" if probe.needs_cache else "streams"
             raise ProbebenchError(f"Probe {stage.name!r} {how} one backbone at a time; drop `backbones:`.")
-        self.keep_adapters(models if stage.online or not probe.needs_cache else [])
+        self.keep_adapters(models if reads_live(stage) else [])
         if probe.needs_cache:
             fitted = self.fit_sources(index, stage, probe, fit, models, todo)
         else:

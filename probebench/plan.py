@@ -36,6 +36,7 @@ from probebench.pipeline import (
     model_key,
     noise_seed,
     nominal_split_size,
+    reads_live,
     stage_groups,
     stage_seeds,
 )
@@ -67,11 +68,6 @@ def free_disk(path: str | Path) -> tuple[Path, int]:
     while not p.exists():
         p = p.parent
     return p, shutil.disk_usage(p).free
-
-
-def is_online(stage: ProbeConfig) -> bool:
-    """Whether a stage reads live features instead of caches (a probe that needs no cache, or ``online``)."""
-    return stage.online or not probe_class(stage.name).needs_cache
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------
@@ -134,7 +130,6 @@ def _split_sizes(cfg: RunConfig) -> tuple[dict[str, Dataset | None], dict[str, i
     """Each split's dataset (None when it cannot be built) and image count (an upper bound from ``max_*`` when
     the data is absent)."""
     d = cfg.data
-    limits = {"train": d.max_train, "val": d.max_val, "test": d.max_test}
     splits: dict[str, Dataset | None] = {}
     sizes: dict[str, int | None] = {}
     notes = []
@@ -145,18 +140,14 @@ def _split_sizes(cfg: RunConfig) -> tuple[dict[str, Dataset | None], dict[str, i
         except ProbebenchError as e:
             nominal = nominal_split_size(cfg, which)
             splits[which] = None
-            sizes[which] = nominal if nominal is not None else limits[which]
+            limit = d.limit(which)
+            sizes[which] = nominal if nominal is not None else limit
             if nominal is not None:
                 how = f"; counted as {nominal} images (the official release's size)"
             else:
-                how = f"; counted as at most max_{which}={limits[which]} images" if limits[which] else ""
+                how = f"; counted as at most max_{which}={limit} images" if limit else ""
             notes.append(f"data: {d.name}/{which} cannot be read here ({e}){how}")
     return splits, sizes, notes
-
-
-def _cached_backbones(cfg: RunConfig) -> list[int]:
-    """Indices of the backbones whose caches the run extracts (:func:`probebench.pipeline.cached_backbones`)."""
-    return sorted(cached_backbones(cfg))
 
 
 def backbone_plan(b: BackboneConfig, **changes: Any) -> BackbonePlan:
@@ -292,7 +283,7 @@ def plan_run(
         else:
             plans[i] = plan_memo[key]
     extractions = []
-    for i in _cached_backbones(cfg) if only is None else only:
+    for i in sorted(cached_backbones(cfg)) if only is None else only:
         b, plan = cfg.backbones[i], plans.get(i)
         for which in SPLITS:
             n, ds = sizes[which], splits[which]
@@ -349,7 +340,7 @@ def _stage(
     fits = len(groups) * len(stage_seeds(cfg, st))
     label = st.label or st.name
     names = ", ".join("+".join(str(i) for i in g) for g in groups)
-    if not is_online(st):
+    if not reads_live(st):
         return Stage(k, label, f"caches of {names}", fits, 0, "")
     n = [sizes[w] for w in SPLITS]
     plan_list = [plans.get(g[0]) for g in groups]
@@ -514,7 +505,7 @@ def _format(p: RunPlan) -> list[str]:
 
 def _live_indices(cfg: RunConfig, k: int) -> list[int]:
     st = cfg.probes[k]
-    return [g[0] for g in stage_groups(cfg, st)] if is_online(st) else []
+    return [g[0] for g in stage_groups(cfg, st)] if reads_live(st) else []
 
 
 # -- refusal --------------------------------------------------------------------------------------------------
@@ -539,7 +530,7 @@ def _options(p: RunPlan) -> list[str]:
             reading = [
                 cfg.probes[st.index]
                 for st in p.stages
-                if not is_online(cfg.probes[st.index])
+                if not reads_live(cfg.probes[st.index])
                 and any(i in g for g in stage_groups(cfg, cfg.probes[st.index]))
             ]
             how = [

@@ -20,6 +20,18 @@ def _hash_memo_in_tmp(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, above all on a shared machine (a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def isolated_registries(monkeypatch):
     """Plugins register into the global registries: restore them, the loaded-plugin memo and

@@ -17,13 +17,7 @@ SIGNAL = (1, 500)
 FAST = {"epochs": 20, "lr": 1e-2, "batch_size": 4, "width": 16, "progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, above all on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

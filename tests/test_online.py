@@ -23,12 +23,7 @@ LAYERS, TIMESTEPS = [0, 1], [0.0, 0.5]
 TINY = "{name: sd3-medium, weights: random, image_size: null, options: {config: tiny}, layers: [0, 1], timesteps: [0.0, 0.5]}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

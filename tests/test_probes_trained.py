@@ -32,12 +32,7 @@ SIGNAL = (2, None)
 FAST = {"epochs": 12, "lr": 1e-2, "batch_size": 4, "progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

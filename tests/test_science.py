@@ -68,13 +68,7 @@ DIFFUSION = [
 _ADAPTERS: dict[str, DiffusionAdapter] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread, above all on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def adapter_of(entry: Any) -> DiffusionAdapter:

@@ -93,7 +93,7 @@ def sample_with_features(
     pipe = adapter.sampling_pipeline()
     scheduler = pipe.scheduler
     n = latents.shape[0]
-    layers = sorted({adapter.resolve_layers([i])[0] for i in layers})
+    layers = adapter.resolve_layers(list(layers))  # sorted absolute block indices
     h, w = adapter.token_grid(tuple(latents.shape[-2:]))
     blocks = adapter.blocks()
     features: dict[tuple[int, float], torch.Tensor] = {}
