@@ -19,6 +19,7 @@ sentence.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -171,18 +172,24 @@ def create_tiny_mmdit(
     # the transformer runs in the adapter's dtype, as every diffusion family's (the VAE and caption table stay
     # float32); before, a bfloat16 tiny-mmdit was recorded as bfloat16 but computed in float32
     nn.Module.to(transformer, parse_dtype(dtype))
-    if caption:
-        unknown = [c for c in caption if c not in VOCAB[1:]]
+
+    def encode(words: Sequence[str]) -> TextConditioning:
+        """A caption (class names; none: the empty caption) through the model's own caption table."""
+        unknown = [c for c in words if c not in VOCAB[1:]]
         if unknown:
             raise ProbebenchError(
                 f"tiny-mmdit caption words {unknown} are not in its vocabulary {list(VOCAB[1:])}."
             )
         with torch.no_grad():
-            hidden, pooled = caption_enc(caption_from_names(list(caption))[None])
-        text = TextConditioning(hidden.float(), pooled.float(), None, source=f"caption:{' '.join(caption)}")
-    else:
-        hidden, pooled = empty_conditioning(caption_enc)
-        text = TextConditioning(hidden.float(), pooled.float(), None, source="empty-caption")
+            if words:
+                hidden, pooled = caption_enc(caption_from_names(list(words))[None])
+                return TextConditioning(
+                    hidden.float(), pooled.float(), None, source=f"caption:{' '.join(words)}"
+                )
+            hidden, pooled = empty_conditioning(caption_enc)
+        return TextConditioning(hidden.float(), pooled.float(), None, source="empty-caption")
+
+    text = encode(list(caption or []))
     cfg = transformer.config
     latent = vae is not None
     modules = DiffusionModules(transformer, vae if latent else PixelSpace())
@@ -200,7 +207,7 @@ def create_tiny_mmdit(
         notes=f"{'latent' if latent else 'pixel'}-space rectified-flow MM-DiT trained on the scene dataset",
         extra={"training": meta_file.get("extra", {}), "pixel_space": not latent},
     )
-    return SD3Adapter(
+    adapter = SD3Adapter(
         meta,
         modules,
         schedule=FlowSchedule(1000.0),
@@ -214,3 +221,11 @@ def create_tiny_mmdit(
         image_size=image_size or size,
         compute_batch=compute_batch,
     )
+    adapter.text_encoder = lambda prompt: encode(caption_words(prompt))
+    adapter.default_steps = 40  # the recipe's sampler (recipes/tiny_mmdit/train.py)
+    return adapter
+
+
+def caption_words(prompt: str) -> list[str]:
+    """A tiny-mmdit prompt as caption words: class names separated by spaces or commas (``"sphere, floor"``)."""
+    return [w for w in prompt.replace(",", " ").split() if w]

@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from probebench.core.errors import ProbebenchError, did_you_mean
 
@@ -201,6 +202,61 @@ def build_parser() -> Parser:
     ck.add_argument("--device", default=None)
     ck.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
+    eb = sub.add_parser(
+        "export-bundle",
+        help="a run's trained fusion heads → a generation bundle (for `probebench generate`)",
+        description="Write a generation bundle from RUN_DIR: one head per task of one probe variant and model "
+        "(the probe seed with the best validation score), the generator identity from the feature cache the "
+        "heads were trained on, and the label spaces.",
+    )
+    eb.add_argument("run_dir", help="a `probebench run` results directory with saved fusion heads")
+    eb.add_argument("--out", required=True, help="bundle folder to write")
+    eb.add_argument(
+        "--variant",
+        default="fusion-spatial",
+        help="probe variant (default fusion-spatial; fusion-single: the best single timestep)",
+    )
+    eb.add_argument("--model", default=None, help="model of the run (a heads/ folder name), when several")
+    eb.add_argument("--tasks", default=None, help="comma list (default: every task with a head)")
+    eb.add_argument("--stage-label", default=None, help="the fusion stage's label, if it has one")
+    eb.add_argument(
+        "--cache-dir", default=None, help="feature cache root (default: the run's extract.cache_dir)"
+    )
+    eb.add_argument("--force", action="store_true", help="replace an existing bundle")
+
+    gn = sub.add_parser(
+        "generate",
+        help="sample images with a frozen diffusion transformer and decode their labels in the same pass",
+        description="Generate N samples with the bundle's backbone through its own diffusers pipeline; its heads "
+        "decode segmentation / saliency / depth from features captured during sampling. Output: the `folder` "
+        "dataset layout (dataset.yaml with provenance, written last) and contact_sheet.png. Resumable; under "
+        "torchrun sample i goes to rank i mod W (the output does not depend on W).",
+    )
+    gn.add_argument("bundle", help="a bundle folder (`probebench export-bundle`)")
+    gn.add_argument("--out", required=True, help="output folder")
+    gn.add_argument("--num-samples", "-n", type=int, default=8)
+    gn.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="repeatable; sample i gets prompt i mod count (tiny-mmdit: class names, e.g. 'sphere floor'); "
+        "default: the empty prompt",
+    )
+    gn.add_argument("--prompts-file", default=None, help="one prompt per line (instead of --prompt)")
+    gn.add_argument("--seed", type=int, default=0)
+    gn.add_argument("--steps", type=int, default=None, help="sampling steps (default: the family's)")
+    gn.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: none)")
+    gn.add_argument(
+        "--negative-prompt",
+        default=None,
+        help="guidance's negative prompt (default: the prompt the bundle's features were extracted with)",
+    )
+    gn.add_argument("--tasks", default=None, help="comma list (default: every task of the bundle)")
+    gn.add_argument("--batch-size", type=int, default=8)
+    gn.add_argument("--device", default=None)
+    gn.add_argument("--name", default=None, help="dataset name in dataset.yaml")
+    gn.add_argument("--no-progress", action="store_true")
+
     sc = sub.add_parser("scenes", help="the procedural scene dataset")
     scs = sc.add_subparsers(dest="scenes_command", metavar="ACTION", parser_class=Parser)
     scs.required = True
@@ -384,6 +440,61 @@ def cmd_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tasks(value: str | None) -> list[str] | None:
+    return None if value is None else [t.strip() for t in value.split(",") if t.strip()]
+
+
+def cmd_export_bundle(args: argparse.Namespace) -> int:
+    from probebench.bundles import export_bundle
+
+    out = export_bundle(
+        args.run_dir,
+        args.out,
+        variant=args.variant,
+        model=args.model,
+        tasks=_tasks(args.tasks),
+        stage_label=args.stage_label,
+        cache_dir=args.cache_dir,
+        force=args.force,
+    )
+    print(out)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from probebench.generate import GenerateConfig, generate
+
+    prompts = args.prompt
+    if args.prompts_file is not None:
+        if prompts:
+            raise ProbebenchError("Give --prompt or --prompts-file, not both.")
+        prompts = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    cfg = GenerateConfig(
+        bundle=args.bundle,
+        out=args.out,
+        num_samples=args.num_samples,
+        prompts=prompts or [""],
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+        tasks=_tasks(args.tasks),
+        batch_size=args.batch_size,
+        device=args.device,
+        name=args.name,
+    )
+    distributed = _maybe_init_distributed(args.device)
+    try:
+        out = generate(cfg, progress=not args.no_progress)
+    finally:
+        if distributed:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    print(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -404,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": cmd_sweep,
         "fit": lambda a: cmd_run(a, extract=False),
         "check-backbone": cmd_check_backbone,
+        "export-bundle": cmd_export_bundle,
+        "generate": cmd_generate,
     }
     try:
         plugins = [p for dest in ("plugin", "plugin_1", "plugin_2") for p in getattr(args, dest, [])]

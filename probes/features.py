@@ -120,6 +120,16 @@ class Input:
     grid: tuple[int, int]
 
 
+def to_grid(t: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Float maps (B, C, h, w) resampled to ``grid`` as a head's inputs are (bilinear; antialiased when
+    shrinking); unchanged when already on it."""
+    g = tuple(int(v) for v in grid)
+    if tuple(t.shape[-2:]) == g:
+        return t
+    shrink = g[0] < t.shape[-2] or g[1] < t.shape[-1]
+    return F.interpolate(t, size=g, mode="bilinear", align_corners=False, antialias=shrink)
+
+
 class FeatureSet:
     """The features of some inputs for one split as float32 tensors (B, C, h, w), by image indices.
 
@@ -156,12 +166,7 @@ class FeatureSet:
         return self.n
 
     def _convert(self, j: int, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-        g = self.grids[j]
-        if tuple(t.shape[-2:]) != tuple(g):
-            shrink = g[0] < t.shape[-2] or g[1] < t.shape[-1]
-            t = F.interpolate(t, size=g, mode="bilinear", align_corners=False, antialias=shrink)
-        return t
+        return to_grid(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float(), self.grids[j])
 
     def _read(self, idx: np.ndarray) -> list[torch.Tensor]:
         """Every input's fp16 (B, C, h, w) for images ``idx``: one read (or extraction) per source."""

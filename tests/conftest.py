@@ -54,3 +54,35 @@ def isolated_registries(monkeypatch):
     plugins._LOADED.update(loaded)
     for name in [m for m in sys.modules if m.startswith("probebench_plugin_")]:
         del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def generation_run(tmp_path_factory):
+    """A small tiny-mmdit run with spatial and single-timestep fusion heads for the three tasks (two probe seeds)
+    and its exported generation bundle: (run dir, bundle dir, temporary dir). Generation tests share it."""
+    from probebench.bundles import export_bundle
+    from probebench.config import load_config
+    from probebench.pipeline import run
+
+    ts = "[0.0, 0.35, 0.7]"
+    tmp = tmp_path_factory.mktemp("gen")
+    cfg = load_config(
+        None,
+        [
+            "data.max_train=16",
+            "data.max_val=8",
+            "data.max_test=8",
+            "probe_seeds=[0, 1]",
+            f"backbones=[{{name: tiny-mmdit, weights: default, layers: [2, 4], timesteps: {ts}, "
+            "image_size: null, dtype: float32}]",
+            "probes=[{name: ridge, params: {lambdas: [0.1, 1.0, 10.0]}}, "
+            "{name: fusion, cells: best-layer, params: {mode: spatial, epochs: 2, patience: 0}}, "
+            "{name: fusion, cells: best-layer, params: {mode: single, epochs: 2, patience: 0}}]",
+            f"extract.cache_dir={tmp / 'cache'}",
+            f"output_dir={tmp / 'results'}",
+            "name=gen",
+        ],
+    )
+    out = run(cfg, progress=False)
+    bundle = export_bundle(out, tmp / "bundle")
+    return out, bundle, tmp

@@ -9,10 +9,12 @@ conventions (noise identity, batching, timestep units) are documented in :mod:`b
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +40,8 @@ class DiffusionAdapter(Adapter):
     """
 
     model: DiffusionModules
+    spec: DiffusionSpec | None = None  # the registered family spec (set by the factory; None for tiny-mmdit)
+    default_steps: int = 28  # sampling steps of the family's pipeline default (SD3, FLUX.1-dev)
 
     def __init__(
         self, meta: BackboneMeta, model: DiffusionModules, *, schedule: NoiseSchedule, **kwargs: Any
@@ -112,6 +116,20 @@ class DiffusionAdapter(Adapter):
             f"{self.name}: sampling is not supported for this family yet (supported: the SD3 class — sd3-medium, "
             "tiny-mmdit)."
         )
+
+    def sampling_sigmas(self, steps: int) -> np.ndarray:
+        """The noise levels of the family's own sampler for ``steps`` steps at this adapter's image size, in
+        probebench's units (:func:`~backbones.diffusion.sigmas.pipeline_timesteps`); a flow model without a
+        registered spec (tiny-mmdit) samples on ``linspace(1, 0, steps + 1)`` without shift, as it was trained."""
+        if steps < 1:
+            raise ProbebenchError(f"Sampling needs at least one step, got {steps}.")
+        if self.spec is not None and self.spec.scheduler_cls:
+            from backbones.diffusion.sigmas import pipeline_timesteps
+
+            return pipeline_timesteps(self.spec, steps, self.image_size)
+        if self.schedule.convention != "flow":
+            raise ProbebenchError(f"{self.name}: no sampler schedule is known for this model.")
+        return np.linspace(1.0, 0.0, steps + 1)[:-1]
 
     # -- timesteps ---------------------------------------------------------------------------------------
     def resolve_timesteps(self, spec: Any) -> list[Any]:
@@ -262,6 +280,10 @@ class TextConditionedAdapter(DiffusionAdapter):
         super().__init__(meta, model, **kwargs)
         self.prompt = prompt
         self.text = text
+        # prompt → embeddings with this model's own text path (set by the factory / tiny-mmdit; None: injected
+        # embeddings only); what generation conditions each sample on
+        self.text_encoder: Callable[[str], TextConditioning] | None = None
+        self._batch_text: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
 
     # -- family hooks ----------------------------------------------------------------------------------
     @classmethod
@@ -370,7 +392,33 @@ class TextConditionedAdapter(DiffusionAdapter):
             self.prompt = prompt
 
     def text_inputs(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self._batch_text is not None:
+            if self._batch_text[0].shape[0] != n:
+                raise ProbebenchError(
+                    f"Per-sample conditioning holds {self._batch_text[0].shape[0]} samples, the batch {n}."
+                )
+            return self._batch_text
         return self.text.expand(n, self.device, self.transformer.dtype)
+
+    def encode_text(self, prompt: str) -> TextConditioning:
+        """The embeddings of ``prompt`` by this model's own text path (the adapter's prompt: its embeddings)."""
+        if prompt == self.prompt:
+            return self.text
+        if self.text_encoder is None:
+            raise ProbebenchError(
+                f"{self.name} was given fixed prompt embeddings and cannot embed the prompt {prompt!r}."
+            )
+        return self.text_encoder(prompt)
+
+    @contextmanager
+    def batch_conditioning(self, conds: Sequence[TextConditioning]) -> Iterator[None]:
+        """Forwards inside the block are conditioned per sample on ``conds`` (one per batch row) instead of the
+        adapter's fixed prompt."""
+        self._batch_text = stack_conditioning(conds, self.device, self.transformer.dtype)
+        try:
+            yield
+        finally:
+            self._batch_text = None
 
     def conditioning_fingerprint(self) -> dict[str, Any]:
         return {
@@ -379,3 +427,19 @@ class TextConditionedAdapter(DiffusionAdapter):
             "text_sha256": self.text.digest(),
             "text_tokens": int(self.text.embeds.shape[1]),
         }
+
+
+def stack_conditioning(
+    conds: Sequence[TextConditioning], device: Any, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One batch of per-sample prompt embeddings (each ``(1, L, D)``; all of one length, as the family's
+    ``encode_prompt`` pads them)."""
+    shapes = {tuple(c.embeds.shape) for c in conds}
+    if len(shapes) != 1:
+        raise ProbebenchError(
+            f"Prompt embeddings of different shapes cannot share a batch: {sorted(shapes)}."
+        )
+    embeds = torch.cat([c.embeds for c in conds]).to(device=device, dtype=dtype)
+    pooled = None if conds[0].pooled is None else torch.cat([c.pooled for c in conds]).to(device, dtype)  # type: ignore[misc]
+    mask = None if conds[0].mask is None else torch.cat([c.mask for c in conds]).to(device)  # type: ignore[misc]
+    return embeds, pooled, mask

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from backbones.base import BackboneMeta
-from backbones.diffusion.adapter import DiffusionAdapter
+from backbones.diffusion.adapter import DiffusionAdapter, TextConditionedAdapter
 from backbones.diffusion.noise import DDPMSchedule, FlowSchedule, NoiseSchedule
 from backbones.diffusion.spec import DiffusionSpec
 from backbones.diffusion.text import TextConditioning
@@ -119,7 +119,7 @@ def create_diffusion_adapter(
         spec, modules, weights=weights, config=config, root=root, random_seed=random_seed, **options
     )
     note = diffusion_weights_note(spec, weights, root, random_seed=random_seed, text=extra.get("text"))
-    return adapter_cls(
+    adapter = adapter_cls(
         meta,
         modules,
         schedule=make_schedule(spec, root, modules.transformer),
@@ -132,6 +132,27 @@ def create_diffusion_adapter(
         image_size=size,
         **extra,
     )
+    adapter.spec = spec
+    if isinstance(
+        adapter, TextConditionedAdapter
+    ):  # other prompts (generation): the same text path as the first
+        rest = {k: v for k, v in family_kwargs.items() if k not in ("prompt", "text_embeddings")}
+
+        def encode(prompt: str) -> TextConditioning:
+            return adapter_cls.before_load(  # type: ignore[no-any-return]
+                spec,
+                weights=weights,
+                config=config,
+                root=root,
+                random_seed=random_seed,
+                device=device,
+                dtype=torch_dtype,
+                prompt=prompt,
+                **rest,
+            )["text_embeddings"]
+
+        adapter.text_encoder = encode
+    return adapter
 
 
 # registered name → (spec, adapter class), filled by :func:`register_diffusion`

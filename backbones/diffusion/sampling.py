@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones.diffusion.adapter import DiffusionAdapter
+from backbones.diffusion.adapter import DiffusionAdapter, stack_conditioning
 from backbones.diffusion.taps import image_tokens, tokens_to_map
+from backbones.diffusion.text import TextConditioning
 from probebench.core.errors import ProbebenchError
 
 
@@ -86,10 +87,18 @@ def sample_with_features(
     layers: Sequence[int],
     *,
     decode: bool = True,
+    conditioning: Sequence[TextConditioning] | None = None,
+    guidance: float = 1.0,
+    negative: TextConditioning | None = None,
 ) -> Trajectory:
     """Sample from the initial noise ``latents`` (B, C, h, w) through the family's own pipeline on ``plan``'s noise
-    levels, conditioned as the adapter is (its prompt embeddings; no guidance in this version), reading
-    ``layers`` at the plan's capture steps in the same pass."""
+    levels, reading ``layers`` at the plan's capture steps in the same pass.
+
+    ``conditioning``: one prompt embedding per sample (default: the adapter's own prompt for all). ``guidance`` >
+    1 is the pipeline's classifier-free guidance against ``negative`` (default: the adapter's own prompt, the
+    conditioning its extraction used); the features are read from the conditional half of the guided batch, so
+    they are conditioned on the sample's prompt at any guidance, and σ = 0 is read the same way.
+    """
     pipe = adapter.sampling_pipeline()
     scheduler = pipe.scheduler
     n = latents.shape[0]
@@ -98,6 +107,10 @@ def sample_with_features(
     blocks = adapter.blocks()
     features: dict[tuple[int, float], torch.Tensor] = {}
     state: dict[str, Any] = {"sigma": None, "forwards": 0}
+    guided = guidance > 1.0
+    conds = list(conditioning) if conditioning is not None else [adapter.text] * n  # type: ignore[attr-defined]
+    if len(conds) != n:
+        raise ProbebenchError(f"{len(conds)} prompt embeddings for {n} samples.")
 
     def before(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         i = scheduler.step_index or 0
@@ -113,21 +126,31 @@ def sample_with_features(
     def reader(layer: int):
         def hook(module: Any, args: Any, output: Any) -> None:
             if state["sigma"] is not None:
-                features[(layer, state["sigma"])] = tokens_to_map(image_tokens(output, h * w).float(), h, w)
+                tokens = image_tokens(output, h * w)
+                if guided:  # the pipeline's batch is [negative; conditional]
+                    tokens = tokens[n:]
+                features[(layer, state["sigma"])] = tokens_to_map(tokens.float(), h, w)
 
         return hook
 
     handles = [adapter.transformer.register_forward_pre_hook(before, with_kwargs=True)]
     handles += [blocks[layer].register_forward_hook(reader(layer)) for layer in layers]
+    dtype = adapter.transformer.dtype
+    embeds, pooled, _ = stack_conditioning(conds, adapter.device, dtype)
+    extra: dict[str, Any] = {}
+    if guided:
+        neg = negative if negative is not None else adapter.text  # type: ignore[attr-defined]
+        neg_embeds, neg_pooled, _ = stack_conditioning([neg] * n, adapter.device, dtype)
+        extra = {"negative_prompt_embeds": neg_embeds, "negative_pooled_prompt_embeds": neg_pooled}
     try:
-        embeds, pooled, _ = adapter.text_inputs(n)
         out = pipe(
             prompt_embeds=embeds,
             pooled_prompt_embeds=pooled,
-            guidance_scale=1.0,
+            guidance_scale=float(guidance),
             sigmas=list(plan.sigmas),
-            latents=latents.to(adapter.device, adapter.transformer.dtype),
+            latents=latents.to(adapter.device, dtype),
             output_type="latent",
+            **extra,
         )
     finally:
         for handle in handles:
@@ -135,7 +158,8 @@ def sample_with_features(
     z0 = out.images.float()
     forwards = {"sampler": state["forwards"], "clean": 0}
     if plan.clean:
-        clean = adapter.forward_features(z0, adapter.model_timesteps([0.0], n), layers)
+        with adapter.batch_conditioning(conds):  # type: ignore[attr-defined]
+            clean = adapter.forward_features(z0, adapter.model_timesteps([0.0], n), layers)
         features.update({(layer, 0.0): f for layer, f in clean.items()})
         forwards["clean"] = 1
     images = decode_latents(adapter, z0) if decode else None

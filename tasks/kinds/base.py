@@ -323,6 +323,11 @@ class TargetKind(ABC):
         the decoded image)."""
         return np.asarray(open_image(path))
 
+    def as_target(self, pred: np.ndarray, spec: TargetSpec) -> np.ndarray:
+        """A decoded prediction (what :meth:`decode` gives, as numpy) as a target of this kind — what a generated
+        dataset stores as its label. Default: unchanged."""
+        return pred
+
     def write_target(self, path: Path, target: np.ndarray, spec: TargetSpec) -> None:
         """Store ``target`` (as :meth:`read_target` returns it) at ``path`` so that :meth:`read_target` gives it
         back: what a generated or exported ``folder`` dataset writes. Default: the values as an 8-bit image."""

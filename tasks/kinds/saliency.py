@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from probebench.core.errors import ProbebenchError
 from tasks.kinds.base import Objective, Panels, TargetKind, area_mean, open_image, save_png
 from tasks.metrics import SaliencyMetric
 
@@ -151,6 +152,17 @@ class SaliencyKind(TargetKind):
         """(H, W) bool mask (:func:`read_mask`)."""
         return read_mask(path)
 
+    def as_target(self, pred: np.ndarray, spec: TargetSpec) -> np.ndarray:
+        """The saliency score thresholded at 0.5: a binary mask, as saliency datasets (DUTS, ECSSD...) hold."""
+        return np.asarray(pred) >= 0.5
+
     def write_target(self, path: Path, target: np.ndarray, spec: TargetSpec) -> None:
-        """A 0/255 PNG (foreground 255; :func:`read_mask` thresholds at 128)."""
-        save_png(np.asarray(target).astype(bool).astype(np.uint8) * 255, path)
+        """A 0/255 PNG (foreground 255; :func:`read_mask` thresholds at 128) of a binary mask; scores in between
+        are refused (:meth:`as_target` makes a mask of them)."""
+        t = np.asarray(target)
+        if t.dtype != bool and not np.isin(t, (0, 1)).all():
+            raise ProbebenchError(
+                f"{path}: a saliency target file holds a binary mask; got values in [{t.min():.3g}, {t.max():.3g}] "
+                "(threshold scores first)."
+            )
+        save_png(t.astype(bool).astype(np.uint8) * 255, path)
