@@ -4,7 +4,8 @@ Stages live in the top-level packages ``tasks``, ``backbones``, ``probes`` and `
 the ground floor every stage may import (``probebench.core``: errors, io, registry, plugins, the result schema
 and the run-directory layout) and the top floor that wires the stages (``cli``, ``config``, ``pipeline``,
 ``sweep``), which no stage imports. The notebook API (:mod:`probebench.api`) is importable from here:
-``probebench.run``, ``probebench.load_results``, ``probebench.figures``. Imports are lazy, so that a stage
+``probebench.run``, ``probebench.load_results``, ``probebench.figures``, ``probebench.export_bundle``
+(generation itself: ``from probebench.generate import GenerateConfig, generate``). Imports are lazy, so that a stage
 importing ``probebench.core`` loads nothing of the top floor.
 """
 
@@ -15,8 +16,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"run": "api", "load_results": "api", "make_config": "api", "RunResult": "api"}
-__all__ = ["RunResult", "__version__", "figures", "load_results", "make_config", "run"]
+_API = {
+    "run": "api",
+    "load_results": "api",
+    "make_config": "api",
+    "RunResult": "api",
+    "export_bundle": "api",
+}
+__all__ = [
+    "RunResult",
+    "__version__",
+    "export_bundle",
+    "figures",
+    "load_results",
+    "make_config",
+    "run",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -74,3 +74,11 @@ def load_results(paths: str | Path | list[str | Path]) -> pd.DataFrame:
     from analysis.compare import load_results as load
 
     return load(paths)
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, **options: Any) -> Path:
+    """``probebench export-bundle RUN_DIR --out OUT`` (options: ``variant``, ``model``, ``tasks``,
+    ``stage_label``, ``cache_dir``, ``force``): a generation bundle of the run's fusion heads."""
+    from probebench.bundles import export_bundle as export
+
+    return export(run_dir, out, **options)

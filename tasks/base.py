@@ -23,6 +23,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -279,6 +280,14 @@ def other_split(ds: Dataset) -> str:
     return ds.split
 
 
+def root_of(ds: Dataset) -> str:
+    """Where the split ``ds`` is part of lies on disk (``""`` for datasets made in memory, e.g. scenes)."""
+    while isinstance(ds, (Slice, Subset)):
+        ds = ds.base
+    root = getattr(ds, "root", None)
+    return str(Path(root).resolve()) if root is not None else ""
+
+
 def check_disjoint(splits: Mapping[str, Dataset]) -> None:
     """Train, val and test drawn from one split of one dataset must not share items (e.g. ``train[:-1000]`` and
     ``train[-1000:]``); an overlap would let cells be chosen on, or scores reported on, training images."""
@@ -286,8 +295,8 @@ def check_disjoint(splits: Mapping[str, Dataset]) -> None:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             da, db = splits[a], splits[b]
-            if da.name != db.name or other_split(da) != other_split(db):
-                continue
+            if da.name != db.name or other_split(da) != other_split(db) or root_of(da) != root_of(db):
+                continue  # another dataset, split, or folder on disk (e.g. a generated folder tested against)
             (lo_a, hi_a), (lo_b, hi_b) = span(da), span(db)
             if lo_a < hi_b and lo_b < hi_a:
                 raise ProbebenchError(

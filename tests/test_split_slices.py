@@ -78,3 +78,6 @@ def test_train_val_test_of_one_split_must_be_disjoint(tmp_path):
     # other splits, or other datasets, are not compared
     scenes = {w: tasks.create("scenes", split=w, resolution=16) for w in ("train", "val")}
     check_disjoint({"train": base, "val": scenes["val"], "test": scenes["train"]})
+    # the same split name of another folder on disk (a generated dataset tested against) is another dataset
+    other = _folder(tmp_path / "other")
+    check_disjoint({"train": base, "test": tasks.create("folder", split="train", root=other)})
