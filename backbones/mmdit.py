@@ -19,6 +19,7 @@ schnell has none.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from backbones.diffusion import (
     pack_latents_2x2,
     register_diffusion,
     tiny_vae_config,
+    unpack_latents_2x2,
 )
 from probebench.core.errors import ProbebenchError
 
@@ -94,19 +96,28 @@ class SD3Adapter(TextConditionedAdapter):
         return TextConditioning(embeds.float().cpu(), pooled.float().cpu(), None, source="sd3:encode_prompt")
 
     def sampling_pipeline(self) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+        from diffusers import StableDiffusion3Pipeline
+
+        from backbones.diffusion.sampling import flow_scheduler
 
         none = dict.fromkeys(
             ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
         )
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            num_train_timesteps=1000, shift=1.0
-        )  # sigmas come planned
         pipe = StableDiffusion3Pipeline(
-            transformer=self.transformer, vae=self.model.vae, scheduler=scheduler, **none
-        )
+            transformer=self.transformer, vae=self.model.vae, scheduler=flow_scheduler(), **none
+        )  # sigmas come planned
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def sampling_arguments(
+        self,
+        conditioning: Sequence[TextConditioning] | None,
+        guidance: float,
+        negative: TextConditioning | None,
+        n: int,
+    ) -> dict[str, Any]:
+        args = self.sampling_prompt_arguments(conditioning, guidance, negative, n, pooled=True)
+        return {**args, "guidance_scale": guidance}  # classifier-free guidance, batch [negative; conditional]
 
     def run_transformer(self, latents: torch.Tensor, timesteps: torch.Tensor) -> Any:
         ctx, pooled, _ = self.text_inputs(latents.shape[0])
@@ -243,6 +254,53 @@ class FluxAdapter(TextConditionedAdapter):
 
     def conditioning_fingerprint(self) -> dict[str, Any]:
         return {**super().conditioning_fingerprint(), "guidance_scale": self.guidance_scale}
+
+    # -- sampling: FluxPipeline ------------------------------------------------------------------------------
+    def sampling_pipeline(self) -> Any:
+        """``FluxPipeline`` with a shift-free Euler scheduler: the pipeline always passes ``mu`` (the
+        resolution-dependent shift of FLUX.1-dev) to ``set_timesteps``; with ``use_dynamic_shifting`` off and
+        shift 1 the scheduler ignores it, so the planned σ (already the family's shifted schedule,
+        :meth:`sampling_sigmas`) reach the transformer as they are."""
+        from diffusers import FluxPipeline
+
+        from backbones.diffusion.sampling import flow_scheduler
+
+        config = dict(self.spec.scheduler_config) if self.spec is not None else {}
+        none = dict.fromkeys(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"))
+        pipe = FluxPipeline(
+            transformer=self.transformer, vae=self.model.vae, scheduler=flow_scheduler(config), **none
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sampling_arguments(
+        self,
+        conditioning: Sequence[TextConditioning] | None,
+        guidance: float,
+        negative: TextConditioning | None,
+        n: int,
+    ) -> dict[str, Any]:
+        """Classifier-free guidance is FluxPipeline's ``true_cfg_scale`` (a second forward per step on the
+        negative); ``guidance_scale`` — FLUX.1-dev's distilled guidance *embedding*, not CFG — is the adapter's
+        own (the one its extraction conditions on); schnell has none."""
+        args = self.sampling_prompt_arguments(conditioning, guidance, negative, n, pooled=True)
+        args["true_cfg_scale"] = guidance
+        if self.guidance_scale is not None:
+            args["guidance_scale"] = self.guidance_scale
+        return args
+
+    def sampling_rows(self, call: int, rows: int, n: int) -> slice | None:
+        """FluxPipeline runs the conditional forward first and, under true CFG, the negative one second."""
+        return slice(0, n) if call == 0 else None
+
+    def sampling_latent_shape(self) -> tuple[int, ...]:
+        """Packed: (h/2 · w/2 tokens, 4 · latent channels), as FluxPipeline's ``latents=`` takes them."""
+        side = self.image_size // self.vae_factor
+        return (side // 2) ** 2, int(self.transformer.config.in_channels)
+
+    def sampling_unpack(self, latents: torch.Tensor) -> torch.Tensor:
+        side = self.image_size // self.vae_factor
+        return unpack_latents_2x2(latents, side, side)
 
 
 def _flux_spec(variant: str) -> DiffusionSpec:

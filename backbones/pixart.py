@@ -12,6 +12,7 @@ the transformer then needs ``added_cond_kwargs`` — we pass the (square) input 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from backbones.diffusion import (
     register_diffusion,
     tiny_vae_config,
 )
+from probebench.core.errors import ProbebenchError
 
 
 class PixArtAdapter(TextConditionedAdapter):
@@ -88,6 +90,45 @@ class PixArtAdapter(TextConditionedAdapter):
             **super().conditioning_fingerprint(),
             "micro_conditions": {"resolution": self.image_size, "aspect_ratio": 1.0} if micro else None,
         }
+
+    # -- sampling: PixArtSigmaPipeline / PixArtAlphaPipeline ---------------------------------------------------
+    def sampling_pipeline(self) -> Any:
+        """The family's pipeline with DPM-Solver++ on the adapter's betas taking the planned DDPM timesteps as
+        given (``timesteps=``; :func:`~backbones.diffusion.sampling.ddpm_scheduler`)."""
+        import diffusers
+
+        from backbones.diffusion.sampling import ddpm_scheduler
+
+        cfg = self.transformer.config
+        micro = bool(getattr(self.transformer, "use_additional_conditions", False))
+        if self.pipeline_cls == "PixArtAlphaPipeline" and micro != (cfg.sample_size == 128):
+            raise ProbebenchError(
+                f"{self.name}: PixArtAlphaPipeline gives the transformer resolution/aspect-ratio micro-conditions "
+                f"exactly when its sample_size is 128; this transformer has sample_size {cfg.sample_size} and "
+                f"use_additional_conditions {micro}, so the pipeline would not condition it as extraction does."
+            )
+        pipe = getattr(diffusers, self.pipeline_cls)(
+            tokenizer=None,
+            text_encoder=None,
+            transformer=self.transformer,
+            vae=self.model.vae,
+            scheduler=ddpm_scheduler(self),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sampling_arguments(
+        self,
+        conditioning: Sequence[TextConditioning] | None,
+        guidance: float,
+        negative: TextConditioning | None,
+        n: int,
+    ) -> dict[str, Any]:
+        """Classifier-free guidance (``guidance_scale``, batch [negative; conditional]); no resolution binning,
+        so the pipeline samples at the adapter's image size."""
+        args = self.sampling_prompt_arguments(conditioning, guidance, negative, n, mask=True)
+        # negative_prompt: the pipeline's default "" may not come with negative_prompt_embeds
+        return {**args, "negative_prompt": None, "guidance_scale": guidance, "use_resolution_binning": False}
 
 
 class PixArtAlphaAdapter(PixArtAdapter):

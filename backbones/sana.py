@@ -11,6 +11,7 @@ Layers 0..19 are the 20 linear-attention blocks of Sana-1600M (width 2240).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,40 @@ class SanaAdapter(TextConditionedAdapter):
             timestep=timesteps,
             return_dict=False,
         )
+
+    # -- sampling: SanaPipeline ------------------------------------------------------------------------------
+    def sampling_pipeline(self) -> Any:
+        """``SanaPipeline`` with a shift-free flow-matching Euler scheduler. Sana's own scheduler,
+        ``DPMSolverMultistepScheduler`` with flow sigmas, cannot be driven through chosen noise levels: its
+        ``set_timesteps`` takes no ``sigmas=``, its flow-sigma branch cannot use custom ``timesteps=`` (it builds the σ
+        from ``num_inference_steps``), and it casts timesteps to int64, so the transformer would see ⌊σ·1000⌋ rather
+        than σ·1000. The planned σ are Sana's own flow_shift-3 levels (:meth:`sampling_sigmas`) with the head
+        levels inserted; the solver between them is first-order Euler instead of DPM-Solver++."""
+        from diffusers import SanaPipeline
+
+        from backbones.diffusion.sampling import flow_scheduler
+
+        pipe = SanaPipeline(
+            tokenizer=None,
+            text_encoder=None,
+            transformer=self.transformer,
+            vae=self.model.vae,
+            scheduler=flow_scheduler(),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sampling_arguments(
+        self,
+        conditioning: Sequence[TextConditioning] | None,
+        guidance: float,
+        negative: TextConditioning | None,
+        n: int,
+    ) -> dict[str, Any]:
+        """Classifier-free guidance (``guidance_scale``, batch [negative; conditional]); no resolution binning."""
+        args = self.sampling_prompt_arguments(conditioning, guidance, negative, n, mask=True)
+        # negative_prompt: the pipeline's default "" may not come with negative_prompt_embeds
+        return {**args, "negative_prompt": None, "guidance_scale": guidance, "use_resolution_binning": False}
 
 
 SANA_1600M_1024 = DiffusionSpec(

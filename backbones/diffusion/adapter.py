@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,53 @@ class DiffusionAdapter(Adapter):
         adapter's prompt embeddings are passed in), its scheduler taking the noise levels it is given unshifted
         (:mod:`backbones.diffusion.sampling`)."""
         raise ProbebenchError(
-            f"{self.name}: sampling is not supported for this family yet (supported: the SD3 class — sd3-medium, "
-            "tiny-mmdit)."
+            f"{self.name}: sampling is not supported for this family yet (supported: SD3 and tiny-mmdit, FLUX.1, "
+            "PixArt-Σ/α, Sana, DiT)."
         )
+
+    def sampling_arguments(
+        self, conditioning: Sequence[Any] | None, guidance: float, negative: Any | None, n: int
+    ) -> dict[str, Any]:
+        """The :meth:`sampling_pipeline` call's conditioning and guidance arguments for ``n`` samples: one
+        ``conditioning`` per sample (None: the adapter's own), classifier-free ``guidance`` against ``negative``."""
+        raise NotImplementedError
+
+    def sample_condition(self, prompt: str) -> Any:
+        """One sample's conditioning from the text a user gives ``probebench generate`` (a prompt; DiT: an
+        ImageNet class id), as :meth:`sampling_arguments` takes it."""
+        raise ProbebenchError(f"{self.name} takes no per-sample prompt.")
+
+    def sampling_rows(self, call: int, rows: int, n: int) -> slice | None:
+        """The rows of a sampling forward that carry the samples' own conditioning (the features to read), for the
+        ``call``-th transformer forward of a step with ``rows`` rows; None: a forward not to read. Default, the
+        diffusers convention of SD3, PixArt and Sana: one forward per step, a guided batch is [negative;
+        conditional]."""
+        return slice(rows - n, rows) if call == 0 else None
+
+    def sampling_latent_shape(self) -> tuple[int, ...]:
+        """The per-sample shape of the initial noise the sampling pipeline's ``latents=`` takes at this adapter's
+        image size: (latent channels, h, w)."""
+        side = self.image_size // self.vae_factor
+        return int(self.transformer.config.in_channels), side, side
+
+    def sampling_unpack(self, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline's final latents → (B, C, h, w) model latents, as :meth:`forward_features` and the VAE
+        take them (identity but for FLUX's packing)."""
+        return latents
+
+    def sampling_conditioning(self, conditioning: Sequence[Any] | None, n: int) -> ContextManager[None]:
+        """Forwards inside are conditioned per sample as :meth:`sampling_arguments` conditions the sampler (the
+        clean-latent forward after sampling)."""
+        if conditioning is not None:
+            raise ProbebenchError(f"{self.name} takes no per-sample conditioning.")
+        return nullcontext()
+
+    def sampling_plan(self, steps: int, heads: Sequence[Any]) -> Any:
+        """The family's own schedule for ``steps`` steps (:meth:`sampling_sigmas`) with every head noise level
+        inserted, in this family's native units (:func:`~backbones.diffusion.sampling.plan_sigmas`)."""
+        from backbones.diffusion.sampling import plan_sigmas
+
+        return plan_sigmas(self.sampling_sigmas(steps), heads, self.schedule.convention)
 
     def sampling_sigmas(self, steps: int) -> np.ndarray:
         """The noise levels of the family's own sampler for ``steps`` steps at this adapter's image size, in
@@ -400,6 +445,9 @@ class TextConditionedAdapter(DiffusionAdapter):
             return self._batch_text
         return self.text.expand(n, self.device, self.transformer.dtype)
 
+    def sample_condition(self, prompt: str) -> TextConditioning:
+        return self.encode_text(prompt)
+
     def encode_text(self, prompt: str) -> TextConditioning:
         """The embeddings of ``prompt`` by this model's own text path (the adapter's prompt: its embeddings)."""
         if prompt == self.prompt:
@@ -409,6 +457,44 @@ class TextConditionedAdapter(DiffusionAdapter):
                 f"{self.name} was given fixed prompt embeddings and cannot embed the prompt {prompt!r}."
             )
         return self.text_encoder(prompt)
+
+    def sampling_prompt_arguments(
+        self,
+        conditioning: Sequence[TextConditioning] | None,
+        guidance: float,
+        negative: TextConditioning | None,
+        n: int,
+        *,
+        pooled: bool = False,
+        mask: bool = False,
+    ) -> dict[str, Any]:
+        """Per-sample prompt embeddings (None: the adapter's own for all) as diffusers' pipelines name them —
+        ``prompt_embeds`` (+ ``pooled_prompt_embeds``, ``prompt_attention_mask``: all-ones when the embeddings
+        carry none) — and, when ``guidance`` > 1, the ``negative_`` ones (default: the adapter's own prompt, the
+        conditioning its extraction used)."""
+        conds = list(conditioning) if conditioning is not None else [self.text] * n
+        if len(conds) != n:
+            raise ProbebenchError(f"{len(conds)} prompt embeddings for {n} samples.")
+
+        def named(prefix: str, batch: Sequence[TextConditioning]) -> dict[str, Any]:
+            embeds, pool, attn = stack_conditioning(batch, self.device, self.transformer.dtype)
+            out = {f"{prefix}prompt_embeds": embeds}
+            if pooled:
+                out[f"{prefix}pooled_prompt_embeds"] = pool
+            if mask:
+                ones = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+                out[f"{prefix}prompt_attention_mask"] = attn if attn is not None else ones
+            return out
+
+        args = named("", conds)
+        if guidance > 1.0:
+            args.update(named("negative_", [negative if negative is not None else self.text] * n))
+        return args
+
+    def sampling_conditioning(
+        self, conditioning: Sequence[TextConditioning] | None, n: int
+    ) -> ContextManager[None]:
+        return self.batch_conditioning(list(conditioning) if conditioning is not None else [self.text] * n)
 
     @contextmanager
     def batch_conditioning(self, conds: Sequence[TextConditioning]) -> Iterator[None]:

@@ -1,12 +1,20 @@
 """Sampling with the family's own diffusers pipeline while reading block features at chosen noise levels.
 
 The first piece of generation with labels (issue 23): the sampler, its guidance and its scheduler are the
-library's (``StableDiffusion3Pipeline`` for the SD3 class, which includes the project's ``tiny-mmdit``, driven with
-precomputed prompt embeddings), and the features a head needs are taken *in the same pass*: the schedule is
-forced through the heads' noise levels (:func:`plan_sigmas`), a pre-hook on the transformer marks the steps whose
-σ is a head's, and forward hooks on the blocks keep those steps' image tokens as maps — the same
-``image_tokens`` → ``tokens_to_map`` the extraction uses. A head σ of 0 (the clean image) costs one more forward
-on the final latent, counted in :attr:`Trajectory.forwards`.
+library's — ``StableDiffusion3Pipeline`` (SD3, the project's ``tiny-mmdit``), ``FluxPipeline``,
+``PixArtSigmaPipeline`` / ``PixArtAlphaPipeline``, ``SanaPipeline``, driven with precomputed prompt embeddings;
+DiT repeats the loop of ``DiTPipeline``, which takes no noise or schedule
+(:class:`backbones.dit.DiTPipelineWithSchedule`) — and the features a head needs are taken *in the same
+pass*: the schedule is forced through the heads' noise levels in the family's native units
+(:func:`plan_sigmas`: flow σ passed as ``sigmas=``, DDPM t as ``timesteps=``, to a scheduler that uses them as
+given), a pre-hook on the transformer marks the steps whose level is a head's and checks the transformer gets
+it, and forward hooks on the blocks keep those steps' image tokens as maps — the same ``image_tokens`` →
+``tokens_to_map`` the extraction uses. A head σ of 0 (the clean image; flow families) costs one more forward on
+the final latent, counted in :attr:`Trajectory.forwards`.
+
+What differs by family is behind :class:`~backbones.diffusion.DiffusionAdapter`'s sampling hooks: the pipeline,
+its conditioning and guidance arguments, which rows of a guided forward are the samples' own, the initial
+noise's shape (FLUX: packed tokens) and the final latents' unpacking.
 
 Written here rather than taken from a library: diffusers' pipelines expose per-step latents
 (``callback_on_step_end``) but not block activations, and the callback runs after a step's forward, so it cannot
@@ -22,49 +30,125 @@ from typing import Any
 import numpy as np
 import torch
 
-from backbones.diffusion.adapter import DiffusionAdapter, stack_conditioning
+from backbones.diffusion.adapter import DiffusionAdapter
 from backbones.diffusion.taps import image_tokens, tokens_to_map
-from backbones.diffusion.text import TextConditioning
 from probebench.core.errors import ProbebenchError
 
 
 @dataclass(frozen=True)
 class SigmaPlan:
-    """The sampler's noise levels step by step (float32 values, descending, without the final 0 the scheduler
-    appends), the steps at which a head's σ is read (step index → the head's σ as it was given), and whether a
-    head reads σ = 0."""
+    """The sampler's noise levels step by step in the family's native units (:mod:`backbones.diffusion`) —
+    ``convention`` ``"flow"``: σ as float32 values; ``"ddpm"``: integer t — descending, without the final clean
+    step the scheduler appends; the steps at which a head's level is read (step index → the head's level as it
+    was given); and whether a head reads the clean latent (flow σ = 0, one more forward; a DDPM t = 0 is a
+    noise level of the schedule like any other, read at its step)."""
 
     sigmas: tuple[float, ...]
     capture: dict[int, float]
     clean: bool
+    convention: str = "flow"
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """The noise levels in native units (the name :attr:`sigmas` is the flow families')."""
+        return self.sigmas
 
 
-def plan_sigmas(base: Sequence[float], heads: Sequence[float]) -> SigmaPlan:
-    """The schedule ``base`` (the family's own noise levels for N steps) with every head noise level in ``heads``
-    inserted where it is missing, so the sampler passes through each exactly (compared as float32, the scheduler's
-    precision). A head σ above the schedule's first noise level cannot be reached: an error names it."""
+def plan_sigmas(base: Sequence[float], heads: Sequence[float], convention: str = "flow") -> SigmaPlan:
+    """The schedule ``base`` (the family's own noise levels for N steps, native units) with every head level in
+    ``heads`` inserted where it is missing, so the sampler passes through each exactly: flow σ compared as
+    float32 (the scheduler's precision), DDPM t as integers. A head level above the schedule's first cannot be
+    reached: an error names it."""
+    if convention == "ddpm":
+        return _plan_ddpm(base, heads)
+    if convention != "flow":
+        raise ProbebenchError(f"Unknown timestep convention {convention!r}: expected 'flow' or 'ddpm'.")
     f32 = [float(np.float32(s)) for s in base if float(s) > 0.0]
     if not f32:
         raise ProbebenchError("A sampling schedule needs at least one noise level above 0.")
     top = max(f32)
     given = {float(np.float32(h)): h for h in heads}  # the sampler's float32 value → the head's own value
     want = sorted(given, reverse=True)
-    above = [given[h] for h in want if h > top]
-    if above:
-        raise ProbebenchError(
-            f"Head noise level(s) {above} lie above the sampling schedule's first noise level {top}: the sampler "
-            "never passes through them. Start the schedule higher or train the heads at lower noise levels."
-        )
+    _refuse_above([given[h] for h in want if h > top], top)
     sigmas = sorted(set(f32) | {h for h in want if h > 0.0}, reverse=True)
     capture = {i: given[s] for i, s in enumerate(sigmas) if s in given}
     return SigmaPlan(tuple(sigmas), capture, 0.0 in given)
 
 
+def _ddpm_t(value: Any, what: str) -> int:
+    f = float(value)
+    if not f.is_integer() or f < 0:
+        raise ProbebenchError(f"{what} {value!r} is not a DDPM timestep (an integer t >= 0).")
+    return int(f)
+
+
+def _plan_ddpm(base: Sequence[float], heads: Sequence[float]) -> SigmaPlan:
+    steps = [_ddpm_t(t, "Schedule timestep") for t in base]
+    if not steps:
+        raise ProbebenchError("A sampling schedule needs at least one timestep.")
+    top = max(steps)
+    given = {_ddpm_t(h, "Head timestep"): h for h in heads}
+    _refuse_above([given[t] for t in sorted(given, reverse=True) if t > top], top)
+    levels = sorted(set(steps) | set(given), reverse=True)
+    capture = {i: given[t] for i, t in enumerate(levels) if t in given}
+    return SigmaPlan(tuple(levels), capture, False, "ddpm")
+
+
+def _refuse_above(above: list[Any], top: float) -> None:
+    if above:
+        raise ProbebenchError(
+            f"Head noise level(s) {above} lie above the sampling schedule's first noise level {top}: the sampler "
+            "never passes through them. Start the schedule higher or train the heads at lower noise levels."
+        )
+
+
+def flow_scheduler(config: dict[str, Any] | None = None) -> Any:
+    """diffusers' ``FlowMatchEulerDiscreteScheduler`` (from a family's ``config``) that uses the σ it is given as
+    they are: shift 1, no resolution-dependent shift (FLUX's ``mu`` is then ignored), no terminal stretch, no
+    Karras / exponential / beta re-spacing — the plan's σ reach the transformer unchanged."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    cfg = {"num_train_timesteps": 1000, **(config or {})}
+    cfg.update(
+        shift=1.0,
+        use_dynamic_shifting=False,
+        shift_terminal=None,
+        use_karras_sigmas=False,
+        use_exponential_sigmas=False,
+        use_beta_sigmas=False,
+        invert_sigmas=False,
+    )
+    return FlowMatchEulerDiscreteScheduler.from_config(cfg)
+
+
+def ddpm_scheduler(adapter: DiffusionAdapter) -> Any:
+    """diffusers' ``DPMSolverMultistepScheduler`` on the adapter's own betas (those its extraction noises with),
+    the family's solver settings when its registered sampler is DPM-Solver (PixArt), and custom ``timesteps=``
+    used as given (no Karras / Lu / exponential / beta re-spacing, which would move them)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    spec = adapter.spec
+    cfg = dict(spec.scheduler_config) if spec and spec.scheduler_cls == "DPMSolverMultistepScheduler" else {}
+    sched = adapter.schedule
+    cfg.update(
+        num_train_timesteps=sched.num_train_timesteps,  # type: ignore[attr-defined]
+        beta_start=sched.beta_start,  # type: ignore[attr-defined]
+        beta_end=sched.beta_end,  # type: ignore[attr-defined]
+        beta_schedule=sched.beta_schedule,  # type: ignore[attr-defined]
+        use_karras_sigmas=False,
+        use_lu_lambdas=False,
+        use_exponential_sigmas=False,
+        use_beta_sigmas=False,
+    )
+    return DPMSolverMultistepScheduler.from_config(cfg)
+
+
 @dataclass
 class Trajectory:
-    """What one sampling pass gives: images in [0, 1] (B, 3, H, W) (None when not decoded), the final latents,
-    the features ``{(layer, σ): (B, C, h, w)}`` at the plan's capture steps (and σ = 0 when planned), and the
-    transformer forwards spent (``sampler``: the pipeline's own, ``clean``: the extra σ = 0 forward)."""
+    """What one sampling pass gives: images in [0, 1] (B, 3, H, W) (None when not decoded), the final latents
+    (B, C, h, w) (unpacked for FLUX), the features ``{(layer, head level): (B, C, h, w)}`` at the plan's capture
+    steps (and σ = 0 when planned), and the transformer forwards spent (``sampler``: the pipeline's own, two a
+    step under FLUX's true CFG; ``clean``: the extra σ = 0 forward)."""
 
     images: torch.Tensor | None
     latents: torch.Tensor
@@ -87,78 +171,106 @@ def sample_with_features(
     layers: Sequence[int],
     *,
     decode: bool = True,
-    conditioning: Sequence[TextConditioning] | None = None,
+    conditioning: Sequence[Any] | None = None,
     guidance: float = 1.0,
-    negative: TextConditioning | None = None,
+    negative: Any | None = None,
 ) -> Trajectory:
-    """Sample from the initial noise ``latents`` (B, C, h, w) through the family's own pipeline on ``plan``'s noise
-    levels, reading ``layers`` at the plan's capture steps in the same pass.
+    """Sample from the initial noise ``latents`` (B, *``adapter.sampling_latent_shape()``: (C, h, w), FLUX's
+    packed (tokens, 4C)) through the family's own pipeline on ``plan``'s noise levels, reading ``layers`` at the
+    plan's capture steps in the same pass.
 
-    ``conditioning``: one prompt embedding per sample (default: the adapter's own prompt for all). ``guidance`` >
-    1 is the pipeline's classifier-free guidance against ``negative`` (default: the adapter's own prompt, the
-    conditioning its extraction used); the features are read from the conditional half of the guided batch, so
-    they are conditioned on the sample's prompt at any guidance, and σ = 0 is read the same way.
+    ``conditioning``: one per sample — prompt embeddings (``TextConditioning``) for text-to-image families,
+    class ids for DiT (default: the adapter's own prompt / class for all). ``guidance`` > 1 is classifier-free
+    guidance against ``negative`` (default: the adapter's own prompt, the conditioning its extraction used; DiT:
+    the null class), as each family's pipeline does it (SD3, PixArt, Sana, DiT: one batched forward of
+    [negative; conditional] or [conditional; null]; FLUX: ``true_cfg_scale``, a second forward per step —
+    FLUX.1-dev's distilled guidance embedding stays the adapter's ``guidance_scale``). The features are read
+    from the conditional rows (:meth:`~backbones.diffusion.DiffusionAdapter.sampling_rows`), so they are
+    conditioned on the sample's own prompt at any guidance; σ = 0 is read the same way.
+
+    At each capture step the transformer's timestep is checked against the head level in model units
+    (``adapter.model_timesteps``): a scheduler that shifted or remapped it is an error. A pipeline that only
+    rounds it to the transformer's dtype (FluxPipeline casts ``t`` to the latents' dtype before dividing by 1000:
+    in bfloat16 that can move it by a rounding step) is given the planned value instead, so the features are the
+    extraction's at the head's level.
     """
+    convention = adapter.schedule.convention
+    if plan.convention != convention:
+        raise ProbebenchError(
+            f"{adapter.name} samples in {convention!r} units, the plan is in {plan.convention!r} units: plan with "
+            "adapter.sampling_plan(steps, heads)."
+        )
     pipe = adapter.sampling_pipeline()
     scheduler = pipe.scheduler
     n = latents.shape[0]
+    shape = tuple(adapter.sampling_latent_shape())
+    if tuple(latents.shape[1:]) != shape:
+        raise ProbebenchError(
+            f"{adapter.name}: the initial noise must have shape (batch, {', '.join(map(str, shape))}) "
+            f"(adapter.sampling_latent_shape()), got {tuple(latents.shape)}."
+        )
     layers = adapter.resolve_layers(list(layers))  # sorted absolute block indices
-    h, w = adapter.token_grid(tuple(latents.shape[-2:]))
+    side = adapter.image_size // adapter.vae_factor
+    h, w = adapter.token_grid((side, side))
     blocks = adapter.blocks()
+    arguments = adapter.sampling_arguments(conditioning, float(guidance), negative, n)
+    # the timestep each capture step must reach the transformer with, as extraction gives it for the head level
+    planned = {i: float(adapter.model_timesteps([level], 1)[0]) for i, level in plan.capture.items()}
     features: dict[tuple[int, float], torch.Tensor] = {}
-    state: dict[str, Any] = {"sigma": None, "forwards": 0}
-    guided = guidance > 1.0
-    conds = list(conditioning) if conditioning is not None else [adapter.text] * n  # type: ignore[attr-defined]
-    if len(conds) != n:
-        raise ProbebenchError(f"{len(conds)} prompt embeddings for {n} samples.")
+    state: dict[str, Any] = {"level": None, "rows": None, "forwards": 0, "step": -1, "call": 0}
+    eps = torch.finfo(adapter.transformer.dtype).eps
 
-    def before(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+    def before(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         i = scheduler.step_index or 0
+        # the forward's place within its step (FluxPipeline's true CFG runs two a step)
+        state["call"] = state["call"] + 1 if i == state["step"] else 0
+        state["step"] = i
         state["forwards"] += 1
-        state["sigma"] = plan.capture.get(i)
-        if state["sigma"] is not None:
-            t = float(kwargs["timestep"].reshape(-1)[0])
-            if t != float(scheduler.timesteps[i]):  # pragma: no cover - a pipeline that reorders its calls
-                raise ProbebenchError(
-                    f"Step {i} ran at timestep {t}, not the planned {float(scheduler.timesteps[i])}."
-                )
+        state["level"] = None
+        if i not in plan.capture:
+            return None
+        x = args[0] if args else kwargs["hidden_states"]
+        rows = adapter.sampling_rows(state["call"], int(x.shape[0]), n)
+        if rows is not None:  # None: a forward without the samples' own conditioning (FLUX's negative call)
+            state["level"], state["rows"] = plan.capture[i], rows
+        t, want = kwargs["timestep"], planned[i]
+        got = float(t.reshape(-1)[0])
+        if got == want:
+            return None
+        if abs(got - want) > 2 * eps * abs(want):
+            raise ProbebenchError(
+                f"{adapter.name}: step {i} ran the transformer at timestep {got}, not {want} (the head level "
+                f"{plan.capture[i]} in model units): the scheduler moved the planned level."
+            )
+        return args, {**kwargs, "timestep": torch.full(t.shape, want, dtype=torch.float32, device=t.device)}
 
     def reader(layer: int):
         def hook(module: Any, args: Any, output: Any) -> None:
-            if state["sigma"] is not None:
-                tokens = image_tokens(output, h * w)
-                if guided:  # the pipeline's batch is [negative; conditional]
-                    tokens = tokens[n:]
-                features[(layer, state["sigma"])] = tokens_to_map(tokens.float(), h, w)
+            if state["level"] is not None:
+                tokens = image_tokens(output, h * w)[state["rows"]]
+                features[(layer, state["level"])] = tokens_to_map(tokens.float(), h, w)
 
         return hook
 
     handles = [adapter.transformer.register_forward_pre_hook(before, with_kwargs=True)]
     handles += [blocks[layer].register_forward_hook(reader(layer)) for layer in layers]
-    dtype = adapter.transformer.dtype
-    embeds, pooled, _ = stack_conditioning(conds, adapter.device, dtype)
-    extra: dict[str, Any] = {}
-    if guided:
-        neg = negative if negative is not None else adapter.text  # type: ignore[attr-defined]
-        neg_embeds, neg_pooled, _ = stack_conditioning([neg] * n, adapter.device, dtype)
-        extra = {"negative_prompt_embeds": neg_embeds, "negative_pooled_prompt_embeds": neg_pooled}
+    schedule = {"sigmas" if convention == "flow" else "timesteps": list(plan.sigmas)}
     try:
         out = pipe(
-            prompt_embeds=embeds,
-            pooled_prompt_embeds=pooled,
-            guidance_scale=float(guidance),
-            sigmas=list(plan.sigmas),
-            latents=latents.to(adapter.device, dtype),
+            **arguments,
+            **schedule,
+            latents=latents.to(adapter.device, adapter.transformer.dtype),
+            height=adapter.image_size,
+            width=adapter.image_size,
             output_type="latent",
-            **extra,
         )
     finally:
         for handle in handles:
             handle.remove()
-    z0 = out.images.float()
+    z0 = adapter.sampling_unpack(out.images).float()
     forwards = {"sampler": state["forwards"], "clean": 0}
     if plan.clean:
-        with adapter.batch_conditioning(conds):  # type: ignore[attr-defined]
+        with adapter.sampling_conditioning(conditioning, n):
             clean = adapter.forward_features(z0, adapter.model_timesteps([0.0], n), layers)
         features.update({(layer, 0.0): f for layer, f in clean.items()})
         forwards["clean"] = 1
