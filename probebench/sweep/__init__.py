@@ -17,11 +17,25 @@ One module per step, each depending only on those before it:
 - :mod:`.jobs` — a task (extraction, screen or cell) as picklable data, and how one runs;
 - :mod:`.executors` — where tasks run: this process, worker processes, submitit / SLURM job arrays;
 - :mod:`.summary` — the per-cell outcome table and ``summary.csv``;
+- :mod:`.generation` — generation sweeps (below): their cells, state, ``--dry-run`` and run;
 - :mod:`.plan` — which cells, extractions and screens run (:func:`plan_sweep`) and ``--dry-run``;
 - :mod:`.runner` — :func:`run_sweep`: the phases in order, failures passed on to the jobs that need them.
+
+**Generation sweeps.** A sweep file with ``generate:`` (``probebench generate``'s fields) in place of ``base:``
+expands the same axes into ``probebench generate`` cells (prompts × seeds × guidance ...): each cell writes a
+labelled ``folder`` dataset to ``<output_dir>/<sweep>/cells/<cell>/``, runs as a ``generate`` task on the same
+executors, and is done once its ``dataset.yaml`` exists (``--force`` deletes the folder first). The sweep folder
+holds ``sweep.yaml`` and ``summary.csv``, but no ``results.csv`` or report: the products are the datasets.
 """
 
 from probebench.sweep.executors import EXECUTORS, SubmititBackend, SweepJob, make_backend
+from probebench.sweep.generation import (
+    GenerationCell,
+    GenerationSweep,
+    dry_run_generation,
+    plan_generation,
+    run_generation_sweep,
+)
 from probebench.sweep.jobs import JobResult, Task, run_locked
 from probebench.sweep.plan import Plan, dry_run_text, plan_sweep
 from probebench.sweep.runner import run_sweep
@@ -35,6 +49,8 @@ __all__ = [
     "DEFAULT_MAX_CELLS",
     "EXECUTORS",
     "Cell",
+    "GenerationCell",
+    "GenerationSweep",
     "JobResult",
     "Plan",
     "Screen",
@@ -45,12 +61,15 @@ __all__ = [
     "SweepJob",
     "Task",
     "cell_done",
+    "dry_run_generation",
     "dry_run_text",
     "import_screen",
     "load_sweep",
     "make_backend",
     "missing_parts",
+    "plan_generation",
     "plan_sweep",
+    "run_generation_sweep",
     "run_locked",
     "run_sweep",
     "screen_state",

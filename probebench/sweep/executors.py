@@ -18,7 +18,7 @@ import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import submitit
 from submitit.helpers import Checkpointable
@@ -26,6 +26,11 @@ from submitit.helpers import Checkpointable
 from probebench.core.errors import ProbebenchError
 from probebench.sweep.jobs import JobResult, Task, reason
 from probebench.sweep.spec import SlurmConfig, Sweep
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from probebench.sweep.generation import GenerationSweep
 
 EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")
 
@@ -141,7 +146,25 @@ class SubmititBackend(Backend):
                 job.cancel(check=False)
 
 
-def make_backend(executor: str, workers: int, sweep: Sweep, poll_s: float | None = None) -> Backend:
+def run_cells(
+    backend: Backend, tasks: list[Task], results: dict[str, JobResult], bar: tqdm, fail_fast: bool
+) -> None:
+    """Run cell tasks on ``backend``, recording each result in ``results`` (by task name) as it completes; with
+    ``fail_fast`` the first failure cancels the rest, which are recorded as ``cancelled``."""
+    for r in backend.map(tasks):
+        results[r.name] = r
+        bar.update()
+        bar.set_postfix(failed=sum(x.status == "failed" for x in results.values()), refresh=False)
+        if r.status == "failed" and fail_fast:
+            backend.cancel()
+            break
+    for t in tasks:
+        results.setdefault(t.name, JobResult(t.kind, t.name, "cancelled", "not run (--fail-fast)"))
+
+
+def make_backend(
+    executor: str, workers: int, sweep: Sweep | GenerationSweep, poll_s: float | None = None
+) -> Backend:
     if executor not in EXECUTORS:
         raise ProbebenchError(f"Unknown executor {executor!r}. Valid: {', '.join(EXECUTORS)}.")
     if workers < 1:

@@ -1,9 +1,11 @@
-"""The unit of work of a sweep: a :class:`Task` (an extraction, a shared screen or a cell) and its :class:`JobResult`.
+"""The unit of work of a sweep: a :class:`Task` (an extraction, a shared screen, a cell, or a generation cell) and
+its :class:`JobResult`.
 
 Both are plain picklable data, so the same task runs in this process, in a spawned worker or in a SLURM job
 (:mod:`.executors`). A task that fails becomes a ``failed`` result with its reason (its traceback goes to a file)
 instead of an exception, so one bad cell never stops the others. Every job works on a run directory under its
-lock (``RUN_LOCK``), and an extraction under its cache key's lock, so two sweeps never do one thing at once.
+lock (``RUN_LOCK``), an extraction under its cache key's lock and a generation cell under its lock beside its
+folder (:func:`~probebench.sweep.state.generation_lock`), so two sweeps never do one thing at once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from probebench.core.errors import ProbebenchError
 from probebench.core.io import atomic_write_bytes
 from probebench.core.results import RESULTS_FILE, locked
 from probebench.sweep.screens import import_screen
-from probebench.sweep.state import RUN_LOCK, cell_done, merge_into_table, missing_parts
+from probebench.sweep.state import (
+    RUN_LOCK,
+    cell_done,
+    generation_lock,
+    generation_progress,
+    merge_into_table,
+    missing_parts,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -30,7 +39,7 @@ SPLITS = ("train", "val", "test")
 class JobResult:
     """What one job reports back (plain data: it crosses process and cluster boundaries)."""
 
-    kind: str  # extract | screen | cell
+    kind: str  # extract | screen | cell | generate
     name: str
     status: str  # done | skipped | failed | cancelled
     reason: str = ""
@@ -39,9 +48,10 @@ class JobResult:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work, as plain picklable data: an extraction, a shared screen, or a cell's probe stages."""
+    """One unit of work, as plain picklable data: an extraction, a shared screen, a cell's probe stages, or a
+    generation cell (``config``: a :class:`~probebench.generate.GenerateConfig` as a mapping)."""
 
-    kind: str  # extract | screen | cell
+    kind: str  # extract | screen | cell | generate
     name: str
     config: dict[str, Any]
     key: str = ""  # extraction key (extract), screen key (screen), or the cell name
@@ -61,6 +71,8 @@ class Task:
                 status = self._extract()
             elif self.kind == "screen":
                 status = run_locked(from_dict(RunConfig, self.config))
+            elif self.kind == "generate":
+                status = self._generate()
             else:
                 status = self._cell()
         except Exception as e:  # recorded per cell; the sweep goes on
@@ -91,6 +103,28 @@ class Task:
         if self.table:
             merge_into_table(Path(cfg.output_dir) / cfg.name / RESULTS_FILE, Path(self.table))
         return status
+
+    def _generate(self) -> str:
+        """``probebench generate`` into the cell's folder under its lock: ``skipped`` when the folder is a finished
+        generation of these settings; a folder of other settings is refused (``--force`` redoes the cell)."""
+        from probebench.generate import GenerateConfig, generate
+        from probes.bundle import load_bundle
+
+        cfg = from_dict(GenerateConfig, self.config)
+        out = Path(cfg.out)
+        with locked(generation_lock(out)):
+            progress = generation_progress(cfg, load_bundle(cfg.bundle).select(cfg.tasks).hash)
+            if progress.done:
+                return "skipped"
+            if progress.differs:
+                raise ProbebenchError(
+                    f"{out} holds a generation of other settings (different {', '.join(progress.differs)}); "
+                    f"--force {self.name} deletes it and generates the cell again."
+                )
+            generate(cfg, progress=False)
+            if not generation_progress(cfg).done:
+                raise ProbebenchError(f"generate finished without writing {out}'s dataset.yaml")
+        return "done"
 
 
 def run_locked(cfg: RunConfig, imports: Iterable[tuple[int, str]] = ()) -> str:

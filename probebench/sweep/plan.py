@@ -17,6 +17,7 @@ from probebench.config import RunConfig, from_dict, identity_dict, to_dict
 from probebench.core.io import stable_hash
 from probebench.core.rundir import SCREENS_DIR
 from probebench.pipeline import cached_backbones
+from probebench.sweep.generation import GenerationSweep, dry_run_generation
 from probebench.sweep.jobs import Task
 from probebench.sweep.screens import Screen, screen_state, screens_of
 from probebench.sweep.spec import Cell, Sweep, absolute_config, inline
@@ -140,9 +141,12 @@ def plan_sweep(sweep: Sweep, force: Iterable[str] = ()) -> Plan:
     return Plan(list(extractions.values()), cells, skipped, users, screens, listed)
 
 
-def dry_run_text(sweep: Sweep, force: Sequence[str] = ()) -> str:
+def dry_run_text(sweep: Sweep | GenerationSweep, force: Sequence[str] = ()) -> str:
     """The expanded cells (name, state, overrides), how many are done, the extractions still needed and their
-    cost (:func:`probebench.plan.sweep_cost_lines`: model rows, cache bytes, what is cached, free disk)."""
+    cost (:func:`probebench.plan.sweep_cost_lines`: model rows, cache bytes, what is cached, free disk). A
+    generation sweep lists its cells and their state (:func:`.generation.dry_run_generation`)."""
+    if isinstance(sweep, GenerationSweep):
+        return dry_run_generation(sweep, force)
     forced = {c.name for c in force_cells(sweep, force)} if force else set()
     rows, done = [], 0
     for c in sweep.cells:

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from probebench.core.io import atomic_write_bytes
 from probebench.core.rundir import CONFIG_FILE, SWEEP_FILE
-from probebench.sweep.executors import make_backend
+from probebench.sweep.executors import make_backend, run_cells
+from probebench.sweep.generation import GenerationSweep, run_generation_sweep
 from probebench.sweep.jobs import JobResult, reason
 from probebench.sweep.plan import plan_sweep
 from probebench.sweep.screens import reset_screen, screens_of
@@ -39,7 +40,7 @@ def _write_state(sweep: Sweep) -> None:
 
 
 def run_sweep(
-    sweep: Sweep,
+    sweep: Sweep | GenerationSweep,
     *,
     executor: str = "local",
     workers: int = 1,
@@ -51,7 +52,18 @@ def run_sweep(
 ) -> Summary:
     """Run the sweep's missing (and forced) cells: distinct extractions first, then the shared screens, then the
     cells; returns the per-cell summary (a failing job is recorded — with the cells that need it — and the others
-    go on unless ``fail_fast``). Forced cells' screens are recomputed too."""
+    go on unless ``fail_fast``). Forced cells' screens are recomputed too. A generation sweep runs its cells
+    (:func:`.generation.run_generation_sweep`; no table, no report)."""
+    if isinstance(sweep, GenerationSweep):
+        return run_generation_sweep(
+            sweep,
+            executor=executor,
+            workers=workers,
+            force=force,
+            fail_fast=fail_fast,
+            progress=progress,
+            poll_s=poll_s,
+        )
     forced = force_cells(sweep, force) if force else []
     backend = make_backend(executor, workers, sweep, poll_s)
     _write_state(sweep)
@@ -108,13 +120,7 @@ def run_sweep(
             else:
                 runnable.append(t)
         if not stop:
-            for r in backend.map(runnable):
-                results[r.name] = r
-                bar.update()
-                bar.set_postfix(failed=sum(x.status == "failed" for x in results.values()), refresh=False)
-                if r.status == "failed" and fail_fast:
-                    backend.cancel()
-                    break
+            run_cells(backend, runnable, results, bar, fail_fast)
         for t in plan.cells:
             results.setdefault(t.name, JobResult("cell", t.name, "cancelled", "not run (--fail-fast)"))
     finally:

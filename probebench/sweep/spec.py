@@ -20,6 +20,9 @@ Every cell (base + set + its axis values) is validated into a :class:`RunConfig`
 unknown key, an empty axis, a value of the wrong type, zipped axes of different lengths, an unknown probe,
 probe parameter, task or backbone are errors naming the axis and the value; so is a grid larger than
 ``max_cells``. Nothing here runs or reads results: that is :mod:`.state`, :mod:`.plan` and :mod:`.runner`.
+
+A file with ``generate:`` in place of ``base:`` is a generation sweep, parsed by :mod:`.generation` with the
+helpers here (:func:`parse_grid`, :func:`check_axis_values`, :func:`grid_points`, :func:`fill_cell_name`).
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -43,6 +46,9 @@ from probebench.core.results import RESULTS_FILE
 from probebench.core.rundir import CELLS_DIR
 from probebench.pipeline import checked_probe, probe_seeds, resolved
 from tasks.base import MAIN_METRIC
+
+if TYPE_CHECKING:
+    from probebench.sweep.generation import GenerationSweep
 
 DEFAULT_MAX_CELLS = 500
 SWEEP_KEYS = ("name", "base", "set", "axes", "zip", "cell_name", "slurm")
@@ -114,6 +120,11 @@ class Sweep:
     def table(self) -> Path:
         return self.dir / RESULTS_FILE
 
+    @property
+    def output(self) -> Path:
+        """What the sweep makes, as its summary names it: the results table."""
+        return self.table
+
     def cell(self, name: str) -> Cell:
         for c in self.cells:
             if c.name == name:
@@ -138,11 +149,11 @@ def inline(value: Any) -> str:
     return text[: -len("...")].strip() if text.endswith("...") else text
 
 
-def _expand_axis(key: str, spec: Any, where: str) -> Axis:
+def _expand_axis(key: str, spec: Any, where: str, reserved: Sequence[str] = RESERVED_AXES) -> Axis:
     """An axis spec (a list, or ``{range: [...]}`` / ``{linspace: [...]}``) → its list of values."""
     if not isinstance(key, str) or not key:
         raise ProbebenchError(f"{where}: axis names must be config key paths (e.g. seed), got {key!r}.")
-    if key in RESERVED_AXES:
+    if key in reserved:
         raise ProbebenchError(
             f"{where}: axis {key!r} is set by the sweep for every cell (cells are named by cell_name and "
             "write into <output_dir>/<sweep name>/); use the sweep's name: or base output_dir instead."
@@ -264,7 +275,7 @@ _FIELD = re.compile(r"\{([^{}:!]+)(?::([^{}]*))?\}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]+")
 
 
-def _cell_name(
+def fill_cell_name(
     pattern: str | None, point: dict[str, tuple[Any, int]], data: dict[str, Any], where: str
 ) -> str:
     """Fill ``pattern`` (``{key.path}`` or ``{key.path:fmt}`` fields) or join ``key=value``; file-name safe."""
@@ -334,52 +345,47 @@ def _validate_cell(cfg: RunConfig) -> None:
             )
 
 
-def load_sweep(
-    path: str | Path | dict[str, Any],
-    overrides: Sequence[str] = (),
-    *,
-    max_cells: int | None = DEFAULT_MAX_CELLS,
-) -> Sweep:
-    """Parse a sweep file (or mapping), expand its grid and validate every cell; nothing runs.
-
-    ``overrides`` (``key.path=value``, as for ``probebench run``) apply to every cell before the axes.
-    """
+def read_sweep_file(path: str | Path | dict[str, Any]) -> tuple[dict[str, Any], Path | None, str]:
+    """A sweep file's top-level mapping, its path (None when given a mapping) and how errors name it."""
     if isinstance(path, dict):
-        source, raw, where = None, path, "sweep"
-    else:
-        source = Path(path)
-        where = f"sweep {source}"
-        if not source.is_file():
-            raise ProbebenchError(f"Sweep file not found: {source}")
-        try:
-            raw = yaml.safe_load(source.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ProbebenchError(f"{where} is not valid YAML: {e}") from e
+        return path, None, "sweep"
+    source = Path(path)
+    where = f"sweep {source}"
+    if not source.is_file():
+        raise ProbebenchError(f"Sweep file not found: {source}")
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ProbebenchError(f"{where} is not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ProbebenchError(f"{where} must hold a mapping at the top level.")
+    return raw, source, where
+
+
+def check_keys(raw: dict[str, Any], valid: Sequence[str], where: str) -> None:
+    """Every top-level key of the sweep file is one of ``valid`` (else the closest one is named)."""
     for key in raw:
-        if key not in SWEEP_KEYS:
+        if key not in valid:
             raise ProbebenchError(
                 f"{where}: unknown key {key!r}."
-                + closest_hint(key, SWEEP_KEYS)
-                + f" Valid keys: {', '.join(SWEEP_KEYS)}."
+                + closest_hint(key, valid)
+                + f" Valid keys: {', '.join(valid)}."
             )
+
+
+def sweep_name(raw: dict[str, Any], source: Path | None, where: str) -> str:
+    """``name:``, else the file's stem: the sweep's folder under the output directory."""
     name = raw.get("name") or (source.stem if source else "sweep")
     if not isinstance(name, str) or _UNSAFE.sub("_", name) != name:
         raise ProbebenchError(f"{where}: name must be a file-name-safe string, got {name!r}.")
+    return name
 
-    base = _load_base(raw.get("base"), source, where)
-    set_raw = raw.get("set") or {}
-    if not isinstance(set_raw, dict):
-        raise ProbebenchError(f"{where}: set must map config key paths to values, got {set_raw!r}.")
-    try:
-        _set_paths(base, set_raw)
-        base = to_dict(from_dict(RunConfig, base))
-    except ProbebenchError as e:
-        raise ProbebenchError(f"{where}: set: {e}") from None
-    apply_overrides(base, list(overrides))
-    base = to_dict(from_dict(RunConfig, base))
 
+def parse_grid(
+    raw: dict[str, Any], where: str, max_cells: int | None, reserved: Sequence[str] = RESERVED_AXES
+) -> tuple[list[Axis], list[list[Axis]]]:
+    """``axes:`` and ``zip:`` expanded and checked: no axis twice, zipped axes of equal lengths, a grid of at
+    most ``max_cells`` cells."""
     axes_raw = raw.get("axes") or {}
     zips_raw = raw.get("zip") or []
     if not isinstance(axes_raw, dict):
@@ -390,8 +396,8 @@ def load_sweep(
         zips_raw = [zips_raw]
     if not isinstance(zips_raw, list) or not all(isinstance(g, dict) and g for g in zips_raw):
         raise ProbebenchError(f"{where}: zip must be a list of mappings (axis → values), got {zips_raw!r}.")
-    axes = [_expand_axis(k, v, where) for k, v in axes_raw.items()]
-    zips = [[_expand_axis(k, v, where) for k, v in g.items()] for g in zips_raw]
+    axes = [_expand_axis(k, v, where, reserved) for k, v in axes_raw.items()]
+    zips = [[_expand_axis(k, v, where, reserved) for k, v in g.items()] for g in zips_raw]
     seen: set[str] = set()
     for ax in [*axes, *itertools.chain.from_iterable(zips)]:
         if ax.key in seen:
@@ -417,45 +423,120 @@ def load_sweep(
             f"{where}: the grid has {count} cells ({sizes}), more than --max-cells {max_cells}; "
             "raise --max-cells or shrink the axes."
         )
+    return axes, zips
 
-    # each value alone on the base: errors name exactly the axis and the value
+
+def check_axis_values(
+    axes: list[Axis], zips: list[list[Axis]], where: str, check: Callable[[str, Any], None]
+) -> None:
+    """``check(key, value)`` for each value of each axis alone on the base, so that an error names exactly the
+    axis and the value (with a hint when a list-valued key was given one value per cell)."""
     for ax in [*axes, *itertools.chain.from_iterable(zips)]:
         for value in ax.values:
-            data = _copy(base)
             try:
-                _set_paths(data, {ax.key: value})
-                from_dict(RunConfig, data)
+                check(ax.key, value)
             except ProbebenchError as e:
                 hint = ""
-                if "expects list" in str(e) and not isinstance(value, list):
+                wants_list = "expects list" in str(e) or "expects a list" in str(e)
+                if wants_list and not isinstance(value, list):
                     hint = f" (a list per cell: write the axis as [{inline([value])}, ...])"
                 raise ProbebenchError(f"{where}: axis {ax.key!r}, value {inline(value)}: {e}{hint}") from None
 
-    cell_name = raw.get("cell_name")
-    if cell_name is not None and not isinstance(cell_name, str):
-        raise ProbebenchError(f"{where}: cell_name must be a pattern string, got {cell_name!r}.")
-    slurm_raw = raw.get("slurm") or {}
-    try:
-        slurm = from_dict(SlurmConfig, slurm_raw, "slurm")
-    except ProbebenchError as e:
-        raise ProbebenchError(f"{where}: {e}") from None
 
-    sweep_dir = Path(base["output_dir"]) / name
+def grid_points(axes: list[Axis], zips: list[list[Axis]]) -> Iterator[dict[str, tuple[Any, int]]]:
+    """The grid's points in order (the first axis outermost, then the zip groups): key → (value, its index)."""
     dims: list[list[dict[str, tuple[Any, int]]]] = [
         [{ax.key: (v, i)} for i, v in enumerate(ax.values)] for ax in axes
     ] + [[{ax.key: (ax.values[i], i) for ax in g} for i in range(len(g[0].values))] for g in zips]
+    for combo in itertools.product(*dims):
+        yield {k: vi for part in combo for k, vi in part.items()}
+
+
+def parse_cell_name(raw: dict[str, Any], where: str) -> str | None:
+    cell_name = raw.get("cell_name")
+    if cell_name is not None and not isinstance(cell_name, str):
+        raise ProbebenchError(f"{where}: cell_name must be a pattern string, got {cell_name!r}.")
+    return cell_name
+
+
+def parse_slurm(raw: dict[str, Any], where: str) -> SlurmConfig:
+    try:
+        return from_dict(SlurmConfig, raw.get("slurm") or {}, "slurm")
+    except ProbebenchError as e:
+        raise ProbebenchError(f"{where}: {e}") from None
+
+
+def duplicate_cell(
+    names: dict[str, dict[str, Any]], cname: str, overrides: dict[str, Any], where: str
+) -> None:
+    """Record a cell's name; two cells of one name are an error naming both cells' values."""
+    if cname in names:
+        raise ProbebenchError(
+            f"{where}: two cells are both named {cname!r} ({inline(names[cname])} and "
+            f"{inline(overrides)}); give a cell_name pattern with a field for every axis."
+        )
+    names[cname] = overrides
+
+
+def load_sweep(
+    path: str | Path | dict[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    max_cells: int | None = DEFAULT_MAX_CELLS,
+) -> Sweep | GenerationSweep:
+    """Parse a sweep file (or mapping), expand its grid and validate every cell; nothing runs.
+
+    ``overrides`` (``key.path=value``, as for ``probebench run``) apply to every cell before the axes. A file with
+    ``generate:`` instead of ``base:`` is a generation sweep (:mod:`.generation`).
+    """
+    raw, source, where = read_sweep_file(path)
+    if "generate" in raw:
+        if "base" in raw:
+            raise ProbebenchError(
+                f"{where}: give either base: (a sweep of probebench runs) or generate: (a sweep of "
+                "probebench generate), not both."
+            )
+        from probebench.sweep.generation import load_generation_sweep  # it builds on this module
+
+        return load_generation_sweep(raw, source, where, overrides, max_cells=max_cells)
+    check_keys(raw, SWEEP_KEYS, where)
+    name = sweep_name(raw, source, where)
+
+    base = _load_base(raw.get("base"), source, where)
+    set_raw = raw.get("set") or {}
+    if not isinstance(set_raw, dict):
+        raise ProbebenchError(f"{where}: set must map config key paths to values, got {set_raw!r}.")
+    try:
+        _set_paths(base, set_raw)
+        base = to_dict(from_dict(RunConfig, base))
+    except ProbebenchError as e:
+        raise ProbebenchError(f"{where}: set: {e}") from None
+    apply_overrides(base, list(overrides))
+    base = to_dict(from_dict(RunConfig, base))
+
+    axes, zips = parse_grid(raw, where, max_cells)
+
+    def check(key: str, value: Any) -> None:
+        data = _copy(base)
+        _set_paths(data, {key: value})
+        from_dict(RunConfig, data)
+
+    check_axis_values(axes, zips, where, check)  # each value alone on the base
+    cell_name = parse_cell_name(raw, where)
+    slurm = parse_slurm(raw, where)
+
+    sweep_dir = Path(base["output_dir"]) / name
     cells: list[Cell] = []
     names: dict[str, dict[str, Any]] = {}
     validated: dict[str, None] = {}
     kinds: dict[str, list[str]] = {}
-    for combo in itertools.product(*dims):
-        point = {k: vi for part in combo for k, vi in part.items()}
+    for point in grid_points(axes, zips):
         overrides_of = {k: v for k, (v, _) in point.items()}
         data = _copy(base)
         label = ", ".join(f"{k}={inline(v)}" for k, v in overrides_of.items()) or "the base config"
         try:
             _set_paths(data, overrides_of)
-            cname = _cell_name(cell_name, point, data, where)
+            cname = fill_cell_name(cell_name, point, data, where)
             data["name"], data["output_dir"] = cname, str(sweep_dir / CELLS_DIR)
             cfg = from_dict(RunConfig, data)
             cfg = _resolve_tasks(cfg, kinds)  # tasks: null → the dataset's kinds
@@ -467,12 +548,7 @@ def load_sweep(
                 validated[sig] = None
         except ProbebenchError as e:
             raise ProbebenchError(f"{where}: cell with {label}: {e}") from None
-        if cname in names:
-            raise ProbebenchError(
-                f"{where}: two cells are both named {cname!r} ({inline(names[cname])} and "
-                f"{inline(overrides_of)}); give a cell_name pattern with a field for every axis."
-            )
-        names[cname] = overrides_of
+        duplicate_cell(names, cname, overrides_of, where)
         cells.append(Cell(cname, overrides_of, cfg))
     return Sweep(name, source, base, axes, zips, cell_name, slurm, cells)
 

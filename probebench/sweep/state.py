@@ -5,13 +5,19 @@ file — the same hashes the pipeline's only-missing rule uses. A rerun runs onl
 deletes the named cells' rows (atomically, under the results lock) and reruns them. Rows are written
 atomically, and a per-cell lock (``RUN_LOCK``) keeps two sweeps (or a sweep and its orphaned workers) from
 running one cell twice at once, so a killed sweep resumes without duplicated or half-written rows.
+
+A generation cell's state is its folder (:func:`generation_progress`): done once ``dataset.yaml`` exists (written
+last), partial while some samples have their done markers, and *stale* when the settings recorded in it are not
+the cell's config any more.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import io
+import json
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,11 @@ from probebench.config import RunConfig
 from probebench.core.errors import ProbebenchError
 from probebench.core.io import atomic_write_bytes
 from probebench.core.results import RESULTS_FILE, append_results, done_cells, locked, read_results
+from probebench.generate import STATE_DIR, GenerateConfig
 from probebench.pipeline import model_key, model_label, stage_keys, stage_seeds
 from probebench.pipeline import stage_groups as pipeline_groups
 from probebench.sweep.spec import Cell, Sweep, unknown_cell
+from tasks.folder_io import META_FILE
 
 RUN_LOCK = ".cell"  # locked(<run dir>/RUN_LOCK) while a job works on a cell's or a screen's run directory
 
@@ -118,3 +126,53 @@ def reset_cell(cell: Cell, table: Path) -> int:
     cell.dir.mkdir(parents=True, exist_ok=True)
     with locked(cell.dir / RUN_LOCK):
         return delete_rows(cell.results) + delete_rows(table, run=cell.name)
+
+
+# -- generation cells: the folder is the state ---------------------------------------------------------------
+def generation_lock(out: Path) -> Path:
+    """What a job locks while it works on the generation cell folder ``out``: ``<cells>/.locks/<cell>`` (beside the
+    folder, which ``--force`` deletes, so that the cells folder holds only datasets)."""
+    return out.parent / ".locks" / out.name
+
+
+@dataclass
+class GenerationProgress:
+    """How far a generation cell's folder is: finished (``dataset.yaml``), samples with done markers, and the
+    settings recorded in it that differ from the cell's config (a generation of other settings)."""
+
+    finished: bool
+    samples: int
+    total: int
+    differs: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.finished and not self.differs
+
+    def label(self) -> str:
+        if self.differs:
+            return f"stale (different {', '.join(self.differs)})"
+        if self.finished:
+            return "done"
+        return f"partial {self.samples}/{self.total}" if self.samples else "todo"
+
+
+def generation_progress(cfg: GenerateConfig, bundle_hash: str | None = None) -> GenerationProgress:
+    """The state of ``cfg.out``: ``dataset.yaml``, the done markers, and which of ``cfg``'s fields differ from the
+    settings recorded there by ``probebench generate`` (``.generate/settings.json``: the fields that make the
+    samples, not ``out``, ``device`` ...); ``steps: null`` matches any recorded steps (the family's default), and
+    ``bundle_hash`` (the bundle's sha256), when given, is compared too."""
+    out = Path(cfg.out)
+    state = out / STATE_DIR
+    samples = len(list((state / "done").glob("*.json"))) if (state / "done").is_dir() else 0
+    progress = GenerationProgress((out / META_FILE).is_file(), samples, cfg.num_samples)
+    recorded = state / "settings.json"
+    if recorded.is_file():
+        old = json.loads(recorded.read_text())
+        new = asdict(cfg)
+        if cfg.steps is None:
+            new.pop("steps")
+        if bundle_hash is not None:
+            new["bundle_sha256"] = bundle_hash
+        progress.differs = [k for k, v in new.items() if k in old and old[k] != v]
+    return progress

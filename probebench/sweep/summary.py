@@ -7,17 +7,22 @@ import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probebench.core.io import atomic_write_bytes
 from probebench.sweep.jobs import JobResult
 from probebench.sweep.spec import Sweep
 
+if TYPE_CHECKING:
+    from probebench.sweep.generation import GenerationSweep
+
 
 @dataclass
 class Summary:
-    """Per-cell outcome of one sweep invocation, and the extractions and shared screens it ran."""
+    """Per-cell outcome of one sweep invocation, and the extractions and shared screens it ran (none for a
+    generation sweep)."""
 
-    sweep: Sweep
+    sweep: Sweep | GenerationSweep
     cells: list[JobResult]
     extractions: list[JobResult]
     report: Path | None = None
@@ -47,7 +52,11 @@ class Summary:
             f"sweep {self.sweep.name}: {len(self.cells)} cells — {c['done']} done, {c['skipped']} skipped, "
             f"{c['failed']} failed"
             + (f", {c['cancelled']} cancelled" if c["cancelled"] else "")
-            + f"; {len(self.extractions)} extraction jobs ({ran} extracted, {found} found complete)"
+            + (
+                f"; {len(self.extractions)} extraction jobs ({ran} extracted, {found} found complete)"
+                if self.extractions
+                else ""
+            )
             + (
                 f"; {len(self.screens)} shared screen jobs "
                 f"({sum(r.status == 'done' for r in self.screens)} computed, "
@@ -55,7 +64,7 @@ class Summary:
                 if self.screens
                 else ""
             )
-            + f" → {self.sweep.table}"
+            + f" → {self.sweep.output}"
         )
         rows = [
             {
