@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from probebench.core.errors import ProbebenchError
 from probebench.core.results import fmt_layers, fmt_timestep, git_commit, read_results
 from probebench.core.rundir import HEADS_DIR, RunDir, model_slug
@@ -59,29 +61,42 @@ def _head_files(run: RunDir, variant: str, stage_label: str | None) -> list[dict
     return found
 
 
+def _distinct(values: list[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
 def _val_scores(rows: Any, head: dict[str, Any]) -> dict[str, float]:
-    """The validation rows of one saved head (its model, variant, task, cell and seed) as {metric: value}."""
+    """The validation rows of one saved head (its model, variant, task, cell and seed) as {metric: value}; the
+    cell labelled as result rows label it (distinct layers and timesteps in input order)."""
     meta, spec = head["meta"], head["spec"]
-    layers = [i["layer"] for i in spec["inputs"]]
-    times = [i["timestep"] for i in spec["inputs"]]
-    sel = rows[
+    layers = _distinct([i["layer"] for i in spec["inputs"]])
+    times = _distinct([i["timestep"] for i in spec["inputs"]])
+    mask = (
         (rows["probe"] == meta["name"].split("/")[0])
         & (rows["task"] == head["task"])
         & (rows["split"] == "val")
-        & (rows["layer"] == fmt_layers(layers if len(set(layers)) > 1 else layers[0]))
+        & (rows["layer"] == fmt_layers(layers if len(layers) > 1 else layers[0]))
         & (rows["timestep"] == fmt_timestep(times if len(times) > 1 else times[0]))
-    ]
-    sel = sel[[model_slug(b, w) == head["model"] for b, w in zip(sel["backbone"], sel["weights"])]]
+    ).to_numpy(dtype=bool, copy=True)
+    mask &= np.array(
+        [model_slug(b, w) == head["model"] for b, w in zip(rows["backbone"], rows["weights"])], dtype=bool
+    )
     if head["seed"] is not None:
-        sel = sel[sel["seed"] == head["seed"]]
+        mask &= (rows["seed"] == head["seed"]).to_numpy(dtype=bool, copy=True)
+    sel = rows[mask]
     return {str(m): float(v) for m, v in zip(sel["metric"], sel["value"])}
 
 
 def _train_fingerprint(rows: Any, head: dict[str, Any], cache_dir: Path) -> dict[str, Any]:
     """The extraction fingerprint of the head's training features, from its cache on disk."""
     meta = head["meta"]
-    sel = rows[(rows["probe"] == meta["name"].split("/")[0]) & (rows["task"] == head["task"])]
-    sel = sel[[model_slug(b, w) == head["model"] for b, w in zip(sel["backbone"], sel["weights"])]]
+    mask = ((rows["probe"] == meta["name"].split("/")[0]) & (rows["task"] == head["task"])).to_numpy(
+        dtype=bool, copy=True
+    )
+    mask &= np.array(
+        [model_slug(b, w) == head["model"] for b, w in zip(rows["backbone"], rows["weights"])], dtype=bool
+    )
+    sel = rows[mask]
     hashes = sorted(set(sel["cache_hash"].dropna()))
     if len(hashes) != 1 or "+" in hashes[0]:
         raise ProbebenchError(
@@ -228,7 +243,7 @@ def export_bundle(
             "git_commit": git_commit(),
         },
     }
-    (tmp / BUNDLE_FILE).write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+    (tmp / BUNDLE_FILE).write_text(json.dumps(bundle, indent=1) + "\n")  # tasks in the run's order
     (tmp / "README.md").write_text(_readme(bundle))
     if out.exists():
         shutil.rmtree(out)

@@ -141,11 +141,20 @@ def build_parser() -> Parser:
         help="run an ablation grid from a sweep file (configs/sweeps/); resumable, local or SLURM",
         description="Expand a sweep file (base config + axes) into cells, extract each distinct feature "
         "config once, then fit every missing cell; results go to <output_dir>/<sweep name>/results.csv "
-        "with the cell name in the `run` column. Exit code 1 if any cell failed.",
+        "with the cell name in the `run` column. A sweep file with generate: (probebench generate's fields) "
+        "in place of base: makes one labelled folder dataset per cell in <output_dir>/<sweep name>/cells/ "
+        "(done once its dataset.yaml exists; no results table). Exit code 1 if any cell failed.",
     )
-    sw.add_argument("sweep_file", help="sweep YAML (base: + axes: + zip: + cell_name: + slurm:)")
     sw.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every cell, e.g. output_dir=/tmp/r"
+        "sweep_file",
+        help="sweep YAML (base: or generate:, + axes: + zip: + cell_name: + slurm:; generate: sweeps also "
+        "output_dir:)",
+    )
+    sw.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides for every cell, e.g. output_dir=/tmp/r (generate: sweeps: a generate field or output_dir)",
     )
     sw.add_argument(
         "--dry-run", action="store_true", help="print the cells and how many are done; run nothing"
@@ -170,7 +179,11 @@ def build_parser() -> Parser:
     )
     sw.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
     sw.add_argument("--max-cells", type=int, default=500, help="refuse grids larger than this (default 500)")
-    sw.add_argument("--no-report", action="store_true", help="skip REPORT.md and figures at the end")
+    sw.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip REPORT.md and figures at the end (generate: sweeps make none)",
+    )
     sw.add_argument("--no-progress", action="store_true")
 
     ck = sub.add_parser(
@@ -254,6 +267,9 @@ def build_parser() -> Parser:
     gn.add_argument("--tasks", default=None, help="comma list (default: every task of the bundle)")
     gn.add_argument("--batch-size", type=int, default=8)
     gn.add_argument("--device", default=None)
+    gn.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per process (the bytes depend on it on a CPU)"
+    )
     gn.add_argument("--name", default=None, help="dataset name in dataset.yaml")
     gn.add_argument("--no-progress", action="store_true")
 
@@ -481,6 +497,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         tasks=_tasks(args.tasks),
         batch_size=args.batch_size,
         device=args.device,
+        threads=args.threads,
         name=args.name,
     )
     distributed = _maybe_init_distributed(args.device)

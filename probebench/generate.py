@@ -10,8 +10,9 @@ Sample ``i`` (id ``s000042``) has prompt ``prompts[i mod len(prompts)]`` and ini
 ``draw_noise(seed, id)``: a pure function of (seed, i). Samples are computed in fixed batches of
 ``batch_size`` consecutive ids (batch ``b`` = samples ``b·B … b·B + B − 1``): a matrix product's last bits depend
 on how many rows it holds, so the batch is a unit of the computation like the extraction's ``compute_batch``, and
-a dataset is the same bytes for any world size and any resume, given the same ``batch_size`` (a rerun with another
-is refused). Under ``torchrun`` batch ``b`` goes to rank ``b mod W`` (``--batch-size 1``: sample ``i`` to rank
+a dataset is the same bytes for any world size and any resume, given the same ``batch_size`` and, on a CPU, the same
+threads per process (a reduction splits across threads; torchrun gives each process one thread by default, so
+compare with ``--threads 1``); a rerun with other settings is refused. Under ``torchrun`` batch ``b`` goes to rank ``b mod W`` (``--batch-size 1``: sample ``i`` to rank
 ``i mod W``). A sample is done when its marker ``.generate/done/<id>.json`` exists (written after its files); a
 rerun computes only batches with a sample not done and writes only those samples, so a killed run resumes and ends
 with the same bytes. ``dataset.yaml`` (with the provenance) and the contact
@@ -48,14 +49,14 @@ class GenerateConfig:
     seed: int = 0
     steps: int | None = None  # None: the family's pipeline default (tiny-mmdit: its recipe's 40)
     guidance: float = 1.0
-    negative_prompt: str | None = (
-        None  # guidance's negative (None: the prompt the bundle's features were made with)
-    )
+    # guidance's negative (None: the prompt the bundle's features were made with)
+    negative_prompt: str | None = None
     tasks: list[str] | None = None
     batch_size: int = (
         8  # samples computed together: fixed batches of consecutive ids (see the module docstring)
     )
     device: str | None = None
+    threads: int | None = None  # CPU threads (None: torch's default); part of what makes the bytes on a CPU
     split: str = SPLIT
     name: str | None = None  # the dataset's name (default: generated-<backbone>)
     contact_rows: int = 8
@@ -92,7 +93,6 @@ class Generator:
     def build(cls, cfg: GenerateConfig, adapter: Any = None) -> Generator:
         """Load the bundle, build (or check) the adapter it records, load the heads and plan the schedule."""
         import backbones
-        from backbones.diffusion.sampling import plan_sigmas
         from probes.bundle import load_bundle
 
         cfg.check()
@@ -109,7 +109,7 @@ class Generator:
             )
         bundle.check_generator(adapter)
         steps = int(cfg.steps or getattr(adapter, "default_steps", 28))
-        plan = plan_sigmas(adapter.sampling_sigmas(steps), bundle.timesteps())
+        plan = adapter.sampling_plan(steps, bundle.timesteps())
         nets = {t: n.to(adapter.device) for t, n in bundle.load_heads().items()}
         return cls(cfg, bundle, adapter, nets, plan, steps)
 
@@ -119,10 +119,8 @@ class Generator:
     def noise(self, i: int) -> Any:
         from backbones.diffusion.noise import draw_noise
 
-        a = self.adapter
-        side = a.image_size // a.vae_factor
-        channels = int(a.transformer.config.in_channels)
-        return draw_noise((channels, side, side), seed=self.cfg.seed, image_id=sample_id(i), draw=0)
+        shape = self.adapter.sampling_latent_shape()
+        return draw_noise(shape, seed=self.cfg.seed, image_id=sample_id(i), draw=0)
 
     def run(self, indices: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int]]:
         """Images (B, H, W, 3) in [0, 1], each task's decoded labels (B, H, W), and the forwards spent."""
@@ -131,7 +129,7 @@ class Generator:
         from backbones.diffusion.sampling import sample_with_features
         from probes.bundle import decode_heads
 
-        conds = [self.adapter.encode_text(self.prompt(i)) for i in indices]
+        conds = [self.adapter.sample_condition(self.prompt(i)) for i in indices]
         latents = torch.stack([self.noise(i) for i in indices])
         traj = sample_with_features(
             self.adapter,
@@ -142,7 +140,7 @@ class Generator:
             guidance=self.cfg.guidance,
             negative=None
             if self.cfg.negative_prompt is None
-            else self.adapter.encode_text(self.cfg.negative_prompt),
+            else self.adapter.sample_condition(self.cfg.negative_prompt),
         )
         size = tuple(traj.images.shape[-2:])
         decoded = decode_heads(self.bundle, self.nets, traj.features, size)
@@ -151,6 +149,14 @@ class Generator:
             for t, h in self.bundle.heads.items()
         }
         return traj.images.permute(0, 2, 3, 1).cpu().numpy(), labels, traj.forwards
+
+    def compute(self) -> dict[str, Any]:
+        """What besides the settings changes a sample's last bits: the device type and, on a CPU, the thread count
+        (a reduction splits across threads: 1 and 2 threads give different bytes)."""
+        import torch
+
+        kind = self.adapter.device.type
+        return {"device_type": kind, "cpu_threads": torch.get_num_threads() if kind == "cpu" else None}
 
     def provenance(self) -> dict[str, Any]:
         """What ``dataset.yaml`` records of how the samples were made (nothing that depends on the world size)."""
@@ -184,6 +190,7 @@ class Generator:
             "forwards_per_sample": len(self.plan.sigmas) * (2 if self.cfg.guidance > 1 else 1)
             + int(self.plan.clean),
             "sampler": "diffusers " + type(self.adapter.sampling_pipeline()).__name__,
+            "compute": self.compute(),
         }
 
 
@@ -198,9 +205,14 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
         if old != settings:
             diffs = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+            hint = (
+                " (on a CPU the thread count changes a sample's last bits: pass --threads)"
+                if "compute" in diffs
+                else ""
+            )
             raise ProbebenchError(
-                f"{out} holds samples of another generation (different {', '.join(diffs)}); choose another --out "
-                "or delete it."
+                f"{out} holds samples of another generation (different {', '.join(diffs)}){hint}; choose another "
+                "--out or delete it."
             )
     else:
         atomic_write_json(path, settings)
@@ -208,7 +220,20 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
 
 def generate(cfg: GenerateConfig, *, adapter: Any = None, progress: bool = True) -> Path:
     """Generate ``cfg.num_samples`` labelled samples into ``cfg.out`` (this rank's share under torchrun); the
-    rank that finds every sample done writes the contact sheet and ``dataset.yaml``. Returns the output folder."""
+    rank that finds every sample done writes the contact sheet and ``dataset.yaml``. Returns the output folder.
+    ``cfg.threads`` holds for the call (the previous thread count is restored)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _generate(cfg, adapter, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _generate(cfg: GenerateConfig, adapter: Any, progress: bool) -> Path:
     import torch
     from tqdm.auto import tqdm
 
@@ -218,8 +243,8 @@ def generate(cfg: GenerateConfig, *, adapter: Any = None, progress: bool = True)
     gen = Generator.build(cfg, adapter)
     out = Path(cfg.out)
     rank, world = dist_info()
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "contact_rows")}
-    settings.update(bundle_sha256=gen.bundle.hash, steps=gen.steps)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "threads", "contact_rows")}
+    settings.update(bundle_sha256=gen.bundle.hash, steps=gen.steps, compute=gen.compute())
     if rank == 0:
         _done_dir(out).mkdir(parents=True, exist_ok=True)
         _check_settings(out, settings)

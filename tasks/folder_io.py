@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from probebench.core.errors import ProbebenchError
+from probebench.core.io import atomic_write_bytes
 from tasks.base import TargetSpec
 from tasks.loaders import target_folder
 
@@ -55,5 +56,5 @@ def write_meta(root: Path, name: str, specs: Mapping[str, TargetSpec], source: M
             meta[key] = value
     meta.update(targets=list(specs), source=dict(source))
     path = Path(root) / META_FILE
-    path.write_text(yaml.safe_dump(meta, sort_keys=False))
+    atomic_write_bytes(path, yaml.safe_dump(meta, sort_keys=False).encode())  # it marks the folder complete
     return path

@@ -59,7 +59,7 @@ def gen_cfg(bundle: Path, out: Path, **kw) -> GenerateConfig:
 def test_the_bundle_records_its_heads_generator_and_choice_on_val(trained):
     out, bundle_dir, _ = trained
     b = load_bundle(bundle_dir)
-    assert set(b.tasks) == {"segmentation", "saliency", "depth"}
+    assert b.tasks == ["segmentation", "saliency", "depth"]  # the run's order (the contact sheet's columns)
     assert b.generator["backbone"] == "tiny-mmdit" and b.generator["adapter"]["weights"].startswith(
         "file:sha256:"
     )
@@ -243,3 +243,50 @@ def test_guidance_reads_the_conditional_half_and_records_its_negative(trained, t
     src = yaml.safe_load((out / "dataset.yaml").read_text())["source"]
     assert src["guidance"] == 3.0 and src["negative_prompt"] == "background floor"
     assert src["forwards_per_sample"] == 2 * len(src["sigmas"]) + 1
+
+
+def test_the_cpu_thread_count_is_part_of_what_makes_the_bytes(trained, tmp_path):
+    """A reduction splits across threads, so 1 and 2 threads give different last bits: the count is recorded,
+    and a rerun into the folder with another is refused rather than mixing samples."""
+    _, bundle_dir, _ = trained
+    out = generate(gen_cfg(bundle_dir, tmp_path / "t", num_samples=1, threads=1), progress=False)
+    src = yaml.safe_load((out / "dataset.yaml").read_text())["source"]
+    assert src["compute"] == {"device_type": "cpu", "cpu_threads": 1}
+    with pytest.raises(ProbebenchError, match=r"different compute\) \(on a CPU the thread count .*--threads"):
+        generate(gen_cfg(bundle_dir, tmp_path / "t", num_samples=1, threads=2), progress=False)
+
+
+def test_export_labels_a_multi_layer_heads_cell_as_result_rows_do():
+    """A head over two layers × three timesteps is the rows' cell ``2+4`` / ``0+0.35+0.7`` (distinct values in
+    input order), not one label per input."""
+    import pandas as pd
+
+    from probebench.bundles import _val_scores
+
+    inputs = [{"layer": la, "timestep": t} for la in (2, 4) for t in (0.0, 0.35, 0.7)]
+    head = {
+        "meta": {"name": "fusion-spatial/depth/x"},
+        "spec": {"inputs": inputs},
+        "task": "depth",
+        "model": "tiny-mmdit-default",
+        "seed": 1,
+    }
+    row = {
+        "probe": "fusion-spatial",
+        "task": "depth",
+        "split": "val",
+        "layer": "2+4",
+        "timestep": "0+0.35+0.7",
+        "backbone": "tiny-mmdit",
+        "weights": "default",
+        "metric": "rmse",
+    }
+    rows = pd.DataFrame(
+        [
+            {**row, "seed": 0, "value": 1.5},
+            {**row, "seed": 1, "value": 1.2},
+            {**row, "seed": 1, "layer": "2", "value": 9.0},
+        ]
+    )
+    assert _val_scores(rows, head) == {"rmse": 1.2}
+    assert _val_scores(rows, {**head, "model": "other-default"}) == {}
