@@ -57,6 +57,9 @@ class SD3Adapter(TextConditionedAdapter):
         "tokenizer_2",
         "tokenizer_3",
     )
+    # the row of a one-word prompt's embeddings that stands for the word (concept tokens,
+    # backbones.diffusion.concepts): CLIP's first sub-word after BOS
+    concept_row = 1
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -189,6 +192,7 @@ class FluxAdapter(TextConditionedAdapter):
     """FLUX.1: packed 2×2 latents, position ids, 19 double + 38 single-stream blocks as one list of layers."""
 
     text_subfolders = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    concept_row = 0  # concept tokens (backbones.diffusion.concepts): T5's first sub-word (T5 has no BOS)
 
     def __init__(self, *args: Any, guidance_scale: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)

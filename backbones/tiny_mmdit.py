@@ -222,6 +222,8 @@ def create_tiny_mmdit(
         compute_batch=compute_batch,
     )
     adapter.text_encoder = lambda prompt: encode(caption_words(prompt))
+    # concept tokens (backbones.diffusion.concepts): a one-word caption is [word, <pad> x 7], row 0 is the word's
+    adapter.concept_row = 0
     adapter.default_steps = 40  # the recipe's sampler (recipes/tiny_mmdit/train.py)
     return adapter
 

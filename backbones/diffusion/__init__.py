@@ -42,6 +42,8 @@ import X`` works for every public name):
 * :mod:`~backbones.diffusion.weights`: loading — HF cache / download, local diffusers folders, random weights.
 * :mod:`~backbones.diffusion.adapter`: the base classes :class:`DiffusionAdapter`, :class:`TextConditionedAdapter`.
 * :mod:`~backbones.diffusion.factory`: :func:`create_diffusion_adapter` and :func:`register_diffusion`.
+* :mod:`~backbones.diffusion.concepts`: concept-attention maps of the MM-DiTs (SD3 class, FLUX), as features
+  (:func:`concept_maps`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ from backbones.diffusion.adapter import (
     TextConditionedAdapter,
     free_memory,
     load_text_pipeline,
+)
+from backbones.diffusion.concepts import (
+    ConceptEmbeddings,
+    ConceptMapAdapter,
+    ConceptStream,
+    concept_maps,
+    concept_scores,
+    embed_concepts,
 )
 from backbones.diffusion.factory import (
     DIFFUSION_SPECS,
@@ -105,6 +115,9 @@ __all__ = [
     "SD3_VAE_CONFIG",
     "SDXL_VAE_CONFIG",
     "SD_VAE_CONFIG",
+    "ConceptEmbeddings",
+    "ConceptMapAdapter",
+    "ConceptStream",
     "DDPMSchedule",
     "DiffusionAdapter",
     "DiffusionModules",
@@ -116,10 +129,13 @@ __all__ = [
     "TextConditioning",
     "TextSpec",
     "build_modules",
+    "concept_maps",
+    "concept_scores",
     "create_diffusion_adapter",
     "diffusion_spec",
     "diffusion_weights_note",
     "draw_noise",
+    "embed_concepts",
     "encode_latents",
     "folder_fingerprint",
     "free_memory",

@@ -265,6 +265,26 @@ class DiffusionAdapter(Adapter):
         seed: int,
         noise_draws: int,
     ) -> dict[FeatureKey, torch.Tensor]:
+        return self.average_over_draws(
+            x, layers, timesteps, image_ids=image_ids, seed=seed, noise_draws=noise_draws
+        )
+
+    def average_over_draws(
+        self,
+        x: torch.Tensor,
+        layers: list[int],
+        timesteps: list[Any],
+        *,
+        image_ids: Sequence[str] | None,
+        seed: int,
+        noise_draws: int,
+        forward: Callable[[torch.Tensor, torch.Tensor, list[int]], dict[int, torch.Tensor]] | None = None,
+    ) -> dict[FeatureKey, torch.Tensor]:
+        """The extraction of one compute batch: encode, noise to every timestep, ``forward(noisy latents, model
+        timesteps, layers)`` (default :meth:`forward_features`; layer → (rows, C, h, w)) once per noise draw,
+        mean over draws, split into ``(layer, timestep)``. Other per-layer maps of the same forward (the concept
+        maps of :mod:`backbones.diffusion.concepts`) pass their own ``forward`` and inherit everything else."""
+        forward = forward or self.forward_features
         ids = [str(i) for i in (image_ids if image_ids is not None else range(x.shape[0]))]
         n_t = len(timesteps)
         if all(self.schedule.alpha_sigma(t)[1] == 0.0 for t in timesteps):
@@ -273,7 +293,7 @@ class DiffusionAdapter(Adapter):
         model_t = self.model_timesteps(timesteps, len(ids))
         acc: dict[int, torch.Tensor] = {}
         for k in range(noise_draws):
-            feats = self.forward_features(self.noised(z0, timesteps, ids, seed, k), model_t, layers)
+            feats = forward(self.noised(z0, timesteps, ids, seed, k), model_t, layers)
             for layer, f in feats.items():
                 acc[layer] = f if layer not in acc else acc[layer] + f
         out: dict[FeatureKey, torch.Tensor] = {}
