@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from analysis.layout import fit_texts
-from analysis.predictions import _legend_columns
+from analysis.predictions import _legend_columns, draw_colorbar, draw_key
 from tasks.base import TargetSpec
 from tasks.loaders import target_folder
 
@@ -74,23 +74,10 @@ def contact_sheet(
         for r in range(n):
             im = axes[r, c].imshow(p.pred[r], **p.imshow)
         axes[0, c].set_title(f"{t}\n(decoded in the same pass)", fontsize=9)
-        if p.colorbar and im is not None:
-            cb = fig.colorbar(im, ax=list(axes[:, c]), shrink=0.9, extend=p.colorbar_extend)
-            cb.set_label(p.colorbar, fontsize=8)
-            cb.ax.tick_params(labelsize=7)
+        if im is not None:
+            draw_colorbar(fig, im, list(axes[:, c]), p)
         if keyed:
-            key = fig.add_subplot(gs[n, c])
-            key.axis("off")
-            if p.legend:
-                key.legend(
-                    handles=p.legend,
-                    loc="upper center",
-                    ncol=_legend_columns(p.legend, col_in * 1.6, fontsize),
-                    fontsize=fontsize,
-                    frameon=False,
-                    handlelength=1.2,
-                    columnspacing=0.8,
-                )
+            draw_key(fig.add_subplot(gs[n, c]), p, col_in * 1.6, fontsize)
     if keyed:
         fig.add_subplot(gs[n, 0]).axis("off")
     for ax in axes.flat:

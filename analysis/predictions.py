@@ -65,6 +65,31 @@ def _legend_columns(handles: list[Patch], width_in: float, fontsize: float) -> i
     return 1
 
 
+def draw_colorbar(fig: plt.Figure, im: Any, axes: list[Any], p: Panels) -> None:
+    """The colour bar of a task's panels beside ``axes`` (none when its kind keys it by a legend)."""
+    if p.colorbar:
+        cb = fig.colorbar(im, ax=axes, shrink=0.9, extend=p.colorbar_extend)
+        cb.set_label(p.colorbar, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+
+
+def draw_key(key: Any, p: Panels, width_in: float, fontsize: float) -> None:
+    """A task's legend (its kind's handles) in the axes ``key`` under its columns, ``width_in`` inches wide."""
+    key.axis("off")
+    if p.legend:
+        key.legend(
+            handles=p.legend,
+            loc="upper center",
+            ncol=_legend_columns(p.legend, width_in, fontsize),
+            fontsize=fontsize,
+            title=p.legend_title or None,
+            title_fontsize=8,
+            frameon=False,
+            handlelength=1.2,
+            columnspacing=0.8,
+        )
+
+
 def plot_model_predictions(heads: HeadsDir | Path, out_dir: Path, num_rows: int = 4) -> list[Path]:
     """The panel figure of one heads directory (PNG and PDF), or ``[]`` when it has no predictions/images."""
     heads = heads if isinstance(heads, HeadsDir) else HeadsDir(Path(heads))
@@ -118,25 +143,10 @@ def plot_model_predictions(heads: HeadsDir | Path, out_dir: Path, num_rows: int 
         where = fmt_cell(meta.get("layer", "?"), meta.get("timestep", "none"))
         axes[0, 1 + 2 * c].set_title(f"{kind}\ntarget", fontsize=9)
         axes[0, 2 + 2 * c].set_title(f"{kind}\nprobe ({where})", fontsize=9)
-        if p.colorbar and im is not None:
-            cb = fig.colorbar(im, ax=list(axes[:, 2 + 2 * c]), shrink=0.9, extend=p.colorbar_extend)
-            cb.set_label(p.colorbar, fontsize=8)
-            cb.ax.tick_params(labelsize=7)
+        if im is not None:
+            draw_colorbar(fig, im, list(axes[:, 2 + 2 * c]), p)
         if keyed:
-            key = fig.add_subplot(gs[n, 1 + 2 * c : 3 + 2 * c])
-            key.axis("off")
-            if p.legend:
-                key.legend(
-                    handles=p.legend,
-                    loc="upper center",
-                    ncol=_legend_columns(p.legend, 2 * col_in, fontsize),
-                    fontsize=fontsize,
-                    title=p.legend_title or None,
-                    title_fontsize=8,
-                    frameon=False,
-                    handlelength=1.2,
-                    columnspacing=0.8,
-                )
+            draw_key(fig.add_subplot(gs[n, 1 + 2 * c : 3 + 2 * c]), p, 2 * col_in, fontsize)
     if keyed:
         fig.add_subplot(gs[n, 0]).axis("off")
     for ax in axes.flat:

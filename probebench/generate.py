@@ -198,6 +198,18 @@ def _done_dir(out: Path) -> Path:
     return out / STATE_DIR / "done"
 
 
+NOT_SETTINGS = ("out", "device", "threads", "contact_rows")  # where and how it runs, not what it makes
+
+
+def generation_settings(cfg: GenerateConfig, bundle_hash: str | None, **made: Any) -> dict[str, Any]:
+    """What a generation's samples are made of (recorded in ``.generate/settings.json``; a rerun into the folder
+    must match it): ``cfg``'s fields but :data:`NOT_SETTINGS`, the bundle's hash, and ``made`` (``steps`` as
+    resolved, ``compute``)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NOT_SETTINGS}
+    settings.update(bundle_sha256=bundle_hash, **made)
+    return settings
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """A rerun into ``out`` must be the same generation (else its samples would mix two settings)."""
     path = out / STATE_DIR / "settings.json"
@@ -243,8 +255,7 @@ def _generate(cfg: GenerateConfig, adapter: Any, progress: bool) -> Path:
     gen = Generator.build(cfg, adapter)
     out = Path(cfg.out)
     rank, world = dist_info()
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "device", "threads", "contact_rows")}
-    settings.update(bundle_sha256=gen.bundle.hash, steps=gen.steps, compute=gen.compute())
+    settings = generation_settings(cfg, gen.bundle.hash, steps=gen.steps, compute=gen.compute())
     if rank == 0:
         _done_dir(out).mkdir(parents=True, exist_ok=True)
         _check_settings(out, settings)

@@ -92,17 +92,20 @@ def create_diffusion_adapter(
 
     torch_dtype = parse_dtype(dtype)
     resolved = resolve_weights(spec, weights, config, random_seed)
-    root = resolved[0]
-    options = adapter_cls.before_load(
-        spec,
-        weights=weights,
-        config=config,
-        root=root,
-        random_seed=random_seed,
-        device=device,
-        dtype=torch_dtype,
-        **family_kwargs,
-    )
+
+    def before_load(**kwargs: Any) -> dict[str, Any]:  # also embeds other prompts later (generation)
+        return adapter_cls.before_load(
+            spec,
+            weights=weights,
+            config=config,
+            root=resolved[0],
+            random_seed=random_seed,
+            device=device,
+            dtype=torch_dtype,
+            **kwargs,
+        )
+
+    options = before_load(**family_kwargs)
     modules, weights_id, root = build_modules(
         spec, weights, config=config, random_seed=random_seed, dtype=torch_dtype, resolved=resolved
     )
@@ -135,23 +138,9 @@ def create_diffusion_adapter(
     adapter.spec = spec
     if isinstance(
         adapter, TextConditionedAdapter
-    ):  # other prompts (generation): the same text path as the first
+    ):  # other prompts (generation): the first prompt's text path
         rest = {k: v for k, v in family_kwargs.items() if k not in ("prompt", "text_embeddings")}
-
-        def encode(prompt: str) -> TextConditioning:
-            return adapter_cls.before_load(  # type: ignore[no-any-return]
-                spec,
-                weights=weights,
-                config=config,
-                root=root,
-                random_seed=random_seed,
-                device=device,
-                dtype=torch_dtype,
-                prompt=prompt,
-                **rest,
-            )["text_embeddings"]
-
-        adapter.text_encoder = encode
+        adapter.text_encoder = lambda prompt: before_load(prompt=prompt, **rest)["text_embeddings"]
     return adapter
 
 

@@ -17,7 +17,7 @@ import fnmatch
 import io
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from probebench.config import RunConfig
 from probebench.core.errors import ProbebenchError
 from probebench.core.io import atomic_write_bytes
 from probebench.core.results import RESULTS_FILE, append_results, done_cells, locked, read_results
-from probebench.generate import STATE_DIR, GenerateConfig
+from probebench.generate import STATE_DIR, GenerateConfig, generation_settings
 from probebench.pipeline import model_key, model_label, stage_keys, stage_seeds
 from probebench.pipeline import stage_groups as pipeline_groups
 from probebench.sweep.spec import Cell, Sweep, unknown_cell
@@ -169,10 +169,10 @@ def generation_progress(cfg: GenerateConfig, bundle_hash: str | None = None) -> 
     recorded = state / "settings.json"
     if recorded.is_file():
         old = json.loads(recorded.read_text())
-        new = asdict(cfg)
+        new = generation_settings(cfg, bundle_hash)
         if cfg.steps is None:
             new.pop("steps")
-        if bundle_hash is not None:
-            new["bundle_sha256"] = bundle_hash
+        if bundle_hash is None:
+            new.pop("bundle_sha256")
         progress.differs = [k for k, v in new.items() if k in old and old[k] != v]
     return progress
