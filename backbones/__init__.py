@@ -17,11 +17,20 @@ def create(
 
     ``weights``: ``"default"`` (the registered pretrained weights, from disk/cache; offline-safe), ``"random"``
     (the real architecture with seeded random weights; never touches the network) or a path to a local file.
+    ``concepts``: concept words (or a mapping, :class:`backbones.diffusion.concepts.ConceptSpec`) — the adapter's
+    features are then the model's concept-attention maps (MM-DiTs only; any other backbone is an error naming
+    the ones that support them).
     """
     if not isinstance(weights, str) or not weights:
         raise ValueError(f"weights must be 'default', 'random' or a path, got {weights!r}")
+    concepts = kwargs.pop("concepts", None)
     factory = BACKBONES.get(name)
-    return factory(name, weights=weights, device=device, dtype=dtype, **kwargs)
+    adapter = factory(name, weights=weights, device=device, dtype=dtype, **kwargs)
+    if concepts is None:
+        return adapter
+    from backbones.diffusion.concepts import concept_maps
+
+    return concept_maps(adapter, concepts)
 
 
 def list_backbones() -> list[str]:

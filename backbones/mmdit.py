@@ -60,6 +60,7 @@ class SD3Adapter(TextConditionedAdapter):
     # the row of a one-word prompt's embeddings that stands for the word (concept tokens,
     # backbones.diffusion.concepts): CLIP's first sub-word after BOS
     concept_row = 1
+    concept_tokenizer = "tokenizer"  # CLIP-L's, whose sub-words the concept row follows
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -193,6 +194,7 @@ class FluxAdapter(TextConditionedAdapter):
 
     text_subfolders = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     concept_row = 0  # concept tokens (backbones.diffusion.concepts): T5's first sub-word (T5 has no BOS)
+    concept_tokenizer = "tokenizer_2"  # T5's
 
     def __init__(self, *args: Any, guidance_scale: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)

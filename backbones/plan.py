@@ -123,6 +123,7 @@ class _Arch:
     schedule: Any  # a NoiseSchedule, or None for a non-diffusion backbone
     source: str
     notes: tuple[str, ...] = ()
+    joint_layers: int = 0  # the joint (text + image) blocks concept maps are read from (0: none)
 
 
 def _sizes(*modules: torch.nn.Module) -> tuple[int, int]:
@@ -158,6 +159,7 @@ def _diffusion_arch(name: str, weights: str, image_size: int | None, dtype: torc
         )
     side = size // step
     num_layers = len(adapter_cls.block_list(transformer))
+    joint = len(getattr(transformer, "transformer_blocks", ())) if spec.family in ("sd3", "flux") else 0
     text = spec.tiny_text if tiny else spec.text
     n, nbytes = _sizes(transformer, vae)
     schedule = (
@@ -174,6 +176,7 @@ def _diffusion_arch(name: str, weights: str, image_size: int | None, dtype: torc
         schedule,
         f"registered {'tiny ' if tiny else ''}config of {spec.hf_id} ({spec.transformer_cls} + {spec.vae_cls})",
         ("text encoders run once per prompt before extraction (not counted)",) if weights != "random" else (),
+        joint,
     )
 
 
@@ -209,6 +212,7 @@ def _tiny_mmdit_arch(weights: str, image_size: int | None, opts: dict) -> _Arch:
         4,
         FlowSchedule(1000.0),
         "the weight file's model_config (metadata only)",
+        joint_layers=int(mcfg["num_layers"]),
     )
 
 
@@ -278,6 +282,29 @@ def _arch(name: str, weights: str, image_size: int | None, dtype: torch.dtype, o
     )
 
 
+def _concept_arch(name: str, arch: _Arch, concepts: Any) -> _Arch:
+    """The architecture's concept maps: its joint blocks, each a (h, w, C concepts) map."""
+    from backbones.diffusion.concepts import ConceptSpec, supported_backbones
+
+    spec = ConceptSpec.parse(concepts)
+    if not arch.joint_layers:
+        raise ProbebenchError(
+            f"Concept maps need an MM-DiT's joint attention; {name} has none. Backbones that support them: "
+            f"{', '.join(supported_backbones())}."
+        )
+    c = 2 if spec.output == "pair" else len(spec.words)
+    h, w, _ = arch.channels[0]
+    return replace(
+        arch,
+        num_layers=arch.joint_layers,
+        channels=dict.fromkeys(range(arch.joint_layers), (h, w, c)),
+        notes=(
+            *arch.notes,
+            "concept maps: the concept stream's memory is checked at extraction (concept_memory_bytes)",
+        ),
+    )
+
+
 def feature_plan(
     name: str,
     weights: str = "default",
@@ -289,16 +316,21 @@ def feature_plan(
     dtype: str | torch.dtype | None = None,
     noise_draws: int = 1,
     pool_to: int | None = None,
+    concepts: Any = None,
 ) -> BackbonePlan:
     """The extraction cost of backbone ``name`` per image, without loading weights (see the module docstring).
 
     Arguments mean what they mean to :func:`backbones.create` and :func:`backbones.store.extract_to_cache`:
     ``options`` are the backbone's creation options (``config="tiny"``, ``compute_batch``, ...), ``layers`` and
-    ``timesteps`` are resolved as the adapter resolves them, ``pool_to`` shrinks the stored maps.
+    ``timesteps`` are resolved as the adapter resolves them, ``pool_to`` shrinks the stored maps; ``concepts``
+    (as ``backbones.create`` takes them): the features are concept maps, one channel per word (two for ``output:
+    pair``) on the joint blocks.
     """
     opts = dict(options or {})
     torch_dtype = parse_dtype(dtype)
     arch = _arch(name, weights, image_size, torch_dtype, opts)
+    if concepts is not None:
+        arch = _concept_arch(name, arch, concepts)
     layer_idx = resolve_layers(layers, arch.num_layers)
     if arch.schedule is None:
         if timesteps is not None and not (

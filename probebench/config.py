@@ -100,6 +100,9 @@ class BackboneConfig:
     # screened without a cache
     cells: str = "best"
     options: dict[str, Any] = field(default_factory=dict)
+    # concept words (or {words, score, output, background}: backbones.diffusion.concepts.ConceptSpec): the
+    # backbone's features are then its concept-attention maps (MM-DiTs), one channel per word
+    concepts: Any = None
 
 
 @dataclass
@@ -257,7 +260,10 @@ class RunConfig:
 RUNTIME_ONLY = {("extract",), ("output_dir",)}  # excluded from the config hash
 # keys added after result tables existed, left out of every identity while they hold their default (which is
 # what every earlier config meant), so adding them changed no hash
-NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {"data": {"test": None}, "backbone": {"cells": "best"}}
+NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"test": None},
+    "backbone": {"cells": "best", "concepts": None},
+}
 
 
 def identity_dict(section: str, d: Mapping[str, Any]) -> dict[str, Any]:

@@ -160,6 +160,7 @@ def backbone_plan(b: BackboneConfig, **changes: Any) -> BackbonePlan:
         options=b.options,
         dtype=b.dtype,
         noise_draws=b.noise_draws,
+        concepts=b.concepts,
         **kw,
     )
 

@@ -90,7 +90,8 @@ def images(n: int = 3, size: int = 64) -> torch.Tensor:
 def test_outputs_and_image_features_are_bit_identical_with_the_stream(name, request):
     ad = request.getfixturevalue(name)
     words = WORDS if name == "tiny" else ["cat", "dog", "sky"]
-    stream = ConceptStream(ad, embed_concepts(ad, words))
+    score = "cross-attention" if name in ("sd35", "flux_dev") else "output"  # the baseline's hooks too
+    stream = ConceptStream(ad, embed_concepts(ad, words), score=score)
     layers, joint = list(range(ad.num_layers)), joint_layers(ad)  # FLUX: + the single-stream layers
     z, t = latents(ad), ad.model_timesteps([0.6], 2)
     with torch.inference_mode():
@@ -171,14 +172,21 @@ def reference_block(block, h, ctx, c, temb):
     qc, kc, vc, gates = context(c)
     o_c = _merge(_attend(qc, torch.cat([ki, kc], 2), torch.cat([vi, vc], 2)))  # concepts: image + concepts
     maps = torch.softmax(torch.einsum("bcd,bnd->bcn", o_c, o_img), dim=1)
+    cross = _cross(qi, kc)
     if gates is None:
-        return None, o_c, maps
+        return None, o_c, maps, cross
     g_msa, sh_mlp, sc_mlp, g_mlp = gates
     c = c + g_msa[:, None] * _lin(o_c, attn.to_add_out)
     n2 = _ln(c) * (1 + sc_mlp[:, None]) + sh_mlp[:, None]
     ff = block.ff_context.net
     c = c + g_mlp[:, None] * _lin(F.gelu(_lin(n2, ff[0].proj), approximate="tanh"), ff[2])
-    return c, o_c, maps
+    return c, o_c, maps, cross
+
+
+def _cross(q_img, k_c):
+    """ConceptAttention's baseline by hand: softmax over concepts of the head-averaged q_img·k_c / √d."""
+    logits = (q_img @ k_c.transpose(-1, -2)).mean(1) / math.sqrt(q_img.shape[-1])  # (B, N, C)
+    return torch.softmax(logits.transpose(1, 2), dim=1)
 
 
 def _rope(x, cos, sin):
@@ -210,11 +218,12 @@ def reference_flux_block(block, h, ctx, c, temb, temb_c, rope):
     qc, kc, vc, (g_msa, sh_mlp, sc_mlp, g_mlp) = context(c, temb_c)
     o_c = _merge(_attend(qc, torch.cat([kc, k_all[:, :, n_txt:]], 2), torch.cat([vc, vi], 2)))
     maps = torch.softmax(torch.einsum("bcd,bnd->bcn", o_c, o_img), dim=1)
+    cross = _cross(q_all[:, :, n_txt:], kc)
     c = c + g_msa[:, None] * _lin(o_c, attn.to_add_out)
     n2 = _ln(c) * (1 + sc_mlp[:, None]) + sh_mlp[:, None]
     ff = block.ff_context.net
     c = c + g_mlp[:, None] * _lin(F.gelu(_lin(n2, ff[0].proj), approximate="tanh"), ff[2])
-    return c, o_c, maps
+    return c, o_c, maps, cross
 
 
 @pytest.mark.parametrize("name", ["sd3", "sd35", "flux", "flux_dev"])
@@ -237,9 +246,11 @@ def test_concept_rows_match_a_hand_written_attention(name, request):
     tte = ad.transformer.time_text_embed
     handles.append(tte.register_forward_pre_hook(lambda m, a: temb_args.append(a)))
     stream = ConceptStream(ad, concepts, record=True)
+    baseline = ConceptStream(ad, concepts, score="cross-attention")  # ConceptAttention's baseline maps
     z, t = latents(ad, seed=2), ad.model_timesteps([0.5], 2)
+    read = range(len(blocks))
     try:
-        with torch.inference_mode(), stream.attached(read=range(len(blocks))):
+        with torch.inference_mode(), stream.attached(read=read), baseline.attached(read=read):
             ad.run_transformer(z, t)
     finally:
         for h in handles:
@@ -251,11 +262,13 @@ def test_concept_rows_match_a_hand_written_attention(name, request):
         for i, b in enumerate(blocks):
             h, ctx, temb, rope = inputs[i]
             if flux:
-                c_next, o_c, maps = reference_flux_block(b, h, ctx, c, temb, temb_c, rope)
+                c_next, o_c, maps, cross = reference_flux_block(b, h, ctx, c, temb, temb_c, rope)
             else:
-                c_next, o_c, maps = reference_block(b, h, ctx, c, temb)
+                c_next, o_c, maps, cross = reference_block(b, h, ctx, c, temb)
             torch.testing.assert_close(stream.outputs[i], o_c, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(stream.maps[i], maps, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(baseline.maps[i], cross, atol=1e-5, rtol=1e-5)
+            assert not torch.allclose(cross, maps, atol=1e-3)  # two different readings
             c = c_next
     assert flux or c is None  # the last SD3 block ends the stream
     assert not torch.allclose(stream.maps[0], stream.maps[len(blocks) - 1])  # the concepts moved

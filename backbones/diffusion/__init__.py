@@ -57,6 +57,7 @@ from backbones.diffusion.adapter import (
 from backbones.diffusion.concepts import (
     ConceptEmbeddings,
     ConceptMapAdapter,
+    ConceptSpec,
     ConceptStream,
     concept_maps,
     concept_scores,
@@ -117,6 +118,7 @@ __all__ = [
     "SD_VAE_CONFIG",
     "ConceptEmbeddings",
     "ConceptMapAdapter",
+    "ConceptSpec",
     "ConceptStream",
     "DDPMSchedule",
     "DiffusionAdapter",

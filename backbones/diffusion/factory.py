@@ -141,6 +141,11 @@ def create_diffusion_adapter(
     ):  # other prompts (generation): the first prompt's text path
         rest = {k: v for k, v in family_kwargs.items() if k not in ("prompt", "text_embeddings")}
         adapter.text_encoder = lambda prompt: before_load(prompt=prompt, **rest)["text_embeddings"]
+        tokenizer = getattr(adapter_cls, "concept_tokenizer", None)  # the tokenizer of the concept tokens
+        if tokenizer and weights != "random" and root is not None and (Path(root) / tokenizer).is_dir():
+            from backbones.diffusion.text import word_pieces_reader
+
+            adapter.word_pieces = word_pieces_reader(Path(root) / tokenizer)
     return adapter
 
 

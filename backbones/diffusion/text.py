@@ -226,3 +226,19 @@ def text_snapshot(spec: DiffusionSpec, weights: str, root: Path, subfolders: Seq
         root = download(spec, subfolders)
     check_components(root, spec, subfolders, where)
     return root
+
+
+def word_pieces_reader(folder: Path) -> Callable[[str], list[str]]:
+    """``word → its sub-words`` by the tokenizer saved in ``folder`` (loaded on first use): what a concept word
+    becomes before its first sub-word stands for it (:func:`backbones.diffusion.concepts.embed_concepts`)."""
+    tokenizer: list[Any] = []
+
+    def pieces(word: str) -> list[str]:
+        if not tokenizer:
+            require_transformers("splitting concept words into sub-words")
+            from transformers import AutoTokenizer
+
+            tokenizer.append(AutoTokenizer.from_pretrained(str(folder)))
+        return list(tokenizer[0].tokenize(word))
+
+    return pieces
