@@ -22,15 +22,25 @@ from tasks.base import MAIN_METRIC
 Label = tuple[str, str]  # (backbone, weights) as result rows name a model
 
 
-def cell_screen(cfg: RunConfig, index: int) -> str | None:
+def cell_screen(cfg: RunConfig, index: int, backbone: int | None = None) -> str | None:
     """The ``probe`` label of the rows that best cells come from for stage ``index``: that of the nearest stage up
-    to it whose probe is per-cell and that ran on cells of its own (``all`` or a list); ``None`` when there is no
-    such stage."""
+    to it whose probe is per-cell and that ran on cells of its own (``all`` or a list) — on backbone ``backbone``
+    when given (so a per-cell stage on other backbones, e.g. a zero-shot probe of concept maps, is not the screen
+    of this one's cells); ``None`` when there is no such stage."""
     for st in reversed(cfg.probes[: index + 1]):
         cls = probe_class(st.name)
+        if backbone is not None and backbone not in runs_on(cfg, st):
+            continue
         if cls.per_cell and (st.cells == "all" or isinstance(st.cells, list)):
             return st.label or cls.rows_probe or st.name
     return None
+
+
+def runs_on(cfg: RunConfig, stage: ProbeConfig) -> list[int]:
+    """The backbones whose cells a stage scores: each selected one, or a joint group's first."""
+    if stage.backbones is not None:
+        return list(stage.backbones[:1])
+    return list(stage.select if stage.select is not None else range(len(cfg.backbones)))
 
 
 def resolve_cells(

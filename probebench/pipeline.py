@@ -123,6 +123,7 @@ def build_adapter(
         device=cfg.extract.device,
         dtype=b.dtype,
         **({"image_size": b.image_size} if b.image_size else {}),
+        **({"concepts": b.concepts} if b.concepts is not None else {}),
         **b.options,
     )
     if notes is not None:
@@ -139,7 +140,10 @@ def adapter_key(b: BackboneConfig) -> str:
     """What builds backbone ``b``'s adapter (:func:`build_adapter`): backbones that differ only in their grid or
     noise seed (e.g. noise controls) share one live adapter."""
     d = to_dict(b)
-    return stable_hash({k: d[k] for k in ("name", "weights", "dtype", "image_size", "options")}, 12)
+    keys = ("name", "weights", "dtype", "image_size", "options") + (
+        ("concepts",) if b.concepts is not None else ()
+    )
+    return stable_hash({k: d[k] for k in keys}, 12)
 
 
 def live_sources(
@@ -303,14 +307,17 @@ def stage_keys(
 def backbone_label(b: BackboneConfig) -> str:
     """A backbone's name in result rows: its options in brackets when it has any, e.g.
     ``tiny-mmdit[caption=floor sphere]`` or ``dit-xl-2-256[class_id=207]`` — so conditioned features are labelled
-    as such in every row, and two option sets of one model never share rows."""
-    if not b.options:
-        return b.name
-    opts = ";".join(
-        f"{k}={' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+    as such in every row, and two option sets of one model never share rows; concept maps add their words and
+    settings (``tiny-mmdit[concepts=floor sphere;score=cross-attention]``)."""
+    parts = [
+        f"{k}={' '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}".replace("+", " ")
         for k, v in sorted(b.options.items())
-    )
-    return f"{b.name}[{opts.replace('+', ' ')}]"
+    ]
+    if b.concepts is not None:
+        from backbones.diffusion.concepts import ConceptSpec
+
+        parts.append(ConceptSpec.parse(b.concepts).label())
+    return f"{b.name}[{';'.join(parts)}]" if parts else b.name
 
 
 def model_label(models: list[BackboneConfig]) -> tuple[str, str]:
@@ -564,7 +571,7 @@ class _Stages:
         assert j is not None
         ref = self.caches_of(j, index)["train"] if j in self.cached else self.live_of(j, index)["train"]
         ref_label = model_label([self.cfg.backbones[j]])
-        return best_cells_grid(self.cfg, i, self.results, ref_label, ref, cell_screen(self.cfg, index))
+        return best_cells_grid(self.cfg, i, self.results, ref_label, ref, cell_screen(self.cfg, index, j))
 
     def sources_of(self, i: int, index: int, online: bool) -> dict[str, FeatureSource]:
         """Backbone ``i``'s feature source per split: its live features for an ``online`` stage, else its cache."""
@@ -579,7 +586,8 @@ class _Stages:
         cfg, models = self.cfg, [self.cfg.backbones[i] for i in fit.group]
         label = model_key(models) + (f", probe seed {fit.seed}" if len(stage_seeds(cfg, stage)) > 1 else "")
         done = done_cells(self.results, fit.config_hash)
-        todo = [k for k in cfg.tasks if (*model_label(models), k) not in done]
+        specs = {k: self.splits["val"].target_spec(k) for k in cfg.tasks}
+        todo = [k for k in cfg.tasks if (*model_label(models), k) not in done and probe.answers(specs[k])]
         if not todo:
             say(f"[probebench] {stage.name} on {label}: all results present; skipping (only-missing).")
             return
@@ -618,7 +626,8 @@ class _Stages:
         """A probe on each split's features of the group's backbones (the first one's, plus ``extra`` for a joint
         fit) — their caches, or their live features for an ``online`` stage —, its heads saved; cells that do not
         depend on the task take one call for every task (one pass over the features)."""
-        group, screen, seeds = fit.group, cell_screen(self.cfg, index), stage_seeds(self.cfg, stage)
+        group, seeds = fit.group, stage_seeds(self.cfg, stage)
+        screen = cell_screen(self.cfg, index, group[0])
         data = [self.sources_of(i, index, stage.online) for i in group]
         main = data[0]
         extra = {w: [d[w] for d in data[1:]] for w in self.splits} if len(group) > 1 else None
@@ -632,7 +641,12 @@ class _Stages:
                     keys
                     if same_grid(models[0], first) or first.cells_from == group[0]
                     else resolve_cells(
-                        stage, self.results, model_label([first]), kinds[0], data[1]["train"], screen
+                        stage,
+                        self.results,
+                        model_label([first]),
+                        kinds[0],
+                        data[1]["train"],
+                        cell_screen(self.cfg, index, group[1]),
                     )
                 )
                 fitter = type(probe).from_config({**stage.params, "extra_keys": extra_keys})

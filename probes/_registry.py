@@ -55,6 +55,13 @@ PROBES.register(
     source="fitted during extraction",
     notes="the ridge screen without storing features (grids too large for the disk); same numbers",
 )
+PROBES.register(
+    "concept",
+    "probes.concept:ConceptProbe",
+    kind="zero-shot",
+    source="concept-map caches (backbone concepts: [...])",
+    notes="ConceptAttention: argmax over concept words → segmentation, object vs background → saliency; no training",
+)
 
 
 def probe_class(name: str) -> type[Probe]:

@@ -5,8 +5,10 @@ A probe is a :class:`Probe` subclass registered in :data:`probes.PROBES` under i
 - what it is: ``trained`` (fitted from a seed: the pipeline fits it once per probe seed), ``per_cell`` (each of
   its rows scores one (layer, timestep) cell, so later stages may choose cells from its rows and layer ×
   timestep curves of it mean something), ``needs_cache`` (``False``: it fits on live features during
-  extraction), ``joint`` (it can fit several backbones' features at once, given as ``extra`` sources) and
-  ``rows_version`` (raise it when the probe changes which rows it writes: earlier rows are then not "done");
+  extraction), ``joint`` (it can fit several backbones' features at once, given as ``extra`` sources),
+  ``rows_version`` (raise it when the probe changes which rows it writes: earlier rows are then not "done"),
+  ``zero_shot`` (it fits nothing on the targets, e.g. ``concept``: analysis draws fitted screens first) and
+  ``answers(spec)`` (the target kinds it writes rows for; a run neither asks it for others nor counts them missing);
 - its parameters: a ``Params`` dataclass with their defaults, built from a config mapping by
   :meth:`Probe.from_config` (an unknown name is an error naming the closest valid one);
 - ``fit(train, val, test, kinds, ...)``: the probe on :class:`FeatureSource` s of the three splits, returning
@@ -307,6 +309,7 @@ class Probe:
     joint: ClassVar[bool] = False  # can fit several backbones at once (``extra`` sources)
     rows_version: ClassVar[int | None] = None  # raised when the probe changes which rows it writes
     rows_probe: ClassVar[str | None] = None  # the ``probe`` its rows carry, when not its registered name
+    zero_shot: ClassVar[bool] = False  # fits nothing on the targets (analysis prefers fitted screens' maps)
     Params: ClassVar[type] = NoParams
 
     def __init__(self, params: Any = None):
@@ -333,6 +336,11 @@ class Probe:
     @classmethod
     def param_names(cls) -> list[str]:
         return [f.name for f in fields(cls.Params)]
+
+    def answers(self, spec: TargetSpec) -> bool:
+        """Whether this probe writes rows for a task of ``spec``'s kind (default: every kind); a run does not
+        ask it for the others, nor counts their rows as missing."""
+        return True
 
     def fit(
         self,

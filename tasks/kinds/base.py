@@ -15,6 +15,8 @@ A :class:`TargetKind` owns, for its kind:
   that picks λ on the validation split, with its direction);
 - **trained probes**: ``objective_class`` (or ``objective(spec, options, class_weights)``) → an :class:`Objective` (output channels,
   loss at label resolution, prepare, decode), ``default_head`` and the ``heads`` that fit the kind;
+- **zero-shot** (optional): ``from_concepts`` (concept-attention probabilities → the kind's outputs, for the
+  ``concept`` probe; ``None`` for a kind concept maps cannot answer, e.g. depth);
 - **analysis**: ``error_mask`` (wrong/valid pixels for error overlap) and its one-line ``error_criterion``, and
   ``panels`` (how prediction figures draw and key its maps; :func:`class_palette` sizes class colours to the
   label space);
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import colorsys
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -302,6 +304,15 @@ class TargetKind(ABC):
                 f"The {self.name!r} target kind defines no objective: trained probes cannot fit it."
             )
         return self.objective_class(spec, class_weights, options)
+
+    # -- zero-shot reading of concept maps (optional)
+    def from_concepts(
+        self, probs: np.ndarray, words: Sequence[str], background: Sequence[str], spec: TargetSpec
+    ) -> np.ndarray | None:
+        """Concept probabilities ``probs`` (B, h, w, C) over ``words`` (softmax over concepts) → this kind's
+        outputs (B, h, w, K), which :meth:`decode` turns into predictions with no training; ``background``: the
+        words that stand for no object. ``None`` (default): concept maps do not answer this kind."""
+        return None
 
     # -- analysis
     def error_mask(

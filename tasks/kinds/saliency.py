@@ -11,7 +11,7 @@ them in ``saliency/``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +123,19 @@ class SaliencyKind(TargetKind):
 
     def decode(self, pred_up: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
         return pred_up[:, 0].clamp(0, 1)
+
+    def from_concepts(
+        self, probs: np.ndarray, words: Sequence[str], background: Sequence[str], spec: TargetSpec
+    ) -> np.ndarray:
+        """Object vs background: the saliency score is the summed probability of the words that are not
+        background words."""
+        obj = [c for c, w in enumerate(words) if w not in background]
+        if not obj or len(obj) == len(words):
+            raise ProbebenchError(
+                f"Zero-shot saliency from concept maps needs both object and background words; got words "
+                f"{list(words)} with background {list(background)} (set the concept probe's `background:`)."
+            )
+        return probs[..., obj].sum(-1, keepdims=True).astype(np.float32)
 
     def make_metric(self, spec: TargetSpec, **options: Any) -> SaliencyMetric:
         return SaliencyMetric()

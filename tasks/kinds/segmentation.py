@@ -10,7 +10,7 @@ dataset keeps them in ``masks/`` with the label space in ``dataset.yaml`` (``cla
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +133,35 @@ class SegmentationKind(TargetKind):
 
     def decode(self, pred_up: torch.Tensor, spec: TargetSpec) -> torch.Tensor:
         return pred_up.argmax(1)
+
+    def from_concepts(
+        self, probs: np.ndarray, words: Sequence[str], background: Sequence[str], spec: TargetSpec
+    ) -> np.ndarray:
+        """Each class's score is the summed probability of the concept words that name it (case and ``_`` / space
+        ignored); a background word that names no class counts for the class named ``background``. The argmax
+        over classes is then the argmax over concepts, as ConceptAttention segments."""
+        norm = {name.lower().replace("_", " "): k for k, name in enumerate(spec.class_names)}
+        out = np.zeros((*probs.shape[:-1], int(spec.num_classes)), dtype=np.float32)
+        unmatched = []
+        for c, word in enumerate(words):
+            k = norm.get(word.lower().replace("_", " "))
+            if k is None and word in background:
+                k = norm.get("background")
+            if k is None:
+                unmatched.append(word)
+                continue
+            out[..., k] += probs[..., c]
+        if unmatched:
+            raise ProbebenchError(
+                f"Concept words {unmatched} name no class of the segmentation label space {list(spec.class_names)}"
+                + (
+                    ", which has no 'background' class for background words"
+                    if any(w in background for w in unmatched)
+                    else " and are not background words"
+                )
+                + ": use class names as concept words, or list the word under the concept probe's `background:`."
+            )
+        return out
 
     def make_metric(self, spec: TargetSpec, **options: Any) -> SegmentationMetric:
         return SegmentationMetric(spec.num_classes, ignore_index=spec.ignore_index)
