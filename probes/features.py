@@ -12,12 +12,16 @@ else read per batch: from a cache's memory maps, or, for a live source, extracte
 epoch and every evaluation (the price of having no cache). Either way an input is the stored fp16 values,
 resampled (bilinear) to its grid and rounded through fp16, so the numbers depend neither on the memory budget nor
 on whether the features come from a cache or a live adapter.
+
+An input may carry *cues*: maps of an extra source concatenated to its channels (each resampled to the input's
+grid the same way), so a probe sees ``[features ; cues]`` as one input — e.g. concept-probability maps of the
+same timestep beside a diffusion backbone's features (:func:`attach_cues`; the fusion probe's ``cues: true``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -110,14 +114,51 @@ def normalize_extra(
 # -- features -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Input:
-    """One input map of a probe: a key of the main source (source 0) or of extra source ``source``."""
+    """One input map of a probe: a key of the main source (source 0) or of extra source ``source``, optionally
+    with ``cues``: inputs of another source whose maps are concatenated to its channels, in order, each resampled
+    to the input's grid (``dim`` counts them; ``own_dim`` is the key's own channels)."""
 
     source: int
     key: FeatureKey
-    label: str  # "L002_T0.25", or "<backbone>:L011_Tnone" for an extra source
+    label: str  # "L002_T0.25", or "<backbone>:L011_Tnone" for an extra source; "L002_T0.25+cues" with cues
     log_snr: float | None
     dim: int
     grid: tuple[int, int]
+    cues: tuple[Input, ...] = ()
+
+    @property
+    def own_dim(self) -> int:
+        """The channels of the input's own key (``dim`` without its cues)."""
+        return self.dim - sum(c.dim for c in self.cues)
+
+
+def attach_cues(inputs: Sequence[Input], cues: Sequence[Input], source: str, what: str) -> list[Input]:
+    """Each input with the ``cues`` at its own timestep attached (every cue whose timestep equals the input's, in
+    the order given); ``source`` names the cues' source and ``what`` the probe in errors. An input whose timestep
+    no cue has is an error: a cue of another timestep would give the timestep weights another meaning."""
+    by_t: dict[Any, list[Input]] = {}
+    for c in cues:
+        if c.cues:
+            raise ProbebenchError(f"{what}: the cue {c.label} carries cues itself; cues are plain maps.")
+        by_t.setdefault(c.key[1], []).append(c)
+    out = []
+    for inp in inputs:
+        parts = by_t.get(inp.key[1])
+        if not parts:
+            raise ProbebenchError(
+                f"{what}: the input {inp.label} is at timestep {inp.key[1]!r}, but the cue source {source} has "
+                f"no map there; its timesteps: {list(by_t)}. Extract the cues at every timestep of the main "
+                "backbone (or select those keys)."
+            )
+        out.append(
+            replace(
+                inp,
+                label=f"{inp.label}+cues",
+                dim=inp.dim + sum(c.dim for c in parts),
+                cues=(*inp.cues, *parts),
+            )
+        )
+    return out
 
 
 def to_grid(t: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
@@ -133,9 +174,10 @@ def to_grid(t: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
 class FeatureSet:
     """The features of some inputs for one split as float32 tensors (B, C, h, w), by image indices.
 
-    ``sources``: the main source and the extra ones (an input's ``source`` indexes them). Held in memory as fp16
-    (N, C, h, w) when ``max_bytes`` allows (read, or extracted, once), else read per batch (a live source
-    extracts again). ``grids``: per input, the grid to resample to (bilinear; antialiased when shrinking) or None.
+    ``sources``: the main source and the extra ones (an input's ``source`` indexes them, and its cues' too). Held
+    in memory as fp16 (N, C, h, w) when ``max_bytes`` allows (read, or extracted, once), else read per batch (a
+    live source extracts again). ``grids``: per input, the grid to resample to (bilinear; antialiased when
+    shrinking) or None; an input's cues are resampled to its grid and concatenated after its own channels.
     """
 
     def __init__(
@@ -149,13 +191,16 @@ class FeatureSet:
         self.inputs = list(inputs)
         self.sources = list(sources)
         self.grids = [g or i.grid for g, i in zip(grids, self.inputs)]
-        lengths = {len(self.sources[i.source].dataset) for i in self.inputs}
+        lengths = {len(self.sources[c.source].dataset) for i in self.inputs for c in (i, *i.cues)}
         if len(lengths) != 1:
             raise ProbebenchError(f"Inputs {[i.label for i in self.inputs]} have different image counts.")
         self.n = lengths.pop()
-        self._by_source: dict[int, list[int]] = {}  # source → positions of its inputs
-        for j, inp in enumerate(self.inputs):
-            self._by_source.setdefault(inp.source, []).append(j)
+        self._keys: dict[int, list[FeatureKey]] = {}  # source → the keys read from it (inputs' and cues')
+        for inp in self.inputs:
+            for part in (inp, *inp.cues):
+                keys = self._keys.setdefault(part.source, [])
+                if part.key not in keys:
+                    keys.append(part.key)
         need = sum(self.n * g[0] * g[1] * i.dim * 2 for g, i in zip(self.grids, self.inputs))
         self.memory: list[torch.Tensor] | None = None
         if need <= max_bytes:
@@ -169,13 +214,15 @@ class FeatureSet:
         return to_grid(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float(), self.grids[j])
 
     def _read(self, idx: np.ndarray) -> list[torch.Tensor]:
-        """Every input's fp16 (B, C, h, w) for images ``idx``: one read (or extraction) per source."""
-        out: list[torch.Tensor] = [torch.empty(0)] * len(self.inputs)
-        for s, js in self._by_source.items():
-            keys = list(dict.fromkeys(self.inputs[j].key for j in js))
-            feats = self.sources[s].features(idx.tolist(), keys)
-            for j in js:
-                out[j] = self._convert(j, feats[self.inputs[j].key]).half()
+        """Every input's fp16 (B, C, h, w) for images ``idx`` (its cues' channels after its own): one read (or
+        extraction) per source."""
+        feats = {s: self.sources[s].features(idx.tolist(), keys) for s, keys in self._keys.items()}
+        out = []
+        for j, inp in enumerate(self.inputs):
+            x = self._convert(j, feats[inp.source][inp.key])
+            if inp.cues:
+                x = torch.cat([x, *(self._convert(j, feats[c.source][c.key]) for c in inp.cues)], 1)
+            out.append(x.half())
         return out
 
     def batch(self, idx: np.ndarray) -> list[torch.Tensor]:
@@ -222,6 +269,7 @@ __all__ = [
     "FeatureSet",
     "Input",
     "TargetSet",
+    "attach_cues",
     "image_ids",
     "normalize_extra",
     "source_name",

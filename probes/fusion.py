@@ -15,6 +15,12 @@ input contributes). Then, per group of inputs (all together, or one group per la
 - ``single``: one model per input, each recorded at its own cell; the analysis reports the best on the
   validation split (best single timestep).
 
+With ``cues: true`` an extra source is not fused as more inputs but read as *cues*: each input (layer l,
+timestep t) gets that source's maps at the same timestep t (every one of its keys at t, resampled to the input's
+grid) concatenated to its channels before its 1×1 projection. The projection of timestep t thus sees
+``[features_t ; cues_t]`` and the same learned timestep weights fuse them — e.g. concept-probability maps as cues
+of a diffusion backbone's features; ``single`` with cues is its control (best single timestep + cues).
+
 The fused map(s) go to a head: ``linear`` (BN + 1×1 conv; default), or a light head (``deeplab``, ``dpt``,
 ``auto``), which takes one level per group — so ``group_by="layer"`` with ``head="dpt"`` is MMDiff's depth model.
 """
@@ -34,6 +40,7 @@ from torch import nn
 from backbones.base import FeatureKey
 from probebench.core.errors import ProbebenchError
 from probes.base import FeatureSource, ProbeOutput
+from probes.features import attach_cues
 from probes.heads import DEFAULT_WIDTH, check_heads, make_head, resample
 from probes.training import (
     Fitted,
@@ -246,12 +253,29 @@ def layer_groups(inputs: Sequence[Input], group_by: str) -> list[list[int]]:
 
 
 def _keys_meta(inputs: Sequence[Input]) -> dict[str, Any]:
-    return {
+    meta = {
         "keys": [[i.key[0], i.key[1]] for i in inputs],
         "inputs": [i.label for i in inputs],
         "sources": [i.source for i in inputs],
         "log_snr": [i.log_snr for i in inputs],
     }
+    if any(i.cues for i in inputs):
+        meta["cues"] = [[c.label for c in i.cues] for i in inputs]
+    return meta
+
+
+def cue_inputs(
+    run: ProbeRun, inputs: Sequence[Input], extra_keys: Sequence[FeatureKey] | None
+) -> list[Input]:
+    """``inputs`` with the one extra source's maps at their timesteps attached as cues (its keys: the source's
+    own, else ``extra_keys``, else all)."""
+    if len(run.extras) != 1:
+        names = run.source_names[1:]
+        raise ProbebenchError(
+            "fusion probe: cues: true reads the cue maps of exactly one extra source (a joint fit, backbones: "
+            f"[main, cue]); it got {len(names)}" + (f" ({', '.join(names)})" if names else "") + "."
+        )
+    return attach_cues(inputs, run.extra_inputs(extra_keys), run.source_names[1], "fusion probe (cues)")
 
 
 def global_grid(inputs: Sequence[Input], weights: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -290,7 +314,8 @@ def collect_weight_maps(run: ProbeRun, fitted: Fitted, feats: Any) -> np.ndarray
 
 class FusionProbe(TrainedProbe):
     """Fuse ``keys`` (default: every key of the main cache) and every extra cache's keys (``extra_keys``,
-    default all) per task; records carry the variant ``fusion-<mode>``.
+    default all) per task — or, with ``cues``, the main keys each with the one extra cache's maps of its
+    timestep as extra channels; records carry the variant ``fusion-<mode>``.
 
     Artifacts (per task): ``fusion_weights/<task>`` (N_val, K, h, w) for ``spatial``; ``global_weights/<task>``
     (L, T) for ``global``; ``single_val_scores/<task>`` (K,) for ``single``; ``artifact_meta`` names the
@@ -308,8 +333,13 @@ class FusionProbe(TrainedProbe):
         (spatial weight net width, default ``width // 4``: a small gate overfits less), ``weight_lr_mult`` (lr
         factor of the ``global`` logits, 10), ``gate_entropy`` (weight of an entropy bonus on the ``spatial``
         weights, 0 = none), ``group_by`` (none | layer), ``head`` (linear | deeplab | dpt | auto),
-        ``head_width`` (light heads, 32; 256 = MMDiff scale), ``rates``, ``dropout`` (0), ``extra_keys``, and
-        the training parameters (``lr`` 1e-2 here)."""
+        ``head_width`` (light heads, 32; 256 = MMDiff scale), ``rates``, ``dropout`` (0), ``extra_keys`` (the
+        extra sources' keys: ``[[layer, t], ...]``, or ``all``: every key, which in a run also keeps its cells
+        from being chosen from the extra backbone's own rows),
+        ``cues`` (false; true: the one extra source's maps at each input's timestep are concatenated to that
+        input's channels before its projection, instead of being fused as inputs of their own; its keys are
+        restricted by ``extra_keys``; works in every mode, ``single`` included), and the training parameters
+        (``lr`` 1e-2 here)."""
 
         lr: float = 1e-2
         mode: str = "spatial"
@@ -323,6 +353,7 @@ class FusionProbe(TrainedProbe):
         rates: Any = (6, 12, 18)
         dropout: float = 0.0
         extra_keys: Any = None
+        cues: bool = False
 
     def fit(
         self,
@@ -347,11 +378,18 @@ class FusionProbe(TrainedProbe):
         heads = check_heads(p.head, kinds, "fusion") if p.head != "linear" else dict.fromkeys(kinds, "linear")
         run = ProbeRun(self.name, train, val, test, kinds, cfg=p, seed=seed, progress=progress, extra=extra)
         main_keys = parse_keys(keys, "keys") if keys is not None else train.keys
-        extra_keys = parse_keys(p.extra_keys, "extra_keys") if p.extra_keys is not None else None
-        inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
+        # ``all``: every key of the extra source (a run then does not choose its cells from its own rows)
+        every = p.extra_keys is None or p.extra_keys == "all"
+        extra_keys = None if every else parse_keys(p.extra_keys, "extra_keys")
+        if p.cues:
+            inputs = cue_inputs(run, run.inputs(main_keys), extra_keys)
+        else:
+            inputs = run.inputs(main_keys) + run.extra_inputs(extra_keys)
         feats = run.features(inputs, grid="first")
         variant = f"fusion-{mode}"
-        fields = {"mode": mode, "group_by": group_by}
+        fields: dict[str, Any] = {"mode": mode, "group_by": group_by}
+        if p.cues:
+            fields["cues"] = True
         out = ProbeOutput([])
         for kind in kinds:
             channels = run.objective(kind).channels
@@ -366,7 +404,7 @@ class FusionProbe(TrainedProbe):
                     raise ProbebenchError(
                         "fusion probe: mode 'single' fits one model per input and records each at its (layer, "
                         "timestep), which does not name its backbone; run it on each backbone alone (select:) "
-                        "instead of with extra caches."
+                        "instead of with extra caches, or read the extra cache's maps as cues (cues: true)."
                     )
                 out.records += _single(run, inputs, kind, variant, build, out, meta, fields, heads[kind])
                 continue

@@ -401,7 +401,7 @@ def describe_inputs(inputs: Sequence[Input]) -> dict[str, Any]:
 
 def cell_name(inputs: Sequence[Input]) -> str:
     """A short file-system name of a cell: ``L2_T0.25``, ``L1+2_Tnone``, ``L1_T0+0.5``; keys of extra cache ``s``
-    follow as ``+x<s>-L11_Tnone``."""
+    follow as ``+x<s>-L11_Tnone``; inputs with cues end in ``+cues``."""
     from probebench.core.results import fmt_layers, fmt_timestep
 
     parts = []
@@ -409,6 +409,8 @@ def cell_name(inputs: Sequence[Input]) -> str:
         d = describe_inputs([i for i in inputs if i.source == s])
         name = f"L{fmt_layers(d['layer'])}_T{fmt_timestep(d['timestep'])}"
         parts.append(name if s == 0 else f"x{s}-{name}")
+    if any(i.cues for i in inputs):
+        parts.append("cues")
     return "+".join(parts)
 
 
@@ -608,31 +610,44 @@ class ProbeRun:
 def head_spec(run: ProbeRun, kind: str, inputs: Sequence[Input], kwargs: dict[str, Any]) -> dict[str, Any]:
     """What rebuilds and applies a trained head without the run's config (saved as the ``spec`` metadata of its
     file): the model's constructor arguments, its inputs in order (source, layer, timestep, log-SNR, width, grid;
-    all resampled to the first input's grid), the objective options and the label space."""
+    all resampled to the first input's grid), the objective options and the label space.
+
+    Inputs with cues (maps of another source concatenated to an input's channels) say so twice, and only then:
+    each such input's entry has ``cues``, its cue maps in order as entries of the same form (their ``source``
+    indexes the run's sources; ``dim`` of the input itself stays its own key's width, the model's ``in_dims``
+    count the cues), and the spec has ``cues``: ``{"sources": [...], "names": [...]}``, the cue sources — what a
+    reader that feeds one backbone's maps checks to refuse (or rebuild) such a head."""
 
     def finite(x: Any) -> Any:
         return x if x is None or math.isfinite(x) else None
 
-    return {
+    def entry(i: Input) -> dict[str, Any]:
+        out = {
+            "source": i.source,
+            "layer": i.key[0],
+            "timestep": i.key[1],
+            "log_snr": finite(i.log_snr),
+            "dim": i.own_dim,
+            "grid": list(i.grid),
+        }
+        if i.cues:
+            out["cues"] = [entry(c) for c in i.cues]
+        return out
+
+    spec = {
         "format": 1,
         "probe": run.probe,
         "task": kind,
         "kwargs": kwargs,
-        "inputs": [
-            {
-                "source": i.source,
-                "layer": i.key[0],
-                "timestep": i.key[1],
-                "log_snr": finite(i.log_snr),
-                "dim": i.dim,
-                "grid": list(i.grid),
-            }
-            for i in inputs
-        ],
+        "inputs": [entry(i) for i in inputs],
         "grid": "first",
         "objective": {"depth_loss": run.cfg.depth_loss, "depth_bins": run.cfg.depth_bins},
         "target_spec": asdict(run.specs[kind]),
     }
+    cue_sources = sorted({c.source for i in inputs for c in i.cues})
+    if cue_sources:
+        spec["cues"] = {"sources": cue_sources, "names": [run.source_names[s] for s in cue_sources]}
+    return spec
 
 
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
