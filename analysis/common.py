@@ -235,7 +235,8 @@ def registered_cell_probes(df: pd.DataFrame) -> list[str]:
 
 def cell_probe(df: pd.DataFrame, probe: str | None = None) -> str:
     """The per-cell probe to draw layer × timestep maps with: ``probe`` if given, else the per-cell probe
-    (:func:`registered_cell_probes`) with the most cells at a timestep (the first in the table on ties), else the
+    (:func:`registered_cell_probes`; fitted ones before zero-shot ones such as ``concept``) with the most cells at
+    a timestep (the first in the table on ties), else the
     probe with the most single (layer, timestep) cells (e.g. a per-cell stage under its own label)."""
     d = timestep_rows(df)
     if probe is not None:
@@ -248,6 +249,12 @@ def cell_probe(df: pd.DataFrame, probe: str | None = None) -> str:
         )
     cells = d.groupby("probe", sort=False)[["layer", "timestep"]].apply(lambda g: len(g.drop_duplicates()))
     per_cell = [p for p in registered_cell_probes(df) if p in cells.index]
+    from probes import probe_class
+
+    fitted = [
+        p for p in per_cell if not probe_class(p).zero_shot
+    ]  # a fitted screen before a zero-shot reading
+    per_cell = fitted or per_cell
     if per_cell:
         return str(cells[per_cell].idxmax())
     return str(cells.sort_index().idxmax())

@@ -23,6 +23,7 @@ from analysis.complementarity import (
     plot_complementarity,
     plot_error_overlap,
 )
+from analysis.concepts import plot_concept_maps
 from analysis.curves import plot_log_snr_comparison, plot_timestep_curves
 from analysis.fusion_plots import plot_fusion
 from analysis.heatmaps import plot_heatmaps
@@ -94,6 +95,12 @@ def predictions(results_dir: str | Path, num_rows: int = 4) -> dict[str, plt.Fig
     return _collect(lambda: plot_predictions(Path(results_dir), num_rows, _NOWHERE))
 
 
+def concept_maps(results_dir: str | Path, num_images: int = 2) -> dict[str, plt.Figure]:
+    """Saved concept maps (zero-shot ``concept`` probe): per model and image, one row per concept word and one
+    column per timestep (noisy → clean), with the argmax over concepts (``{}`` when none were saved)."""
+    return _collect(lambda: plot_concept_maps(Path(results_dir), _NOWHERE, num_images))
+
+
 def error_overlap(results_dir: str | Path) -> dict[str, plt.Figure]:
     """Where two models are wrong together, from their saved predictions (``{}`` with fewer than two)."""
     table = error_overlap_table(results_dir)
@@ -103,6 +110,7 @@ def error_overlap(results_dir: str | Path) -> dict[str, plt.Figure]:
 __all__ = [
     "comparison",
     "complementarity",
+    "concept_maps",
     "error_overlap",
     "fusion_weights",
     "heatmaps",

@@ -59,6 +59,13 @@ from analysis.complementarity import (
     plot_per_class_gain,
     read_per_class_iou,
 )
+from analysis.concepts import NOT_APPLICABLE as CONCEPT_NOT_APPLICABLE
+from analysis.concepts import SECTION_TITLE as CONCEPT_SECTION
+from analysis.concepts import TABLE_FILE as CONCEPT_TABLE
+from analysis.concepts import concept_section, concept_table
+from analysis.cues import NOT_APPLICABLE as CUES_NOT_APPLICABLE
+from analysis.cues import SECTION_TITLE as CUES_SECTION
+from analysis.cues import cue_gains, cue_summary
 from analysis.curves import plot_log_snr_comparison, plot_timestep_curves
 from analysis.findings import best_timesteps, findings_lines
 from analysis.fusion_plots import load_weight_artifacts, plot_fusion
@@ -355,6 +362,21 @@ def write_report(
         not_applicable.append(
             "Timestep curves, log-SNR comparison and layer × timestep maps: no backbone has more than one timestep."
         )
+    concepts = concept_table(df, split=split)
+    if len(concepts):
+        concepts.to_csv(rdir / CONCEPT_TABLE, index=False)
+        sections.append(Section(CONCEPT_SECTION, *concept_section(df, concepts, rdir, fig_dir, split)))
+    else:
+        (rdir / CONCEPT_TABLE).unlink(missing_ok=True)
+        not_applicable.append(CONCEPT_NOT_APPLICABLE)
+    cues = cue_gains(df, split=split)
+    if len(cues):
+        cues.to_csv(rdir / "cue_gains.csv", index=False)
+        text = cue_summary(cues, split) + "\n\nFull table: `cue_gains.csv`."
+        sections.append(Section(CUES_SECTION, text))
+    else:
+        (rdir / "cue_gains.csv").unlink(missing_ok=True)
+        not_applicable.append(CUES_NOT_APPLICABLE)
     if len(fusion):
         sections.append(
             Section(
@@ -481,6 +503,8 @@ def write_report(
             "fusion_gains.csv",
             "combination_gains.csv",
             "error_overlap.csv",
+            CONCEPT_TABLE,
+            "cue_gains.csv",
         )
         if (rdir / t).is_file()
     ]

@@ -32,6 +32,7 @@ from analysis.complementarity import (
     per_class_iou_gain,
     read_per_class_iou,
 )
+from analysis.concepts import NOT_APPLICABLE as CONCEPT_NOT_APPLICABLE
 from analysis.curves import curve_table, plot_timestep_curves
 from analysis.fusion_plots import load_weight_artifacts, weight_summary
 from analysis.heatmaps import heatmap_matrix
@@ -459,7 +460,9 @@ def test_report_writes_and_embeds_every_applicable_figure(report):
         assert png.with_suffix(".pdf").stat().st_size > 5_000, stem
         assert f"figures/{stem}.png" in embedded
     assert all((rdir / f).is_file() for f in embedded)
-    assert "Not applicable" not in text
+    na = text.split("## Not applicable to these results")[1] if "Not applicable" in text else ""
+    listed = [ln for ln in na.splitlines() if ln.startswith("- ")]
+    assert listed == [f"- {CONCEPT_NOT_APPLICABLE}"]  # everything applies but concept maps (no concept rows)
 
 
 def test_report_summary_numbers_equal_the_tables(report):
