@@ -87,8 +87,9 @@ def _val_scores(rows: Any, head: dict[str, Any]) -> dict[str, float]:
     return {str(m): float(v) for m, v in zip(sel["metric"], sel["value"])}
 
 
-def _train_fingerprint(rows: Any, head: dict[str, Any], cache_dir: Path) -> dict[str, Any]:
-    """The extraction fingerprint of the head's training features, from its cache on disk."""
+def _train_fingerprints(rows: Any, head: dict[str, Any], cache_dir: Path) -> list[dict[str, Any]]:
+    """The extraction fingerprints of the head's training features, one per source (a head with cues: the
+    backbone's, then the cue maps'), from their caches on disk."""
     meta = head["meta"]
     mask = ((rows["probe"] == meta["name"].split("/")[0]) & (rows["task"] == head["task"])).to_numpy(
         dtype=bool, copy=True
@@ -98,16 +99,21 @@ def _train_fingerprint(rows: Any, head: dict[str, Any], cache_dir: Path) -> dict
     )
     sel = rows[mask]
     hashes = sorted(set(sel["cache_hash"].dropna()))
-    if len(hashes) != 1 or "+" in hashes[0]:
+    sources = 1 + len(head["spec"].get("cues", {}).get("sources", []))
+    if len(hashes) != 1 or len(hashes[0].split("+")) != sources:
         raise ProbebenchError(
             f"The {head['task']} {meta['name'].split('/')[0]} rows of {head['model']} name {hashes or 'no'} "
-            "feature caches; a bundle needs the heads of one backbone's features."
+            "feature caches; a bundle needs the heads of one backbone's features (and, with cues, its cue maps')."
         )
-    matches = sorted(cache_dir.expanduser().glob(f"*-{hashes[0]}"))
+    return [_cache_fingerprint(h, head, cache_dir) for h in hashes[0].split("+")]
+
+
+def _cache_fingerprint(cache_hash: str, head: dict[str, Any], cache_dir: Path) -> dict[str, Any]:
+    matches = sorted(cache_dir.expanduser().glob(f"*-{cache_hash}"))
     if not matches:
         raise ProbebenchError(
-            f"The feature cache the {head['task']} head was trained on (hash {hashes[0]}) is not in {cache_dir}: the "
-            "bundle records the generator identity from it. Pass --cache-dir where the run's caches are (an "
+            f"The feature cache the {head['task']} head was trained on (hash {cache_hash}) is not in {cache_dir}: "
+            "the bundle records the generator identity from it. Pass --cache-dir where the run's caches are (an "
             "`online` stage keeps none: extract its features once with `probebench extract`)."
         )
     d = matches[0]
@@ -115,6 +121,21 @@ def _train_fingerprint(rows: Any, head: dict[str, Any], cache_dir: Path) -> dict
         if (d / name).is_file():
             return json.loads((d / name).read_text())["fingerprint"]  # type: ignore[no-any-return]
     raise ProbebenchError(f"{d} holds neither manifest.json nor fingerprint.json: not a feature cache.")
+
+
+def _model_group(cfg: Any, model: str) -> list[Any]:
+    """The backbone configs behind the model folder ``model``: one backbone, or a joint stage's group."""
+    from probebench.pipeline import model_label
+
+    one = [b for b in cfg.backbones if model_slug(*model_label([b])) == model and b.cells_from is None]
+    if one:
+        return one[:1]
+    for stage in cfg.probes:
+        if stage.backbones:
+            group = [cfg.backbones[i] for i in stage.backbones]
+            if model_slug(*model_label(group)) == model:
+                return group
+    raise ProbebenchError(f"No backbone of the run's config is {model!r}.")
 
 
 def export_bundle(
@@ -130,7 +151,6 @@ def export_bundle(
 ) -> Path:
     """Write the bundle of ``run_dir``'s ``variant`` heads to the folder ``out`` (see the module docstring)."""
     from probebench.config import load_config
-    from probebench.pipeline import model_label
 
     run = RunDir(run_dir)
     run.check_results()
@@ -165,6 +185,16 @@ def export_bundle(
             f"The {variant} heads of {model} read features of several backbones; generation reads one backbone "
             "(export a stage fitted on one)."
         )
+    group = _model_group(cfg, model)
+    cued = [bool(h["spec"].get("cues")) for h in heads]
+    if any(cued) and not all(cued):
+        raise ProbebenchError(f"Some {variant} heads of {model} read cue maps and some do not.")
+    if len(group) > 1 and not (all(cued) and len(group) == 2 and group[1].concepts is not None):
+        raise ProbebenchError(
+            f"The {variant} heads of {model} read features of several backbones; generation reads one backbone "
+            "and, as cues, its own concept maps (export a stage fitted on one, or with `cues: true` on [backbone, "
+            "its concept maps])."
+        )
     order = list(dict.fromkeys(rows["task"].astype(str)))  # the run's task order
     have = sorted({h["task"] for h in heads}, key=lambda t: (order.index(t) if t in order else len(order), t))
     if tasks is not None:
@@ -174,13 +204,10 @@ def export_bundle(
                 f"No {variant} head of {model} for {', '.join(missing)}; it has: {', '.join(have)}."
             )
         have = [t for t in have if t in tasks]
-    backbone_cfg = next(
-        (b for b in cfg.backbones if model_slug(*model_label([b])) == model and b.cells_from is None), None
-    )
-    if backbone_cfg is None:
-        raise ProbebenchError(f"No backbone of {run.config_file} is {model!r}.")
+    backbone_cfg = group[0]
     chosen: dict[str, dict[str, Any]] = {}
     fingerprint: dict[str, Any] | None = None
+    cue_fingerprint: dict[str, Any] | None = None
     cache_root = Path(cache_dir) if cache_dir is not None else Path(cfg.extract.cache_dir)
     for task in have:
         cands = [h for h in heads if h["task"] == task]
@@ -196,12 +223,14 @@ def export_bundle(
         sign = 1.0 if kind.higher_is_better else -1.0  # ties: the lowest seed
         best = max(scored, key=lambda s: (sign * s[0], -(s[1]["seed"] or 0)))
         chosen[task] = {"head": best[1], "val": best[2]}
-        fp = _train_fingerprint(rows, best[1], cache_root)
+        fp, *cue_fp = _train_fingerprints(rows, best[1], cache_root)
         if fingerprint is not None and fp["adapter"] != fingerprint["adapter"]:
             raise ProbebenchError(
                 f"The {variant} heads of {model} were trained on features of different adapters."
             )
-        fingerprint = fp
+        if cue_fp and cue_fingerprint is not None and cue_fp[0]["adapter"] != cue_fingerprint["adapter"]:
+            raise ProbebenchError(f"The {variant} heads of {model} were trained on different cue maps.")
+        fingerprint, cue_fingerprint = fp, (cue_fp[0] if cue_fp else None)
     assert fingerprint is not None
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -233,6 +262,7 @@ def export_bundle(
             "adapter": adapter_fp,
         },
         "tasks": tasks_meta,
+        **({"cues": _cues(group[1], cue_fingerprint, fingerprint)} if cue_fingerprint is not None else {}),
         "source": {
             "run_dir": str(run.path.resolve()),
             "run": cfg.name,
@@ -251,6 +281,34 @@ def export_bundle(
     return out
 
 
+def _cues(cue_cfg: Any, cue_fp: dict[str, Any], fp: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's ``cues``: the concept maps the heads read beside the features — their spec (words, score,
+    output, background), the cue cache's adapter fingerprint and pooling — checked to be the generator's own
+    (the same model, weights, image size, conditioning...: the fingerprint fields but the backbone's name)."""
+    from backbones.diffusion.concepts import ConceptSpec
+    from probes.bundle import IDENTITY_FIELDS
+
+    want, got = fp["adapter"], cue_fp["adapter"]
+    diffs = [k for k in IDENTITY_FIELDS if k != "backbone" and want.get(k) != got.get(k)]
+    if diffs or "concepts" not in got:
+        raise ProbebenchError(
+            "The heads' cue maps were not made by the generator itself "
+            + (f"(they differ in {', '.join(diffs)})" if diffs else "(the cue cache holds no concept maps)")
+            + ": generation computes the cues with the generator's own concept stream."
+        )
+    spec = ConceptSpec.parse(cue_cfg.concepts)
+    return {
+        "concepts": {
+            "words": list(spec.words),
+            "score": spec.score,
+            "output": spec.output,
+            "background": list(spec.background),
+        },
+        "adapter": got,
+        "pool_to": cue_fp.get("pool_to"),
+    }
+
+
 def _readme(bundle: dict[str, Any]) -> str:
     g = bundle["generator"]
     lines = [
@@ -266,5 +324,8 @@ def _readme(bundle: dict[str, Any]) -> str:
         keys = ", ".join(f"({i['layer']}, {i['timestep']})" for i in t["spec"]["inputs"])
         val = ", ".join(f"{m} {v:.3f}" for m, v in t["val"].items())
         lines.append(f"| {task} | {t['variant']} | {t['probe_seed']} | {keys} | {val} |")
+    if "cues" in bundle:
+        c = bundle["cues"]["concepts"]
+        lines += ["", f"Cues: concept maps ({c['output']}, {c['score']}) of {', '.join(c['words'])}."]
     lines += ["", "Generate: `probebench generate <this folder> --out DIR --num-samples N`.", ""]
     return "\n".join(lines)

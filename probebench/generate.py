@@ -88,6 +88,7 @@ class Generator:
     nets: dict[str, Any]
     plan: Any
     steps: int
+    concepts: Any = None  # the generator's concept maps, for heads trained with cues
 
     @classmethod
     def build(cls, cfg: GenerateConfig, adapter: Any = None) -> Generator:
@@ -111,7 +112,7 @@ class Generator:
         steps = int(cfg.steps or getattr(adapter, "default_steps", 28))
         plan = adapter.sampling_plan(steps, bundle.timesteps())
         nets = {t: n.to(adapter.device) for t, n in bundle.load_heads().items()}
-        return cls(cfg, bundle, adapter, nets, plan, steps)
+        return cls(cfg, bundle, adapter, nets, plan, steps, bundle.concept_adapter(adapter))
 
     def prompt(self, i: int) -> str:
         return self.cfg.prompts[i % len(self.cfg.prompts)]
@@ -141,9 +142,11 @@ class Generator:
             negative=None
             if self.cfg.negative_prompt is None
             else self.adapter.sample_condition(self.cfg.negative_prompt),
+            concepts=self.concepts,
+            concept_layers=self.bundle.cue_layers(),
         )
         size = tuple(traj.images.shape[-2:])
-        decoded = decode_heads(self.bundle, self.nets, traj.features, size)
+        decoded = decode_heads(self.bundle, self.nets, traj.features, size, traj.cues)
         labels = {
             t: h.target_spec.target_kind.as_target(decoded[t], h.target_spec)
             for t, h in self.bundle.heads.items()
@@ -190,6 +193,11 @@ class Generator:
             "forwards_per_sample": len(self.plan.sigmas) * (2 if self.cfg.guidance > 1 else 1)
             + int(self.plan.clean),
             "sampler": "diffusers " + type(self.adapter.sampling_pipeline()).__name__,
+            **(
+                {"cues": {**self.bundle.cues["concepts"], "layers": self.bundle.cue_layers()}}
+                if self.bundle.cues
+                else {}
+            ),
             "compute": self.compute(),
         }
 

@@ -85,6 +85,7 @@ class Bundle:
     heads: dict[str, BundleHead]
     source: dict[str, Any]
     hash: str
+    cues: dict[str, Any] | None = None  # the concept maps the heads read beside the features (export's _cues)
 
     @property
     def tasks(self) -> list[str]:
@@ -102,10 +103,38 @@ class Bundle:
                 f"Bundle {self.root} has no head for {', '.join(map(repr, missing))}; it has: "
                 f"{', '.join(self.heads)}."
             )
-        return Bundle(self.root, self.generator, {t: self.heads[t] for t in tasks}, self.source, self.hash)
+        heads = {t: self.heads[t] for t in tasks}
+        return Bundle(self.root, self.generator, heads, self.source, self.hash, self.cues)
 
     def layers(self) -> list[int]:
         return sorted({k[0] for h in self.heads.values() for k in h.keys})
+
+    def cue_layers(self) -> list[int]:
+        """The concept-map layers the heads' cues read (none without cues)."""
+        return sorted(
+            {
+                int(c["layer"])
+                for h in self.heads.values()
+                for i in h.spec["inputs"]
+                for c in i.get("cues", [])
+            }
+        )
+
+    def concept_adapter(self, adapter: Any) -> Any:
+        """The generator's concept maps for the heads' cues (None without cues), checked to be those the heads
+        were trained with (the concept words' embeddings, score and output: one error naming both sides)."""
+        if not self.cues:
+            return None
+        from backbones.diffusion.concepts import concept_maps
+
+        cm = concept_maps(adapter, self.cues["concepts"])
+        want, got = self.cues["adapter"].get("concepts"), cm.fingerprint().get("concepts")
+        if json.dumps(want, sort_keys=True) != json.dumps(got, sort_keys=True):
+            raise ProbebenchError(
+                f"Bundle {self.root}: the generator's concept maps are not those its heads' cues were trained on:\n"
+                f"  bundle {json.dumps(want, sort_keys=True)}\n  generator {json.dumps(got, sort_keys=True)}"
+            )
+        return cm
 
     def timesteps(self) -> list[float]:
         """Every noise level a head reads, in native units, descending."""
@@ -167,7 +196,8 @@ def load_bundle(path: str | Path) -> Bundle:
         heads[task] = BundleHead(
             task, h["file"], h["sha256"], h["variant"], h.get("probe_seed"), dict(h.get("val", {})), h["spec"]
         )
-    return Bundle(root, meta["generator"], heads, meta.get("source", {}), hashlib.sha256(raw).hexdigest())
+    digest = hashlib.sha256(raw).hexdigest()
+    return Bundle(root, meta["generator"], heads, meta.get("source", {}), digest, meta.get("cues"))
 
 
 def head_input(feature: torch.Tensor, pool_to: int | None, grid: Sequence[int]) -> torch.Tensor:
@@ -186,13 +216,17 @@ def decode_heads(
     nets: Mapping[str, torch.nn.Module],
     features: Mapping[tuple[int, float], torch.Tensor],
     size: Sequence[int],
+    cues: Mapping[tuple[int, float], torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Each task's decoded prediction (B, H, W) at image ``size`` from features keyed (layer, noise level), as the
-    training loop decodes (``Objective.prepare`` → bilinear to label size → ``Objective.decode``)."""
+    """Each task's decoded prediction (B, H, W) at image ``size`` from features keyed (layer, noise level) — and,
+    for heads trained with cues, the concept maps ``cues`` keyed the same way, concatenated to each input as the
+    training sets held them — as the training loop decodes (``Objective.prepare`` → bilinear to label size →
+    ``Objective.decode``)."""
     from backbones.store import pool_features
     from probes.training import upsample_to
 
     pool_to = bundle.generator.get("pool_to")
+    cue_pool = (bundle.cues or {}).get("pool_to")
     out: dict[str, np.ndarray] = {}
     for task, head in bundle.heads.items():
         inputs = head.spec["inputs"]
@@ -209,7 +243,21 @@ def decode_heads(
                     f"The {task} head was trained on {key} maps of {inp['dim']} channels on a {inp['grid']} grid; "
                     f"the generator gives {stored[0]} channels on {stored[1:]}."
                 )
-            xs.append(head_input(f, pool_to, grid))
+            x = head_input(f, pool_to, grid)
+            for c in inp.get("cues", []):
+                ckey = (int(c["layer"]), float(c["timestep"]))
+                if cues is None or ckey not in cues:
+                    raise ProbebenchError(
+                        f"The {task} head reads the cue map {ckey}, which sampling did not give."
+                    )
+                cue = cues[ckey]
+                if pool_features(cue[:1].float(), cue_pool).shape[1] != int(c["dim"]):
+                    raise ProbebenchError(
+                        f"The {task} head was trained on {c['dim']}-channel cue maps at {ckey}; the generator "
+                        f"gives {cue.shape[1]}."
+                    )
+                x = torch.cat([x, head_input(cue, cue_pool, grid)], 1)
+            xs.append(x)
         spec = head.target_spec
         objective = spec.target_kind.objective(spec, head.spec.get("objective", {}), None)
         net = nets[task]

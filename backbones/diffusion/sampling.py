@@ -23,6 +23,7 @@ mark which forward to read; the hooks are the adapters' own.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +155,9 @@ class Trajectory:
     latents: torch.Tensor
     features: dict[tuple[int, float], torch.Tensor]
     forwards: dict[str, int] = field(default_factory=dict)
+    cues: dict[tuple[int, float], torch.Tensor] = field(
+        default_factory=dict
+    )  # concept maps, keyed as features
 
 
 def decode_latents(adapter: DiffusionAdapter, z: torch.Tensor) -> torch.Tensor:
@@ -174,6 +178,8 @@ def sample_with_features(
     conditioning: Sequence[Any] | None = None,
     guidance: float = 1.0,
     negative: Any | None = None,
+    concepts: Any = None,
+    concept_layers: Sequence[int] = (),
 ) -> Trajectory:
     """Sample from the initial noise ``latents`` (B, *``adapter.sampling_latent_shape()``: (C, h, w), FLUX's
     packed (tokens, 4C)) through the family's own pipeline on ``plan``'s noise levels, reading ``layers`` at the
@@ -193,6 +199,11 @@ def sample_with_features(
     rounds it to the transformer's dtype (FluxPipeline casts ``t`` to the latents' dtype before dividing by 1000:
     in bfloat16 that can move it by a rounding step) is given the planned value instead, so the features are the
     extraction's at the head's level.
+
+    ``concepts`` (a :class:`~backbones.diffusion.concepts.ConceptMapAdapter` of ``adapter``): its concept stream
+    rides on the same forwards, and ``Trajectory.cues`` holds its maps of ``concept_layers`` at the capture steps
+    (and σ = 0), from the conditional rows, as its features (``output: pair`` reduced). The stream only reads, so
+    the samples are the same bits with or without it.
     """
     convention = adapter.schedule.convention
     if plan.convention != convention:
@@ -252,9 +263,23 @@ def sample_with_features(
 
         return hook
 
+    cues: dict[tuple[int, float], torch.Tensor] = {}
+    concept_layers = sorted({int(i) for i in concept_layers}) if concepts is not None else []
+
+    def read_concepts(module: Any, args: Any, output: Any) -> None:
+        if state["level"] is not None:
+            for layer in concept_layers:
+                m = concepts.stream.maps[layer][state["rows"]]
+                cues[(layer, state["level"])] = concepts.output(m, (h, w)).float()
+
     handles = [adapter.transformer.register_forward_pre_hook(before, with_kwargs=True)]
     handles += [blocks[layer].register_forward_hook(reader(layer)) for layer in layers]
+    if concept_layers:
+        handles.append(adapter.transformer.register_forward_hook(read_concepts))
     schedule = {"sigmas" if convention == "flow" else "timesteps": list(plan.sigmas)}
+    stack = contextlib.ExitStack()
+    if concept_layers:
+        stack.enter_context(concepts.stream.attached(read=concept_layers))
     try:
         out = pipe(
             **arguments,
@@ -267,12 +292,19 @@ def sample_with_features(
     finally:
         for handle in handles:
             handle.remove()
+        stack.close()
     z0 = adapter.sampling_unpack(out.images).float()
     forwards = {"sampler": state["forwards"], "clean": 0}
     if plan.clean:
-        with adapter.sampling_conditioning(conditioning, n):
-            clean = adapter.forward_features(z0, adapter.model_timesteps([0.0], n), layers)
-        features.update({(layer, 0.0): f for layer, f in clean.items()})
+        with contextlib.ExitStack() as clean_stack:
+            clean_stack.enter_context(adapter.sampling_conditioning(conditioning, n))
+            if concept_layers:
+                clean_stack.enter_context(concepts.stream.attached(read=concept_layers))
+            deepest = sorted(set(layers) | set(concept_layers))  # the forward's early exit reaches both
+            clean = adapter.forward_features(z0, adapter.model_timesteps([0.0], n), deepest)
+            for layer in concept_layers:
+                cues[(layer, 0.0)] = concepts.output(concepts.stream.maps[layer], (h, w)).float()
+        features.update({(layer, 0.0): clean[layer] for layer in layers})
         forwards["clean"] = 1
     images = decode_latents(adapter, z0) if decode else None
-    return Trajectory(images, z0, features, forwards)
+    return Trajectory(images, z0, features, forwards, cues)
