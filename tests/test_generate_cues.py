@@ -131,3 +131,18 @@ def test_a_bundle_with_cues_generates_labels_from_its_concept_maps(cue_run):
         ProbebenchError, match=r"not those its heads' cues were trained on:\n  bundle .*\n  generator"
     ):
         load_bundle(b).concept_adapter(backbones.create("tiny-mmdit"))
+
+
+def test_cue_maps_of_another_model_are_refused_at_export(tiny):
+    from probebench.bundles import _cues
+    from probebench.config import BackboneConfig
+
+    cue_cfg = BackboneConfig(name="tiny-mmdit", concepts=PAIR)
+    fp = {"adapter": tiny.fingerprint()}
+    own = {"adapter": concept_maps(tiny, PAIR).fingerprint(), "pool_to": None}
+    assert _cues(cue_cfg, own, fp)["concepts"]["background"] == PAIR["background"]
+    twin = backbones.create("tiny-mmdit", weights="random", concepts=PAIR)  # the random-weight twin's maps
+    with pytest.raises(ProbebenchError, match=r"not made by the generator itself \(they differ in weights"):
+        _cues(cue_cfg, {"adapter": twin.fingerprint()}, fp)
+    with pytest.raises(ProbebenchError, match="the cue cache holds no concept maps"):
+        _cues(cue_cfg, fp, fp)
