@@ -8,6 +8,7 @@ direction (for RMSE, ``gain = baseline − value``); ``rel_gain_pct`` divides by
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -375,7 +376,8 @@ def plot_comparison(
                 label=p,
             )
         ax.set_yticks(np.arange(len(models)))
-        ax.set_yticklabels(models, fontsize=8)
+        # long labels (a concept model names its words) wrap at spaces instead of squeezing the panels
+        ax.set_yticklabels([textwrap.fill(m, 48, break_long_words=False) for m in models], fontsize=8)
         ax.set_ylim(len(models) - 0.5, -0.5)
         err = g[s].fillna(0)
         lo, hi = float((g[v] - err).min()), float((g[v] + err).max())

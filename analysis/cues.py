@@ -75,7 +75,11 @@ def cue_gains(df: pd.DataFrame, split: str = "test", select_split: str = "val") 
                 "n_seeds": int(min(c["n_seeds"], b["n_seeds"])),
             }
         )
-    return pd.DataFrame(out, columns=COLUMNS)
+    table = pd.DataFrame(out, columns=COLUMNS)
+    order = {t: i for i, t in enumerate(dict.fromkeys(d["task"]))}  # the run's task order, then the variant
+    return table.sort_values(
+        ["task", "probe"], key=lambda c: c.map(order) if c.name == "task" else c, ignore_index=True
+    )
 
 
 def _pm(value: float, std: float) -> str:
