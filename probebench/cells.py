@@ -24,12 +24,16 @@ Label = tuple[str, str]  # (backbone, weights) as result rows name a model
 
 def cell_screen(cfg: RunConfig, index: int, backbone: int | None = None) -> str | None:
     """The ``probe`` label of the rows that best cells come from for stage ``index``: that of the nearest stage up
-    to it whose probe is per-cell and that ran on cells of its own (``all`` or a list) — on backbone ``backbone``
-    when given (so a per-cell stage on other backbones, e.g. a zero-shot probe of concept maps, is not the screen
-    of this one's cells); ``None`` when there is no such stage."""
+    to it whose probe is per-cell and that ran on cells of its own (``all`` or a list) — on the model of backbone
+    ``backbone`` when given (the backbones its rows are labelled as: itself, its noise-seed repeats and
+    ``cells_from`` entries; so a per-cell stage on another model, e.g. a zero-shot probe of concept maps, is not the
+    screen of this one's cells); ``None`` when there is no such stage."""
+    from probebench.pipeline import model_label
+
+    label = None if backbone is None else model_label([cfg.backbones[backbone]])
     for st in reversed(cfg.probes[: index + 1]):
         cls = probe_class(st.name)
-        if backbone is not None and backbone not in runs_on(cfg, st):
+        if label is not None and label not in {model_label([cfg.backbones[i]]) for i in runs_on(cfg, st)}:
             continue
         if cls.per_cell and (st.cells == "all" or isinstance(st.cells, list)):
             return st.label or cls.rows_probe or st.name

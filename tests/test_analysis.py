@@ -33,6 +33,7 @@ from analysis.complementarity import (
     read_per_class_iou,
 )
 from analysis.concepts import NOT_APPLICABLE as CONCEPT_NOT_APPLICABLE
+from analysis.cues import NOT_APPLICABLE as CUES_NOT_APPLICABLE
 from analysis.curves import curve_table, plot_timestep_curves
 from analysis.fusion_plots import load_weight_artifacts, weight_summary
 from analysis.heatmaps import heatmap_matrix
@@ -462,7 +463,8 @@ def test_report_writes_and_embeds_every_applicable_figure(report):
     assert all((rdir / f).is_file() for f in embedded)
     na = text.split("## Not applicable to these results")[1] if "Not applicable" in text else ""
     listed = [ln for ln in na.splitlines() if ln.startswith("- ")]
-    assert listed == [f"- {CONCEPT_NOT_APPLICABLE}"]  # everything applies but concept maps (no concept rows)
+    # everything applies but concept maps and cues (no concept rows)
+    assert listed == [f"- {CONCEPT_NOT_APPLICABLE}", f"- {CUES_NOT_APPLICABLE}"]
 
 
 def test_report_summary_numbers_equal_the_tables(report):

@@ -261,5 +261,5 @@ def test_the_cost_plan_counts_concept_maps_as_extracted():
         "flux.1-schnell", "random", layers="all", timesteps=[0.5], options={"config": "tiny"}, concepts=["a"]
     )
     assert flux_c.num_layers == 2 < flux.num_layers  # the double-stream blocks only
-    with pytest.raises(ProbebenchError, match="has none. Backbones that support them: flux.1-dev"):
+    with pytest.raises(ProbebenchError, match=r"has none\. Backbones that support them: flux\.1-dev"):
         feature_plan("dit-xl-2-256", "random", timesteps=[100], options={"config": "tiny"}, concepts=["cat"])
