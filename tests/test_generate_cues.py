@@ -146,3 +146,18 @@ def test_cue_maps_of_another_model_are_refused_at_export(tiny):
         _cues(cue_cfg, {"adapter": twin.fingerprint()}, fp)
     with pytest.raises(ProbebenchError, match="the cue cache holds no concept maps"):
         _cues(cue_cfg, fp, fp)
+
+
+def test_flux_sampling_with_the_concept_stream_keeps_its_samples():
+    flux = backbones.create("flux.1-schnell", weights="random", config="tiny")
+    cm = concept_maps(flux, ["cat", "dog", "sky"])
+    plan = flux.sampling_plan(4, [0.5])
+    shape = flux.sampling_latent_shape()
+    noise = torch.stack([draw_noise(shape, seed=0, image_id=f"s{i}", draw=0) for i in range(2)])
+    with_cues = sample_with_features(flux, noise, plan, [1], concepts=cm, concept_layers=[0, 1])
+    plain = sample_with_features(flux, noise, plan, [1])
+    assert torch.equal(with_cues.images, plain.images)
+    assert sorted(with_cues.cues) == [(0, 0.5), (1, 0.5)]
+    for m in with_cues.cues.values():
+        assert m.shape == (2, 3, 4, 4)
+        torch.testing.assert_close(m.sum(1), torch.ones(2, 4, 4))

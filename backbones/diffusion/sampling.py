@@ -201,7 +201,7 @@ def sample_with_features(
     extraction's at the head's level.
 
     ``concepts`` (a :class:`~backbones.diffusion.concepts.ConceptMapAdapter` of ``adapter``): its concept stream
-    rides on the same forwards, and ``Trajectory.cues`` holds its maps of ``concept_layers`` at the capture steps
+    rides on the capture steps' forwards (attached for those only), and ``Trajectory.cues`` holds its maps of ``concept_layers`` at the capture steps
     (and σ = 0), from the conditional rows, as its features (``output: pair`` reduced). The stream only reads, so
     the samples are the same bits with or without it.
     """
@@ -231,6 +231,10 @@ def sample_with_features(
     state: dict[str, Any] = {"level": None, "rows": None, "forwards": 0, "step": -1, "call": 0}
     eps = torch.finfo(adapter.transformer.dtype).eps
 
+    cues: dict[tuple[int, float], torch.Tensor] = {}
+    concept_layers = sorted({int(i) for i in concept_layers}) if concepts is not None else []
+    stream = contextlib.ExitStack()  # the concept stream, attached for the capture steps' forwards only
+
     def before(module: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         i = scheduler.step_index or 0
         # the forward's place within its step (FluxPipeline's true CFG runs two a step)
@@ -244,6 +248,8 @@ def sample_with_features(
         rows = adapter.sampling_rows(state["call"], int(x.shape[0]), n)
         if rows is not None:  # None: a forward without the samples' own conditioning (FLUX's negative call)
             state["level"], state["rows"] = plan.capture[i], rows
+            if concept_layers:  # the concept stream rides on this forward only (read_concepts detaches it)
+                stream.enter_context(concepts.stream.attached(read=concept_layers))
         t, want = kwargs["timestep"], planned[i]
         got = float(t.reshape(-1)[0])
         if got == want:
@@ -263,23 +269,18 @@ def sample_with_features(
 
         return hook
 
-    cues: dict[tuple[int, float], torch.Tensor] = {}
-    concept_layers = sorted({int(i) for i in concept_layers}) if concepts is not None else []
-
     def read_concepts(module: Any, args: Any, output: Any) -> None:
         if state["level"] is not None:
             for layer in concept_layers:
                 m = concepts.stream.maps[layer][state["rows"]]
                 cues[(layer, state["level"])] = concepts.output(m, (h, w)).float()
+            stream.close()
 
     handles = [adapter.transformer.register_forward_pre_hook(before, with_kwargs=True)]
     handles += [blocks[layer].register_forward_hook(reader(layer)) for layer in layers]
     if concept_layers:
         handles.append(adapter.transformer.register_forward_hook(read_concepts))
     schedule = {"sigmas" if convention == "flow" else "timesteps": list(plan.sigmas)}
-    stack = contextlib.ExitStack()
-    if concept_layers:
-        stack.enter_context(concepts.stream.attached(read=concept_layers))
     try:
         out = pipe(
             **arguments,
@@ -292,7 +293,7 @@ def sample_with_features(
     finally:
         for handle in handles:
             handle.remove()
-        stack.close()
+        stream.close()
     z0 = adapter.sampling_unpack(out.images).float()
     forwards = {"sampler": state["forwards"], "clean": 0}
     if plan.clean:
