@@ -9,7 +9,9 @@
 - :mod:`analysis.complementarity`: single vs combined bars, per-class IoU gain, streaming linear CKA, error
   overlap.
 - :mod:`analysis.concepts`: zero-shot concept maps (ConceptAttention) against their cross-attention baseline
-  and the ridge ceiling at the same cell; the maps per concept word and timestep.
+  and the ridge ceiling at the same cell (labels: :mod:`analysis.concept_labels`); the maps per concept word and
+  timestep (:mod:`analysis.concept_maps`).
+- :mod:`analysis.cues`: fusion heads with concept-map cues vs the same heads without them.
 - :mod:`analysis.predictions`: the best cells' predictions beside inputs and targets, keyed per target kind.
 - :mod:`analysis.findings`: the answers to (a)–(d), one selection rule and one verdict vocabulary.
 - :mod:`analysis.layout`: figure text that fits the canvas (wrapped titles, legends), and a check for clipping.

@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis.common import with_model
 from analysis.compare import best_cells, combination_members, gain, rel_gain_pct, verdict, verdict_phrase
-from analysis.concepts import parse_concept_label
+from analysis.concept_labels import parse_concept_label
 
 SECTION_TITLE = "Concept cues for the fusion heads"
 NOT_APPLICABLE = (
