@@ -292,7 +292,7 @@ def _concept_arch(name: str, arch: _Arch, concepts: Any) -> _Arch:
             f"Concept maps need an MM-DiT's joint attention; {name} has none. Backbones that support them: "
             f"{', '.join(supported_backbones())}."
         )
-    c = 2 if spec.output == "pair" else len(spec.words)
+    c = len(spec.channels)
     h, w, _ = arch.channels[0]
     return replace(
         arch,

@@ -28,23 +28,19 @@ def cell_screen(cfg: RunConfig, index: int, backbone: int | None = None) -> str 
     ``backbone`` when given (the backbones its rows are labelled as: itself, its noise-seed repeats and
     ``cells_from`` entries; so a per-cell stage on another model, e.g. a zero-shot probe of concept maps, is not the
     screen of this one's cells); ``None`` when there is no such stage."""
-    from probebench.pipeline import model_label
+    from probebench.pipeline import model_label, stage_groups
 
     label = None if backbone is None else model_label([cfg.backbones[backbone]])
     for st in reversed(cfg.probes[: index + 1]):
         cls = probe_class(st.name)
-        if label is not None and label not in {model_label([cfg.backbones[i]]) for i in runs_on(cfg, st)}:
+        scored = {
+            model_label([cfg.backbones[g[0]]]) for g in stage_groups(cfg, st)
+        }  # a joint group: its first
+        if label is not None and label not in scored:
             continue
         if cls.per_cell and (st.cells == "all" or isinstance(st.cells, list)):
             return st.label or cls.rows_probe or st.name
     return None
-
-
-def runs_on(cfg: RunConfig, stage: ProbeConfig) -> list[int]:
-    """The backbones whose cells a stage scores: each selected one, or a joint group's first."""
-    if stage.backbones is not None:
-        return list(stage.backbones[:1])
-    return list(stage.select if stage.select is not None else range(len(cfg.backbones)))
 
 
 def resolve_cells(

@@ -26,13 +26,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from backbones.base import FeatureKey
+from backbones.diffusion.concepts import PAIR_CHANNELS
 from probebench.core.errors import ProbebenchError
 from probes.base import FeatureSource, Probe, ProbeOutput, check_single
 from probes.targets import upsample
 from tasks.base import TargetSpec
 from tasks.kinds.base import TargetKind
-
-PAIR_WORDS = ("object", "background")  # the channels of ``output: pair`` maps
 
 
 def concept_words(source: FeatureSource) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
@@ -46,7 +45,7 @@ def concept_words(source: FeatureSource) -> tuple[tuple[str, ...], tuple[str, ..
             "are not: give the backbone `concepts: [word, ...]` (an MM-DiT) and run the probe on it (select:)."
         )
     if "output" in concepts:
-        return PAIR_WORDS, ("background",)
+        return PAIR_CHANNELS, PAIR_CHANNELS[1:]
     return tuple(concepts["words"]), None
 
 
@@ -91,12 +90,7 @@ class ConceptProbe(Probe):
         background = pair_bg or tuple(w for w in p.background if w in words)
         keys = [tuple(k) for k in (keys if keys is not None else train.keys)]
         specs = {k: val.dataset.target_spec(k) for k in kinds}
-        probe = np.full((1, 1, 1, len(words)), 1.0 / len(words), dtype=np.float32)
-        answered = {
-            k: s
-            for k, s in specs.items()
-            if s.target_kind.from_concepts(probe, words, background, s) is not None
-        }
+        answered = {k: s for k, s in specs.items() if self.answers(s)}
         out = ProbeOutput([])
         if not answered:
             return out
@@ -194,9 +188,8 @@ class ConceptProbe(Probe):
         if n <= 0:
             return
         layer = self._layer(out, keys, specs)
-        row = [k for k in keys if k[0] == layer]
-        row.sort(key=lambda k: np.inf if infos[k].log_snr is None else -infos[k].log_snr)
-        row.reverse()  # increasing log-SNR: noisy (left) → clean (right)
+        snr = {k: -np.inf if infos[k].log_snr is None else infos[k].log_snr for k in keys}
+        row = sorted((k for k in keys if k[0] == layer), key=snr.__getitem__)  # noisy (left) → clean (right)
         feats = val.features(list(range(n)), row)
         maps = np.stack([np.asarray(feats[k], dtype=np.float32) for k in row], axis=1)  # (N, T, h, w, C)
         out.artifacts["concept_maps"] = maps.transpose(0, 4, 1, 2, 3)  # (N, C, T, h, w)

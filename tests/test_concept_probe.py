@@ -47,6 +47,10 @@ def test_concept_spec_reads_lists_and_mappings_and_explains_mistakes():
         ConceptSpec.parse({"words": ["a", "b"], "background": ["sky"]})
     with pytest.raises(ProbebenchError, match=r"'pair'.*needs `background:` naming some but not all"):
         ConceptSpec.parse({"words": ["a", "b"], "output": "pair", "background": ["a", "b"]})
+    with pytest.raises(ProbebenchError, match="background:` must be a list of words, got the string 'floor'"):
+        ConceptSpec.parse({"words": ["a", "floor"], "background": "floor"})
+    assert ConceptSpec(("a", "b")).channels == ("a", "b")
+    assert ConceptSpec(("a", "b"), output="pair", background=("b",)).channels == ("object", "background")
     with pytest.raises(ProbebenchError, match="needs `words:"):
         ConceptSpec.parse({"score": "output"})
     # result rows name the maps: words and settings that are not the default

@@ -78,7 +78,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -109,6 +109,7 @@ __all__ = [  # the stream's names are re-exported: this module is the concept ma
     "FAMILIES",
     "MEMORY_FRACTION",
     "OUTPUTS",
+    "PAIR_CHANNELS",
     "SCORE",
     "SCORES",
     "SUPPORTED_FAMILIES",
@@ -138,6 +139,7 @@ MEMORY_FRACTION = 0.5
 
 
 OUTPUTS = ("concepts", "pair")
+PAIR_CHANNELS = ("object", "background")  # the channels of ``output: pair`` maps, in order
 """What a concept-map feature holds: ``concepts`` (one channel per word) or ``pair`` (two channels: the summed
 probability of the words that are not background, then of the background words — the object/background cue)."""
 
@@ -184,7 +186,7 @@ class ConceptSpec:
         if isinstance(value, ConceptSpec):
             return value
         if isinstance(value, dict):
-            valid = [f for f in ("words", "score", "output", "background")]
+            valid = [f.name for f in fields(cls)]
             for key in value:
                 if key not in valid:
                     raise ProbebenchError(
@@ -194,13 +196,23 @@ class ConceptSpec:
                     )
             if "words" not in value:
                 raise ProbebenchError(f"`concepts:` as a mapping needs `words: [...]`, got {value}.")
+            background = value.get("background") or ()
+            if isinstance(background, str):
+                raise ProbebenchError(
+                    f"`concepts: background:` must be a list of words, got the string {background!r}."
+                )
             return cls(
                 check_words(value["words"]),
                 str(value.get("score", "output")),
                 str(value.get("output", "concepts")),
-                tuple(value.get("background") or ()),
+                tuple(background),
             )
         return cls(check_words(value))
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """What each channel of the maps is: a word per concept, or :data:`PAIR_CHANNELS` for ``output: pair``."""
+        return PAIR_CHANNELS if self.output == "pair" else self.words
 
     def label(self) -> str:
         """How result rows name these maps: ``concepts=<words>`` and the settings that are not the default."""
@@ -304,7 +316,7 @@ class ConceptMapAdapter(Adapter):
             base.meta,
             name=f"{base.name}+concepts",
             num_layers=joint,
-            width=2 if spec.output == "pair" else len(words),
+            width=len(spec.channels),
             notes=f"concept-attention maps ({what}) of {base.name} for {words}",
         )
         super().__init__(
